@@ -1,0 +1,1045 @@
+//! The sans-IO state of one media worker: its legs and bridges, the per-packet decisions, RTCP
+//! and timers.
+//!
+//! Drive contract: the worker hands every received batch to [`Shard::on_rtp`] /
+//! [`Shard::on_rtcp`] with the current [`Now`], then sends what the [`OutBatch`] holds and
+//! reports the outcome with [`Shard::sent`]; it calls [`Shard::poll_timers`] whenever the deadline
+//! it last returned has passed. Events go into the `events` sink given to each call. Nothing here
+//! reads the clock, touches a socket or allocates on the per-packet path.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::config::SourceCheck;
+use crate::media::api::{
+    BridgeId, BridgeKind, BridgeStats, Event, GroupOptions, LegId, LegSpec, LegStats, WorkerStats,
+};
+use crate::media::codec::PayloadMap;
+use crate::media::out::{Channel, OutBatch, RxSlice};
+use crate::media::rewrite::{ns_to_ts, Admit, ListenerStream, SourceGate};
+use crate::media::rtcp::{self, ReceiverStats, ReportBlock};
+use crate::media::rtp::{self, RtpView};
+use crate::media::stats::{Counters, DropCause, Quality};
+
+/// The time of a loop turn, read once by the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic clock, nanoseconds since an arbitrary start.
+    pub mono_ns: u64,
+    /// Wall clock, nanoseconds since the Unix epoch (for RTCP NTP timestamps).
+    pub unix_ns: u64,
+}
+
+/// A received datagram, as handed to the shard.
+#[derive(Debug, Clone, Copy)]
+pub struct RxPacket<'a> {
+    /// Its bytes.
+    pub data: &'a [u8],
+    /// Its source address.
+    pub from: SocketAddr,
+    /// Index of the receive buffer holding it (bodies of outgoing messages point there).
+    pub buffer: u32,
+    /// The datagram was larger than the buffer.
+    pub truncated: bool,
+}
+
+/// A batch of received datagrams (the I/O layer's receive buffers, or a slice in tests).
+pub trait RxBatch {
+    /// Number of datagrams.
+    fn len(&self) -> usize;
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Datagram `index`.
+    fn packet(&self, index: usize) -> Option<RxPacket<'_>>;
+}
+
+impl RxBatch for [RxPacket<'_>] {
+    fn len(&self) -> usize {
+        <[RxPacket<'_>]>::len(self)
+    }
+
+    fn packet(&self, index: usize) -> Option<RxPacket<'_>> {
+        self.get(index).copied()
+    }
+}
+
+/// Numbering of a stream the engine originates (RFC 3550: random initial values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamOrigin {
+    /// SSRC.
+    pub ssrc: u32,
+    /// First sequence number.
+    pub seq: u16,
+    /// First timestamp.
+    pub timestamp: u32,
+}
+
+/// Settings of a shard.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    /// Mean RTCP report interval.
+    pub rtcp_interval: Duration,
+    /// Default source checking for legs that don't specify one.
+    pub default_source_check: SourceCheck,
+    /// RTCP CNAME (node name), at most 255 bytes.
+    pub cname: String,
+    /// Seed for RTCP interval randomisation.
+    pub seed: u64,
+}
+
+/// Longest RTP header the engine writes: 12 bytes + 15 CSRCs.
+const MAX_HEADER: usize = 12 + 15 * 4;
+/// Most packets of one receive batch the shard tracks at once.
+pub const MAX_BATCH: usize = 1024;
+
+#[derive(Debug)]
+struct Leg {
+    id: LegId,
+    bridge: u32,
+    remote: Option<SocketAddr>,
+    remote_rtcp: Option<SocketAddr>,
+    explicit_rtcp: bool,
+    rtcp_mux: bool,
+    source_check: SourceCheck,
+    latched_rtp: bool,
+    latched_rtcp: bool,
+    payload: PayloadMap,
+    fanout: bool,
+    out: ListenerStream,
+    incoming: ReceiverStats,
+    incoming_ssrc: Option<u32>,
+    last_sr: u32,
+    last_sr_arrival_ns: u64,
+    quality: Quality,
+    next_rtcp_ns: u64,
+    counters: Counters,
+}
+
+impl Leg {
+    fn rtcp_destination(&self) -> Option<SocketAddr> {
+        if self.rtcp_mux {
+            return self.remote;
+        }
+        self.remote_rtcp
+    }
+
+    fn apply_spec(&mut self, spec: &LegSpec, default_check: SourceCheck) {
+        self.remote = spec.remote;
+        self.explicit_rtcp = spec.remote_rtcp.is_some();
+        self.remote_rtcp = spec.remote_rtcp.or_else(|| rtcp_next_port(spec.remote, spec.rtcp_mux));
+        self.source_check = spec.source_check.unwrap_or(default_check);
+        self.latched_rtp = false;
+        self.latched_rtcp = false;
+        self.payload = PayloadMap::new(&spec.payload_types);
+        self.fanout = spec.fanout;
+    }
+}
+
+fn rtcp_next_port(remote: Option<SocketAddr>, mux: bool) -> Option<SocketAddr> {
+    let mut address = remote?;
+    if !mux {
+        address.set_port(address.port().checked_add(1)?);
+    }
+    Some(address)
+}
+
+#[derive(Debug)]
+struct Bridge {
+    id: BridgeId,
+    kind: BridgeKind,
+    legs: Vec<u32>,
+    gate: SourceGate,
+    frame_ts: u32,
+    switches: u64,
+    talker_last_ns: u64,
+    talker_active: bool,
+    talker_silent_reported: bool,
+}
+
+/// One admitted packet of a batch, waiting for the fan-out pass.
+#[derive(Debug, Clone, Copy, Default)]
+struct Accepted {
+    index: u16,
+    spurt: u32,
+    seq: u16,
+    timestamp: u32,
+    marker: bool,
+    payload_type: u8,
+    first_byte: u8,
+    ssrc: u32,
+    csrc_end: u16,
+    payload_len: u16,
+}
+
+/// The legs and bridges of one worker.
+#[derive(Debug)]
+pub struct Shard {
+    config: ShardConfig,
+    legs: Vec<Option<Leg>>,
+    free_legs: Vec<u32>,
+    bridges: Vec<Option<Bridge>>,
+    free_bridges: Vec<u32>,
+    leg_slots: HashMap<LegId, u32>,
+    bridge_slots: HashMap<BridgeId, u32>,
+    /// Counters of legs already removed, so totals never go backwards.
+    retired: Counters,
+    accepted: Vec<Accepted>,
+    rng: u64,
+    next_timer_ns: u64,
+}
+
+/// Errors of shard commands (control path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShardError {
+    /// No such bridge on this shard.
+    #[error("unknown bridge")]
+    UnknownBridge,
+    /// No such leg on this shard.
+    #[error("unknown leg")]
+    UnknownLeg,
+    /// The identifier is already in use.
+    #[error("identifier already in use")]
+    Duplicate,
+    /// A relay bridge already has its two legs.
+    #[error("a relay bridge takes exactly two legs")]
+    RelayFull,
+    /// The leg is not in that bridge.
+    #[error("leg is not in that bridge")]
+    NotInBridge,
+}
+
+impl Shard {
+    /// An empty shard.
+    pub fn new(config: ShardConfig) -> Self {
+        let rng = config.seed | 1;
+        Self {
+            config,
+            legs: Vec::new(),
+            free_legs: Vec::new(),
+            bridges: Vec::new(),
+            free_bridges: Vec::new(),
+            leg_slots: HashMap::new(),
+            bridge_slots: HashMap::new(),
+            retired: Counters::default(),
+            accepted: Vec::with_capacity(MAX_BATCH),
+            rng,
+            next_timer_ns: 0,
+        }
+    }
+
+    fn random(&mut self) -> u64 {
+        // xorshift64*: cheap, good enough for SSRCs and timer jitter (not for secrets).
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Number of legs.
+    pub fn leg_count(&self) -> usize {
+        self.leg_slots.len()
+    }
+
+    /// Number of bridges.
+    pub fn bridge_count(&self) -> usize {
+        self.bridge_slots.len()
+    }
+
+    /// The slot of a leg (the worker's index for its sockets).
+    pub fn leg_slot(&self, id: LegId) -> Option<u32> {
+        self.leg_slots.get(&id).copied()
+    }
+
+    /// Adds a bridge.
+    pub fn add_bridge(&mut self, id: BridgeId, kind: BridgeKind) -> Result<(), ShardError> {
+        if self.bridge_slots.contains_key(&id) {
+            return Err(ShardError::Duplicate);
+        }
+        let frame_ts = match kind {
+            BridgeKind::Group(GroupOptions { clock_rate, ptime, .. }) => {
+                ns_to_ts(ptime.as_nanos() as u64, clock_rate).max(1)
+            }
+            BridgeKind::Relay => 160,
+        };
+        let bridge = Bridge {
+            id,
+            kind,
+            legs: Vec::new(),
+            gate: SourceGate::new(),
+            frame_ts,
+            switches: 0,
+            talker_last_ns: 0,
+            talker_active: false,
+            talker_silent_reported: false,
+        };
+        let slot = match self.free_bridges.pop() {
+            Some(slot) => {
+                self.bridges[slot as usize] = Some(bridge);
+                slot
+            }
+            None => {
+                self.bridges.push(Some(bridge));
+                (self.bridges.len() - 1) as u32
+            }
+        };
+        self.bridge_slots.insert(id, slot);
+        Ok(())
+    }
+
+    /// Removes a bridge and its legs; returns the slots of the removed legs (their sockets
+    /// are to be closed).
+    pub fn remove_bridge(&mut self, id: BridgeId) -> Result<Vec<u32>, ShardError> {
+        let slot = self.bridge_slots.remove(&id).ok_or(ShardError::UnknownBridge)?;
+        let bridge = self.bridges[slot as usize].take().ok_or(ShardError::UnknownBridge)?;
+        self.free_bridges.push(slot);
+        for &leg_slot in &bridge.legs {
+            if let Some(leg) = self.legs[leg_slot as usize].take() {
+                self.retired.add(&leg.counters);
+                self.leg_slots.remove(&leg.id);
+                self.free_legs.push(leg_slot);
+            }
+        }
+        Ok(bridge.legs)
+    }
+
+    /// Adds a leg to a bridge; returns its slot. `origin` numbers the stream the engine
+    /// originates on it (random, chosen by the caller).
+    pub fn add_leg(
+        &mut self,
+        id: LegId,
+        bridge: BridgeId,
+        spec: &LegSpec,
+        origin: StreamOrigin,
+        now: Now,
+    ) -> Result<u32, ShardError> {
+        if self.leg_slots.contains_key(&id) {
+            return Err(ShardError::Duplicate);
+        }
+        let bridge_slot = *self.bridge_slots.get(&bridge).ok_or(ShardError::UnknownBridge)?;
+        let (frame_ts, relay_full) = {
+            let bridge = self.bridges[bridge_slot as usize]
+                .as_ref()
+                .ok_or(ShardError::UnknownBridge)?;
+            (
+                bridge.frame_ts,
+                bridge.kind == BridgeKind::Relay && bridge.legs.len() >= 2,
+            )
+        };
+        if relay_full {
+            return Err(ShardError::RelayFull);
+        }
+        let first_report = now.mono_ns + self.rtcp_delay();
+        let mut leg = Leg {
+            id,
+            bridge: bridge_slot,
+            remote: None,
+            remote_rtcp: None,
+            explicit_rtcp: false,
+            rtcp_mux: spec.rtcp_mux,
+            source_check: SourceCheck::Strict,
+            latched_rtp: false,
+            latched_rtcp: false,
+            payload: PayloadMap::transparent(),
+            fanout: true,
+            out: ListenerStream::new(origin.ssrc, origin.seq, origin.timestamp, frame_ts),
+            incoming: ReceiverStats::default(),
+            incoming_ssrc: None,
+            last_sr: 0,
+            last_sr_arrival_ns: 0,
+            quality: Quality::default(),
+            next_rtcp_ns: first_report,
+            counters: Counters::default(),
+        };
+        leg.apply_spec(spec, self.config.default_source_check);
+        let slot = match self.free_legs.pop() {
+            Some(slot) => {
+                self.legs[slot as usize] = Some(leg);
+                slot
+            }
+            None => {
+                self.legs.push(Some(leg));
+                (self.legs.len() - 1) as u32
+            }
+        };
+        self.leg_slots.insert(id, slot);
+        if let Some(bridge) = self.bridges[bridge_slot as usize].as_mut() {
+            bridge.legs.push(slot);
+        }
+        Ok(slot)
+    }
+
+    /// Replaces a leg's remote addresses, source checking, payload types and fan-out flag
+    /// (after a re-INVITE). Latching starts again from the new remote.
+    pub fn update_leg(&mut self, id: LegId, spec: &LegSpec) -> Result<(), ShardError> {
+        let slot = *self.leg_slots.get(&id).ok_or(ShardError::UnknownLeg)?;
+        let default_check = self.config.default_source_check;
+        let leg = self.legs[slot as usize].as_mut().ok_or(ShardError::UnknownLeg)?;
+        leg.apply_spec(spec, default_check);
+        Ok(())
+    }
+
+    /// Removes a leg; returns its slot (its sockets are to be closed).
+    pub fn remove_leg(&mut self, id: LegId) -> Result<u32, ShardError> {
+        let slot = self.leg_slots.remove(&id).ok_or(ShardError::UnknownLeg)?;
+        let leg = self.legs[slot as usize].take().ok_or(ShardError::UnknownLeg)?;
+        self.retired.add(&leg.counters);
+        self.free_legs.push(slot);
+        if let Some(bridge) = self.bridges.get_mut(leg.bridge as usize).and_then(Option::as_mut) {
+            bridge.legs.retain(|&other| other != slot);
+            if bridge.gate.holder() == Some(slot) {
+                bridge.gate.set_holder(None);
+                bridge.talker_active = false;
+                bridge.switches += 1;
+            }
+        }
+        Ok(slot)
+    }
+
+    /// Sets (or clears) the leg whose RTP a group bridge forwards. Takes effect for the next
+    /// packet.
+    pub fn set_source(&mut self, bridge: BridgeId, leg: Option<LegId>) -> Result<(), ShardError> {
+        let bridge_slot = *self.bridge_slots.get(&bridge).ok_or(ShardError::UnknownBridge)?;
+        let leg_slot = match leg {
+            Some(id) => {
+                let slot = *self.leg_slots.get(&id).ok_or(ShardError::UnknownLeg)?;
+                let in_bridge = self.legs[slot as usize]
+                    .as_ref()
+                    .is_some_and(|leg| leg.bridge == bridge_slot);
+                if !in_bridge {
+                    return Err(ShardError::NotInBridge);
+                }
+                Some(slot)
+            }
+            None => None,
+        };
+        let bridge = self.bridges[bridge_slot as usize]
+            .as_mut()
+            .ok_or(ShardError::UnknownBridge)?;
+        if bridge.gate.holder() != leg_slot {
+            bridge.gate.set_holder(leg_slot);
+            bridge.switches += 1;
+            bridge.talker_active = false;
+            bridge.talker_silent_reported = false;
+        }
+        Ok(())
+    }
+
+    /// Handles a batch of datagrams received on a leg's RTP socket.
+    pub fn on_rtp(
+        &mut self,
+        slot: u32,
+        packets: &(impl RxBatch + ?Sized),
+        now: Now,
+        out: &mut OutBatch,
+        events: &mut impl FnMut(Event),
+    ) {
+        let Some(Some(leg)) = self.legs.get(slot as usize) else {
+            return;
+        };
+        let bridge_slot = leg.bridge;
+        let is_group = matches!(
+            self.bridges
+                .get(bridge_slot as usize)
+                .and_then(Option::as_ref)
+                .map(|bridge| bridge.kind),
+            Some(BridgeKind::Group(_))
+        );
+        if is_group {
+            self.group_rtp(slot, bridge_slot, packets, now, out, events);
+        } else {
+            self.relay(slot, bridge_slot, Channel::Rtp, packets, now, out, events);
+        }
+    }
+
+    /// Handles a batch of datagrams received on a leg's RTCP socket.
+    pub fn on_rtcp(
+        &mut self,
+        slot: u32,
+        packets: &(impl RxBatch + ?Sized),
+        now: Now,
+        out: &mut OutBatch,
+        events: &mut impl FnMut(Event),
+    ) {
+        let Some(Some(leg)) = self.legs.get(slot as usize) else {
+            return;
+        };
+        let bridge_slot = leg.bridge;
+        let clock_rate = match self
+            .bridges
+            .get(bridge_slot as usize)
+            .and_then(Option::as_ref)
+            .map(|bridge| bridge.kind)
+        {
+            Some(BridgeKind::Group(options)) => options.clock_rate,
+            _ => {
+                self.relay(slot, bridge_slot, Channel::Rtcp, packets, now, out, events);
+                return;
+            }
+        };
+        for index in 0..packets.len() {
+            let Some(packet) = packets.packet(index) else { continue };
+            let Some(leg) = self.legs[slot as usize].as_mut() else {
+                return;
+            };
+            if !check_source(leg, Channel::Rtcp, packet.from, events) {
+                continue;
+            }
+            leg.counters.rtcp_in_packets += 1;
+            if packet.truncated {
+                leg.counters.drop(DropCause::Truncated);
+                continue;
+            }
+            read_rtcp(leg, packet.data, now, clock_rate);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn relay(
+        &mut self,
+        slot: u32,
+        bridge_slot: u32,
+        channel: Channel,
+        packets: &(impl RxBatch + ?Sized),
+        now: Now,
+        out: &mut OutBatch,
+        events: &mut impl FnMut(Event),
+    ) {
+        let other_slot = self
+            .bridges
+            .get(bridge_slot as usize)
+            .and_then(Option::as_ref)
+            .and_then(|bridge| bridge.legs.iter().copied().find(|&other| other != slot));
+        let mut destinations = [None, None];
+        if let Some(other) = other_slot
+            .and_then(|other| self.legs.get(other as usize))
+            .and_then(Option::as_ref)
+        {
+            destinations = [other.remote, other.rtcp_destination()];
+        }
+        let Some(leg) = self.legs[slot as usize].as_mut() else {
+            return;
+        };
+        for index in 0..packets.len() {
+            let Some(packet) = packets.packet(index) else { continue };
+            if !check_source(leg, channel, packet.from, events) {
+                continue;
+            }
+            if packet.truncated {
+                leg.counters.drop(DropCause::Truncated);
+                continue;
+            }
+            // With rtcp-mux, RTCP arrives on the RTP socket (RFC 5761 demultiplexing).
+            let rtcp = channel == Channel::Rtcp || rtp::is_rtcp(packet.data);
+            if rtcp {
+                leg.counters.rtcp_in_packets += 1;
+                if !read_rtcp(leg, packet.data, now, 8000) {
+                    continue;
+                }
+            } else {
+                leg.counters.rtp_in_packets += 1;
+                leg.counters.rtp_in_bytes += packet.data.len() as u64;
+                let Ok(view) = RtpView::parse(packet.data) else {
+                    leg.counters.drop(DropCause::MalformedRtp);
+                    continue;
+                };
+                let clock_rate = leg
+                    .payload
+                    .codec(view.payload_type())
+                    .map_or(8000, |codec| codec.clock_rate());
+                note_incoming(leg, &view, now, clock_rate);
+            }
+            let (Some(other), Some(destination)) = (other_slot, destinations[usize::from(rtcp)]) else {
+                leg.counters.drop(DropCause::NoDestination);
+                continue;
+            };
+            let body = RxSlice {
+                buffer: packet.buffer,
+                start: 0,
+                end: packet.data.len() as u32,
+            };
+            let out_channel = if rtcp { Channel::Rtcp } else { Channel::Rtp };
+            out.push_body(other, out_channel, destination, body);
+        }
+    }
+
+    fn group_rtp(
+        &mut self,
+        slot: u32,
+        bridge_slot: u32,
+        packets: &(impl RxBatch + ?Sized),
+        now: Now,
+        out: &mut OutBatch,
+        events: &mut impl FnMut(Event),
+    ) {
+        let Some(Some(bridge)) = self.bridges.get_mut(bridge_slot as usize) else {
+            return;
+        };
+        let Some(leg) = self.legs[slot as usize].as_mut() else {
+            return;
+        };
+        let BridgeKind::Group(options) = bridge.kind else {
+            return;
+        };
+        self.accepted.clear();
+        for index in 0..packets.len().min(MAX_BATCH) {
+            let Some(packet) = packets.packet(index) else { continue };
+            if !check_source(leg, Channel::Rtp, packet.from, events) {
+                continue;
+            }
+            if packet.truncated {
+                leg.counters.drop(DropCause::Truncated);
+                continue;
+            }
+            if rtp::is_rtcp(packet.data) {
+                leg.counters.rtcp_in_packets += 1;
+                read_rtcp(leg, packet.data, now, options.clock_rate);
+                continue;
+            }
+            leg.counters.rtp_in_packets += 1;
+            leg.counters.rtp_in_bytes += packet.data.len() as u64;
+            let Ok(view) = RtpView::parse(packet.data) else {
+                leg.counters.drop(DropCause::MalformedRtp);
+                continue;
+            };
+            note_incoming(leg, &view, now, options.clock_rate);
+            if !leg.payload.is_transparent() && leg.payload.codec(view.payload_type()).is_none() {
+                leg.counters.drop(DropCause::UnknownPayloadType);
+                continue;
+            }
+            match bridge.gate.admit(slot, view.ssrc(), view.sequence()) {
+                Admit::Forward { spurt, first } => {
+                    if first {
+                        bridge.talker_active = true;
+                        bridge.talker_silent_reported = false;
+                        events(Event::TalkerFirstPacket {
+                            bridge: bridge.id,
+                            leg: leg.id,
+                            ssrc: view.ssrc(),
+                        });
+                    }
+                    bridge.talker_last_ns = now.mono_ns;
+                    let csrc_end = view.csrc_end();
+                    self.accepted.push(Accepted {
+                        index: index as u16,
+                        spurt,
+                        seq: view.sequence(),
+                        timestamp: view.timestamp(),
+                        marker: view.marker(),
+                        payload_type: view.payload_type(),
+                        first_byte: packet.data.first().copied().unwrap_or(0),
+                        ssrc: view.ssrc(),
+                        csrc_end: csrc_end as u16,
+                        payload_len: view.payload().len() as u16,
+                    });
+                }
+                Admit::NotHolder => leg.counters.drop(DropCause::NotHolder),
+                Admit::Duplicate => leg.counters.drop(DropCause::Duplicate),
+                Admit::Late => leg.counters.drop(DropCause::Late),
+            }
+        }
+        if self.accepted.is_empty() {
+            return;
+        }
+        // Fan-out pass, listener by listener so that each listener's messages are adjacent
+        // (one sendmmsg per listener socket carries the whole batch).
+        let talker_payload = leg.payload.clone();
+        let mut header = [0u8; MAX_HEADER];
+        for &listener_slot in &bridge.legs {
+            if listener_slot == slot {
+                continue; // never back to the talker
+            }
+            let Some(Some(listener)) = self.legs.get_mut(listener_slot as usize) else {
+                continue;
+            };
+            if !listener.fanout {
+                continue;
+            }
+            let Some(destination) = listener.remote else {
+                listener.counters.drop(DropCause::NoDestination);
+                continue;
+            };
+            for accepted in &self.accepted {
+                let Some(packet) = packets.packet(usize::from(accepted.index)) else {
+                    continue;
+                };
+                let Some(payload_type) = listener.payload.translate(&talker_payload, accepted.payload_type) else {
+                    listener.counters.drop(DropCause::CodecMismatch);
+                    continue;
+                };
+                let Some(rewritten) = listener.out.rewrite(
+                    accepted.spurt,
+                    accepted.seq,
+                    accepted.timestamp,
+                    accepted.marker,
+                    usize::from(accepted.payload_len),
+                    now.mono_ns,
+                    options.clock_rate,
+                ) else {
+                    listener.counters.drop(DropCause::Late);
+                    continue;
+                };
+                // CSRC list: keep the incoming one (it already names the talkers), or name the
+                // talker when the bridge is configured to.
+                let incoming_csrcs = packet.data.get(12..usize::from(accepted.csrc_end)).unwrap_or(&[]);
+                let (csrc_count, csrc_bytes): (u8, &[u8]) = if !incoming_csrcs.is_empty() {
+                    ((incoming_csrcs.len() / 4) as u8, incoming_csrcs)
+                } else if options.talker_csrc {
+                    (1, &[])
+                } else {
+                    (0, &[])
+                };
+                header[0] = (accepted.first_byte & 0xb0) | 0x80 | (csrc_count & 0x0f);
+                header[1] = (u8::from(rewritten.marker) << 7) | (payload_type & 0x7f);
+                header[2..4].copy_from_slice(&rewritten.seq.to_be_bytes());
+                header[4..8].copy_from_slice(&rewritten.timestamp.to_be_bytes());
+                header[8..12].copy_from_slice(&listener.out.ssrc().to_be_bytes());
+                let mut length = 12;
+                if csrc_bytes.is_empty() && csrc_count == 1 {
+                    header[12..16].copy_from_slice(&accepted.ssrc.to_be_bytes());
+                    length = 16;
+                } else if let Some(target) = header.get_mut(12..12 + csrc_bytes.len()) {
+                    target.copy_from_slice(csrc_bytes);
+                    length = 12 + csrc_bytes.len();
+                }
+                let body = RxSlice {
+                    buffer: packet.buffer,
+                    start: u32::from(accepted.csrc_end),
+                    end: packet.data.len() as u32,
+                };
+                out.push(listener_slot, Channel::Rtp, destination, &header[..length], Some(body));
+            }
+        }
+    }
+
+    /// How many messages one received packet on `slot` can produce (the bridge's size), so
+    /// the worker can size its receive batch and bound the out batch.
+    #[inline]
+    pub fn fanout_width(&self, slot: u32) -> usize {
+        self.legs
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .and_then(|leg| self.bridges.get(leg.bridge as usize))
+            .and_then(Option::as_ref)
+            .map_or(1, |bridge| bridge.legs.len().max(1))
+    }
+
+    /// Records the outcome of sending a run of messages from one leg's socket.
+    #[inline]
+    pub fn sent(&mut self, slot: u32, channel: Channel, packets: u64, bytes: u64, failed: u64) {
+        let Some(Some(leg)) = self.legs.get_mut(slot as usize) else {
+            return;
+        };
+        match channel {
+            Channel::Rtp => {
+                leg.counters.rtp_out_packets += packets;
+                leg.counters.rtp_out_bytes += bytes;
+            }
+            Channel::Rtcp => leg.counters.rtcp_out_packets += packets,
+        }
+        leg.counters.drops[DropCause::SendFailed as usize] += failed;
+    }
+
+    /// Records the kernel's running count of datagrams dropped on a full receive queue of one
+    /// of a leg's sockets (`SO_RXQ_OVFL`), as a delta since the last report.
+    pub fn kernel_dropped(&mut self, slot: u32, dropped: u64) {
+        if let Some(Some(leg)) = self.legs.get_mut(slot as usize) {
+            leg.counters.drops[DropCause::KernelOverflow as usize] += dropped;
+        }
+    }
+
+    fn rtcp_delay(&mut self) -> u64 {
+        // RFC 3550 6.3.1: randomise over [0.5, 1.5] times the interval.
+        let interval = self.config.rtcp_interval.as_nanos() as u64;
+        interval / 2 + self.random() % interval.max(1)
+    }
+
+    /// Runs timers: talker inactivity, RTCP reports. Returns when to call again
+    /// (monotonic nanoseconds).
+    #[must_use]
+    pub fn poll_timers(&mut self, now: Now, out: &mut OutBatch, events: &mut impl FnMut(Event)) -> u64 {
+        if now.mono_ns < self.next_timer_ns {
+            return self.next_timer_ns;
+        }
+        let mut next = now.mono_ns + 1_000_000_000;
+        for bridge in self.bridges.iter_mut().flatten() {
+            let BridgeKind::Group(options) = bridge.kind else {
+                continue;
+            };
+            if !bridge.talker_active || bridge.talker_silent_reported {
+                continue;
+            }
+            let Some(holder) = bridge.gate.holder() else { continue };
+            let limit = options.talker_inactivity.as_nanos() as u64;
+            let silent_for = now.mono_ns.saturating_sub(bridge.talker_last_ns);
+            if silent_for >= limit {
+                bridge.talker_silent_reported = true;
+                if let Some(Some(leg)) = self.legs.get(holder as usize) {
+                    events(Event::TalkerSilent {
+                        bridge: bridge.id,
+                        leg: leg.id,
+                        silent_for: Duration::from_nanos(silent_for),
+                    });
+                }
+            } else {
+                next = next.min(bridge.talker_last_ns + limit);
+            }
+        }
+        let mut scratch = [0u8; 256];
+        for slot in 0..self.legs.len() {
+            let due = match &self.legs[slot] {
+                Some(leg) => leg.next_rtcp_ns,
+                None => continue,
+            };
+            if due > now.mono_ns {
+                next = next.min(due);
+                continue;
+            }
+            let delay = self.rtcp_delay();
+            let cname = self.config.cname.as_bytes();
+            let Some(leg) = self.legs[slot].as_mut() else { continue };
+            leg.next_rtcp_ns = now.mono_ns + delay;
+            next = next.min(leg.next_rtcp_ns);
+            let is_group = matches!(
+                self.bridges
+                    .get(leg.bridge as usize)
+                    .and_then(Option::as_ref)
+                    .map(|bridge| bridge.kind),
+                Some(BridgeKind::Group(_))
+            );
+            if !is_group {
+                continue; // relayed calls carry the endpoints' own RTCP
+            }
+            let Some(destination) = leg.rtcp_destination() else {
+                continue;
+            };
+            let clock_rate = match self
+                .bridges
+                .get(leg.bridge as usize)
+                .and_then(Option::as_ref)
+                .map(|b| b.kind)
+            {
+                Some(BridgeKind::Group(options)) => options.clock_rate,
+                _ => 8000,
+            };
+            if let Some(length) = build_report(leg, now, clock_rate, cname, &mut scratch) {
+                out.push(slot as u32, Channel::Rtcp, destination, &scratch[..length], None);
+            }
+        }
+        self.next_timer_ns = next;
+        next
+    }
+
+    /// Statistics of this shard (control path: allocates).
+    pub fn snapshot(&self, worker: usize, with_legs: bool) -> WorkerStats {
+        let mut totals = self.retired;
+        let mut legs = Vec::new();
+        for leg in self.legs.iter().flatten() {
+            totals.add(&leg.counters);
+            if with_legs {
+                legs.push(self.leg_stats(leg));
+            }
+        }
+        let bridges = self
+            .bridges
+            .iter()
+            .flatten()
+            .map(|bridge| {
+                let mut counters = Counters::default();
+                for &slot in &bridge.legs {
+                    if let Some(Some(leg)) = self.legs.get(slot as usize) {
+                        counters.add(&leg.counters);
+                    }
+                }
+                BridgeStats {
+                    id: bridge.id,
+                    kind: bridge.kind,
+                    legs: bridge.legs.len(),
+                    holder: bridge
+                        .gate
+                        .holder()
+                        .and_then(|slot| self.legs.get(slot as usize))
+                        .and_then(Option::as_ref)
+                        .map(|leg| leg.id),
+                    switches: bridge.switches,
+                    counters,
+                }
+            })
+            .collect();
+        WorkerStats {
+            worker,
+            totals,
+            legs,
+            bridges,
+            wakeups: 0,
+            events_lost: 0,
+        }
+    }
+
+    /// Statistics of one leg.
+    pub fn leg_snapshot(&self, id: LegId) -> Option<LegStats> {
+        let slot = *self.leg_slots.get(&id)?;
+        self.legs.get(slot as usize)?.as_ref().map(|leg| self.leg_stats(leg))
+    }
+
+    fn leg_stats(&self, leg: &Leg) -> LegStats {
+        let bridge = self
+            .bridges
+            .get(leg.bridge as usize)
+            .and_then(Option::as_ref)
+            .map_or(BridgeId(0), |bridge| bridge.id);
+        LegStats {
+            id: leg.id,
+            bridge,
+            remote: leg.remote,
+            counters: leg.counters,
+            quality: leg.quality,
+        }
+    }
+}
+
+/// Source check (F-UP-06): strict legs accept only their remote address; latching legs lock
+/// onto the first source seen. Counts and returns false on a mismatch.
+#[inline]
+fn check_source(leg: &mut Leg, channel: Channel, from: SocketAddr, events: &mut impl FnMut(Event)) -> bool {
+    let expected = match channel {
+        Channel::Rtp => leg.remote,
+        Channel::Rtcp if leg.rtcp_mux => leg.remote,
+        Channel::Rtcp => leg.remote_rtcp,
+    };
+    if expected == Some(from) {
+        return true;
+    }
+    if leg.source_check == SourceCheck::Latch {
+        match channel {
+            Channel::Rtp | Channel::Rtcp if leg.rtcp_mux && !leg.latched_rtp => {
+                leg.remote = Some(from);
+                leg.latched_rtp = true;
+                events(Event::Latched {
+                    leg: leg.id,
+                    remote: from,
+                });
+                return true;
+            }
+            Channel::Rtp if !leg.latched_rtp => {
+                leg.remote = Some(from);
+                if !leg.explicit_rtcp && !leg.latched_rtcp {
+                    leg.remote_rtcp = rtcp_next_port(Some(from), false);
+                }
+                leg.latched_rtp = true;
+                events(Event::Latched {
+                    leg: leg.id,
+                    remote: from,
+                });
+                return true;
+            }
+            Channel::Rtcp if !leg.latched_rtcp && !leg.rtcp_mux => {
+                leg.remote_rtcp = Some(from);
+                leg.latched_rtcp = true;
+                return true;
+            }
+            _ => {}
+        }
+    }
+    leg.counters.drop(DropCause::SourceMismatch);
+    false
+}
+
+/// Updates a leg's receive statistics with an accepted RTP packet.
+#[inline]
+fn note_incoming(leg: &mut Leg, view: &RtpView<'_>, now: Now, clock_rate: u32) {
+    if leg.incoming_ssrc != Some(view.ssrc()) {
+        leg.incoming_ssrc = Some(view.ssrc());
+        leg.incoming = ReceiverStats::default();
+    }
+    let arrival = ns_to_ts(now.mono_ns, clock_rate);
+    leg.incoming.on_packet(view.sequence(), view.timestamp(), arrival);
+}
+
+/// Reads an RTCP compound packet from a leg: SR arrival times (for our reports' LSR/DLSR) and
+/// report blocks about the stream we send it. Returns false (and counts) when malformed.
+fn read_rtcp(leg: &mut Leg, data: &[u8], now: Now, clock_rate: u32) -> bool {
+    if rtcp::validate_compound(data).is_err() {
+        leg.counters.drop(DropCause::MalformedRtcp);
+        return false;
+    }
+    let our_ssrc = leg.out.ssrc();
+    let now_ntp = rtcp::ntp_middle32(rtcp::ntp_from_unix_nanos(u128::from(now.unix_ns)));
+    for packet in rtcp::RtcpIter::new(data) {
+        let note_block = |block: ReportBlock, leg: &mut Leg| {
+            if block.ssrc != our_ssrc {
+                return;
+            }
+            leg.quality.remote_fraction_lost = f64::from(block.fraction_lost) / 256.0;
+            leg.quality.remote_cumulative_lost = block.cumulative_lost;
+            leg.quality.remote_jitter_ms = f64::from(block.jitter) * 1000.0 / f64::from(clock_rate);
+            if let Some(rtt) = rtcp::round_trip(now_ntp, block.last_sr, block.delay_since_last_sr) {
+                leg.quality.round_trip_ms = Some(rtcp::middle32_to_micros(rtt) as f64 / 1000.0);
+            }
+        };
+        match packet.packet_type {
+            200 => {
+                if let Ok(report) = rtcp::SenderReport::parse(packet) {
+                    leg.last_sr = rtcp::ntp_middle32(report.ntp());
+                    leg.last_sr_arrival_ns = now.mono_ns;
+                    for block in report.report_blocks() {
+                        note_block(block, leg);
+                    }
+                }
+            }
+            201 => {
+                if let Ok(report) = rtcp::ReceiverReport::parse(packet) {
+                    for block in report.report_blocks() {
+                        note_block(block, leg);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    true
+}
+
+/// Builds the compound report a group leg sends: SR if the engine sent on it since the start,
+/// else RR; a report block on the incoming stream if any; SDES CNAME.
+fn build_report(leg: &mut Leg, now: Now, clock_rate: u32, cname: &[u8], scratch: &mut [u8; 256]) -> Option<usize> {
+    let mut blocks = [ReportBlock::default(); 1];
+    let mut block_count = 0;
+    if let Some(ssrc) = leg.incoming_ssrc {
+        let delay = if leg.last_sr == 0 {
+            0
+        } else {
+            ((now.mono_ns.saturating_sub(leg.last_sr_arrival_ns) as u128 * 65536) / 1_000_000_000) as u32
+        };
+        blocks[0] = leg.incoming.report_block(ssrc, leg.last_sr, delay);
+        block_count = 1;
+        leg.quality.local_expected = u64::from(leg.incoming.expected());
+        leg.quality.local_lost = i64::from(leg.incoming.expected()) - i64::from(leg.incoming.received());
+        leg.quality.local_jitter_ms = f64::from(leg.incoming.jitter()) * 1000.0 / f64::from(clock_rate);
+    }
+    let ssrc = leg.out.ssrc();
+    let first = if leg.out.started() {
+        let ntp = rtcp::ntp_from_unix_nanos(u128::from(now.unix_ns));
+        rtcp::write_sender_report(
+            &mut scratch[..],
+            ssrc,
+            ntp,
+            leg.out.timestamp_at(now.mono_ns, clock_rate),
+            leg.out.packets(),
+            leg.out.octets(),
+            &blocks[..block_count],
+        )
+        .ok()?
+    } else if block_count > 0 {
+        rtcp::write_receiver_report(&mut scratch[..], ssrc, &blocks[..block_count]).ok()?
+    } else {
+        return None;
+    };
+    let second = rtcp::write_sdes_cname(scratch.get_mut(first..)?, ssrc, cname).ok()?;
+    Some(first + second)
+}
