@@ -51,19 +51,18 @@ fn init_logging(config: &Config) {
     }
 }
 
-async fn shutdown_signal() {
+/// Registers SIGINT/SIGTERM handlers now (so a signal arriving while the node starts is not
+/// lost) and returns a future that completes on the first of them.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-        (Ok(mut interrupt), Ok(mut terminate)) => {
-            tokio::select! {
-                _ = interrupt.recv() => {},
-                _ = terminate.recv() => {},
-            }
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }
 
 fn main() -> ExitCode {
@@ -95,7 +94,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(floorcast::node::run(config, shutdown_signal())) {
+            let result = runtime.block_on(async {
+                let shutdown = shutdown_signal().map_err(|error| anyhow::anyhow!("cannot watch signals: {error}"))?;
+                floorcast::node::run(config, shutdown).await
+            });
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!("{error:#}");
