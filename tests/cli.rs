@@ -58,6 +58,7 @@ fn run_refuses_an_invalid_config() {
 }
 
 /// Starts the binary and waits until it logs that it runs.
+#[allow(clippy::zombie_processes)] // every caller waits for (or kills) the child
 fn start(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(BINARY)
         .args(args)

@@ -20,6 +20,7 @@ use crate::io::uring::UringSender;
 use crate::media::api::{BridgeId, BridgeKind, Event, LegId, LegSpec, LegStats, WorkerStats};
 use crate::media::out::{Channel, OutBatch};
 use crate::media::shard::{Now, Shard, ShardConfig, StreamOrigin};
+use crate::media::stats::{DropCause, DROP_CAUSES};
 
 const WAKE_TOKEN: u64 = u64::MAX;
 const MAX_EVENTS: usize = 256;
@@ -149,7 +150,13 @@ pub struct Worker {
     clock_origin: Instant,
     wakeups: u64,
     events_lost: u64,
+    /// Drops already reported in the log, and when the next report may be written.
+    logged_drops: [u64; DROP_CAUSES],
+    next_drop_log_ns: u64,
 }
+
+/// Drops are summarised in the log at most this often (never per packet).
+const DROP_LOG_INTERVAL_NS: u64 = 10_000_000_000;
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -205,6 +212,8 @@ impl Worker {
             clock_origin,
             wakeups: 0,
             events_lost: 0,
+            logged_drops: [0; DROP_CAUSES],
+            next_drop_log_ns: 0,
         };
         // The waker owns the eventfd; the worker keeps the raw number (it lives as long as the
         // engine keeps the waker, which outlives the worker thread).
@@ -255,7 +264,7 @@ impl Worker {
                 return;
             }
             let now = self.now();
-            let mut busy = false;
+            let mut traffic = false;
             for event in ready.iter().take(count as usize) {
                 let token = event.u64;
                 if token == WAKE_TOKEN {
@@ -264,16 +273,19 @@ impl Worker {
                     let _ = unsafe { libc::read(self.wake, (&mut value as *mut u64).cast(), 8) };
                     continue;
                 }
-                busy |= self.service(token, now);
+                traffic |= self.service(token, now);
             }
-            if busy && !self.config.rx_coalesce.is_zero() {
+            // Coalescing: after a turn with traffic, let packets gather for a moment so the
+            // next turn takes many per wake-up (wake-ups, not packets, dominate the cost at
+            // PTT rates). Bounded to one pause per turn, so it adds at most that much latency.
+            if traffic && !self.config.rx_coalesce.is_zero() {
                 std::thread::sleep(self.config.rx_coalesce);
             }
         }
     }
 
     /// Receives one batch from the socket behind `token`, processes and sends it. Returns
-    /// whether the batch was full (the socket may hold more).
+    /// whether anything was received.
     fn service(&mut self, token: u64, now: Now) -> bool {
         let slot = (token >> 1) as u32;
         let channel = if token & 1 == 0 { Channel::Rtp } else { Channel::Rtcp };
@@ -291,14 +303,14 @@ impl Worker {
         // turn than a relay, so the out batch (and the time before other sockets get a turn)
         // stays bounded.
         let limit = (FLUSH_THRESHOLD / self.shard.fanout_width(slot)).clamp(1, self.config.batch_size);
-        let received = match self.rx.receive_at_most(fd, limit) {
+        match self.rx.receive_at_most(fd, limit) {
             Ok(0) => return false,
-            Ok(received) => received,
+            Ok(_) => {}
             Err(error) => {
                 tracing::debug!(worker = self.config.index, %error, "recvmmsg failed");
                 return false;
             }
-        };
+        }
         if let Some(count) = self.rx.overflow_count() {
             if let Some(seen) = self.overflow.get_mut(slot as usize) {
                 let index = usize::from(channel == Channel::Rtcp);
@@ -321,7 +333,7 @@ impl Worker {
             Channel::Rtcp => self.shard.on_rtcp(slot, &self.rx, now, &mut self.out, &mut sink),
         }
         self.flush();
-        received == limit
+        true
     }
 
     fn run_timers(&mut self, now: Now) -> u64 {
@@ -334,7 +346,32 @@ impl Worker {
         };
         let next = self.shard.poll_timers(now, &mut self.out, &mut sink);
         self.flush();
-        next
+        if now.mono_ns >= self.next_drop_log_ns {
+            self.next_drop_log_ns = now.mono_ns + DROP_LOG_INTERVAL_NS;
+            self.log_drops();
+        }
+        next.min(self.next_drop_log_ns)
+    }
+
+    /// Rate-limited log of hostile or failed input: one line per cause that grew since the
+    /// last report, at most every ten seconds. The counters themselves are exact.
+    fn log_drops(&mut self) {
+        let totals = self.shard.totals();
+        for cause in DropCause::ALL {
+            let count = totals.drops(cause);
+            let new = count - self.logged_drops[cause as usize].min(count);
+            self.logged_drops[cause as usize] = count;
+            if new == 0 || matches!(cause, DropCause::NotHolder | DropCause::Late | DropCause::Duplicate) {
+                continue; // normal floor-control and network behaviour, not worth a log line
+            }
+            tracing::warn!(
+                worker = self.config.index,
+                cause = cause.name(),
+                new,
+                total = count,
+                "packets dropped"
+            );
+        }
     }
 
     /// Sends everything in the out batch: one `sendmmsg` per run of messages from the same

@@ -835,6 +835,15 @@ impl Shard {
         next
     }
 
+    /// Totals since start, removed legs included (walks every leg: call it rarely).
+    pub fn totals(&self) -> Counters {
+        let mut totals = self.retired;
+        for leg in self.legs.iter().flatten() {
+            totals.add(&leg.counters);
+        }
+        totals
+    }
+
     /// Statistics of this shard (control path: allocates).
     pub fn snapshot(&self, worker: usize, with_legs: bool) -> WorkerStats {
         let mut totals = self.retired;
@@ -1042,4 +1051,250 @@ fn build_report(leg: &mut Leg, now: Now, clock_rate: u32, cname: &[u8], scratch:
     };
     let second = rtcp::write_sdes_cname(scratch.get_mut(first..)?, ssrc, cname).ok()?;
     Some(first + second)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use super::*;
+    use crate::media::codec::Codec;
+
+    fn address(port: u16) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+    }
+
+    fn shard() -> Shard {
+        Shard::new(ShardConfig {
+            rtcp_interval: Duration::from_secs(1),
+            default_source_check: SourceCheck::Strict,
+            cname: "unit".into(),
+            seed: 7,
+        })
+    }
+
+    fn at(ms: u64) -> Now {
+        Now {
+            mono_ns: ms * 1_000_000,
+            unix_ns: 1_700_000_000_000_000_000 + ms * 1_000_000,
+        }
+    }
+
+    fn rtp(ssrc: u32, seq: u16, ts: u32, pt: u8) -> Vec<u8> {
+        let mut data = vec![0x80, pt, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xaa, 0xbb];
+        data[2..4].copy_from_slice(&seq.to_be_bytes());
+        data[4..8].copy_from_slice(&ts.to_be_bytes());
+        data[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        data
+    }
+
+    /// A group of a talker (port 1000) and two listeners (2000, 3000).
+    fn group_of_three(shard: &mut Shard, listener_types: &[(u8, Codec)]) -> [u32; 3] {
+        let bridge = BridgeId(1);
+        shard
+            .add_bridge(bridge, BridgeKind::Group(GroupOptions::default()))
+            .unwrap();
+        let origin = |ssrc| StreamOrigin {
+            ssrc,
+            seq: 100,
+            timestamp: 5000,
+        };
+        let spec = |port, types: &[(u8, Codec)]| LegSpec {
+            remote: Some(address(port)),
+            payload_types: types.to_vec(),
+            ..LegSpec::default()
+        };
+        let talker = shard
+            .add_leg(LegId(1), bridge, &spec(1000, &[(96, Codec::AmrWb)]), origin(11), at(0))
+            .unwrap();
+        let first = shard
+            .add_leg(LegId(2), bridge, &spec(2000, listener_types), origin(22), at(0))
+            .unwrap();
+        let second = shard
+            .add_leg(LegId(3), bridge, &spec(3000, &[]), origin(33), at(0))
+            .unwrap();
+        shard.set_source(bridge, Some(LegId(1))).unwrap();
+        [talker, first, second]
+    }
+
+    #[test]
+    fn fan_out_writes_each_listeners_header_and_shares_the_body() {
+        let mut shard = shard();
+        let [talker, ..] = group_of_three(&mut shard, &[(104, Codec::AmrWb)]);
+        let data = rtp(0xdead, 9, 900, 96);
+        let batch = [RxPacket {
+            data: &data,
+            from: address(1000),
+            buffer: 3,
+            truncated: false,
+        }];
+        let mut out = OutBatch::default();
+        shard.on_rtp(talker, &batch[..], at(1), &mut out, &mut |_| {});
+        assert_eq!(out.len(), 2);
+        let first = out.messages[0];
+        let head = out.head(&first);
+        assert_eq!(first.destination, address(2000));
+        assert_eq!(head.len(), 16, "fixed header + the talker as CSRC");
+        assert_eq!(head[0], 0x81, "version 2, one CSRC");
+        assert_eq!(
+            head[1],
+            0x80 | 104,
+            "marker on the spurt start, listener's payload type"
+        );
+        assert_eq!(u16::from_be_bytes([head[2], head[3]]), 100);
+        assert_eq!(u32::from_be_bytes([head[8], head[9], head[10], head[11]]), 22);
+        assert_eq!(u32::from_be_bytes([head[12], head[13], head[14], head[15]]), 0xdead);
+        assert_eq!(
+            first.body,
+            Some(RxSlice {
+                buffer: 3,
+                start: 12,
+                end: 14
+            })
+        );
+        let second = out.head(&out.messages[1]);
+        assert_eq!(second[1], 0x80 | 96, "a transparent listener keeps the number");
+    }
+
+    #[test]
+    fn strict_and_latching_source_checks() {
+        let mut shard = shard();
+        let bridge = BridgeId(1);
+        shard.add_bridge(bridge, BridgeKind::Relay).unwrap();
+        let origin = StreamOrigin {
+            ssrc: 1,
+            seq: 1,
+            timestamp: 1,
+        };
+        let strict = LegSpec {
+            remote: Some(address(1000)),
+            ..LegSpec::default()
+        };
+        let latch = LegSpec {
+            source_check: Some(SourceCheck::Latch),
+            ..LegSpec::default()
+        };
+        let a = shard.add_leg(LegId(1), bridge, &strict, origin, at(0)).unwrap();
+        let b = shard.add_leg(LegId(2), bridge, &latch, origin, at(0)).unwrap();
+        let data = rtp(5, 1, 1, 0);
+        let mut out = OutBatch::default();
+        let mut events = Vec::new();
+        let from = |port| {
+            [RxPacket {
+                data: &data,
+                from: address(port),
+                buffer: 0,
+                truncated: false,
+            }]
+        };
+        shard.on_rtp(a, &from(999)[..], at(1), &mut out, &mut |event| events.push(event));
+        assert!(out.is_empty());
+        // B has no remote yet: A's packet has nowhere to go.
+        shard.on_rtp(a, &from(1000)[..], at(1), &mut out, &mut |event| events.push(event));
+        assert!(out.is_empty());
+        // B latches 4000; then A's packets reach it; another source on B is refused.
+        shard.on_rtp(b, &from(4000)[..], at(2), &mut out, &mut |event| events.push(event));
+        assert_eq!(out.messages[0].destination, address(1000));
+        assert_eq!(
+            events,
+            vec![Event::Latched {
+                leg: LegId(2),
+                remote: address(4000)
+            }]
+        );
+        out.clear();
+        shard.on_rtp(a, &from(1000)[..], at(3), &mut out, &mut |_| {});
+        assert_eq!(out.messages[0].destination, address(4000));
+        out.clear();
+        shard.on_rtp(b, &from(4001)[..], at(4), &mut out, &mut |_| {});
+        assert!(out.is_empty());
+        let drops = |slot: LegId| {
+            shard
+                .leg_snapshot(slot)
+                .unwrap()
+                .counters
+                .drops(DropCause::SourceMismatch)
+        };
+        assert_eq!((drops(LegId(1)), drops(LegId(2))), (1, 1));
+        assert_eq!(
+            shard
+                .leg_snapshot(LegId(1))
+                .unwrap()
+                .counters
+                .drops(DropCause::NoDestination),
+            1
+        );
+    }
+
+    #[test]
+    fn timers_send_sender_reports_and_report_silence() {
+        let mut shard = shard();
+        let [talker, first, _] = group_of_three(&mut shard, &[]);
+        let mut out = OutBatch::default();
+        let mut events = Vec::new();
+        for seq in 0..10u16 {
+            let data = rtp(0xdead, seq, u32::from(seq) * 320, 96);
+            let batch = [RxPacket {
+                data: &data,
+                from: address(1000),
+                buffer: 0,
+                truncated: false,
+            }];
+            shard.on_rtp(talker, &batch[..], at(20 * u64::from(seq)), &mut out, &mut |event| {
+                events.push(event)
+            });
+        }
+        assert!(matches!(
+            events[0],
+            Event::TalkerFirstPacket {
+                leg: LegId(1),
+                ssrc: 0xdead,
+                ..
+            }
+        ));
+        out.clear();
+        // After 1.5 intervals every leg has reported once; after 4 s of silence the talker is
+        // reported silent, once.
+        let _ = shard.poll_timers(at(1600), &mut out, &mut |event| events.push(event));
+        let _ = shard.poll_timers(at(4300), &mut out, &mut |event| events.push(event));
+        let _ = shard.poll_timers(at(4400), &mut out, &mut |event| events.push(event));
+        let silent: Vec<_> = events
+            .iter()
+            .filter(|event| matches!(event, Event::TalkerSilent { .. }))
+            .collect();
+        assert_eq!(silent.len(), 1);
+        let report = out
+            .messages
+            .iter()
+            .find(|message| message.leg == first)
+            .expect("an SR to the listener");
+        assert_eq!(report.destination, address(2001), "RTCP on RTP port + 1");
+        let data = out.head(report);
+        rtcp::validate_compound(data).unwrap();
+        let packet = rtcp::RtcpIter::new(data).next().unwrap();
+        let sr = rtcp::SenderReport::parse(packet).unwrap();
+        assert_eq!((sr.sender_ssrc(), sr.packet_count(), sr.octet_count()), (22, 10, 20));
+        let to_talker = out
+            .messages
+            .iter()
+            .find(|message| message.leg == talker)
+            .expect("an RR to the talker");
+        let data = out.head(to_talker);
+        let packet = rtcp::RtcpIter::new(data).next().unwrap();
+        let rr = rtcp::ReceiverReport::parse(packet).unwrap();
+        let block = rr.report_blocks().next().unwrap();
+        assert_eq!((block.ssrc, block.cumulative_lost, block.highest_seq), (0xdead, 0, 9));
+    }
+
+    #[test]
+    fn removing_the_holder_clears_the_floor() {
+        let mut shard = shard();
+        group_of_three(&mut shard, &[]);
+        shard.remove_leg(LegId(1)).unwrap();
+        let stats = shard.snapshot(0, false);
+        assert_eq!(stats.bridges[0].holder, None);
+        assert_eq!(stats.bridges[0].legs, 2);
+        assert_eq!(shard.remove_bridge(BridgeId(1)).unwrap().len(), 2);
+        assert_eq!(shard.leg_count(), 0);
+    }
 }

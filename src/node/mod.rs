@@ -38,6 +38,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
 /// Starts a node's services and returns their handles.
 pub async fn start(config: &Config) -> anyhow::Result<Node> {
+    match crate::io::raise_fd_limit() {
+        Ok(limit) if limit < 4096 => tracing::warn!(limit, "low open-file limit: few legs possible"),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
     let engine = Arc::new(
         Engine::start(&config.media, &config.node.name)
             .map_err(|error| anyhow::anyhow!("cannot start the media engine: {error}"))?,
