@@ -463,6 +463,24 @@ fn measure(system: System, listeners: usize, rate: u64, record_latency: bool) ->
     let received = receivers.received.load(Ordering::Relaxed) - before_received;
     let cpu = thread_cpu_ns(system.thread_prefix()) - before_cpu;
     let histogram = record_latency.then(|| receivers.take_histogram());
+    if let Some(fanout) = &_floorcast {
+        let mut totals = floorcast::media::stats::Counters::default();
+        for worker in fanout._engine.stats(false).unwrap() {
+            totals.add(&worker.totals);
+        }
+        let drops: Vec<String> = floorcast::media::stats::DropCause::ALL
+            .iter()
+            .filter(|cause| totals.drops(**cause) > 0)
+            .map(|cause| format!("{}={}", cause.name(), totals.drops(*cause)))
+            .collect();
+        if !drops.is_empty() {
+            eprintln!(
+                "  [{} 1->{listeners} rate {rate}: engine drops {}]",
+                system.name(),
+                drops.join(" ")
+            );
+        }
+    }
     let expected = sent * listeners as u64;
     Run {
         output_pps: received as f64 / elapsed.as_secs_f64(),

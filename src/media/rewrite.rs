@@ -35,6 +35,9 @@ pub enum Admit {
 /// still forwarded (and duplicates recognised).
 pub const REORDER_WINDOW: u16 = 64;
 
+/// A forward jump larger than this needs confirmation by a second packet (RFC 3550 A.1).
+pub const MAX_DROPOUT: i16 = 3000;
+
 /// Bridge-level gate: which leg may talk, and which of its packets go out.
 #[derive(Debug, Clone, Default)]
 pub struct SourceGate {
@@ -42,6 +45,9 @@ pub struct SourceGate {
     spurt: u32,
     stream: Option<GateStream>,
     previous_ssrc: Option<u32>,
+    /// After a packet far outside the window, the sequence number that would confirm a jump
+    /// of the source's numbering (RFC 3550 A.1 style re-synchronisation).
+    resync: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -129,7 +135,8 @@ impl SourceGate {
             };
         }
         let ahead = seq.wrapping_sub(stream.highest_seq) as i16;
-        if ahead > 0 {
+        if ahead > 0 && ahead <= MAX_DROPOUT {
+            self.resync = None;
             let shift = ahead as u32;
             stream.seen = if shift >= 64 { 1 } else { (stream.seen << shift) | 1 };
             stream.highest_seq = seq;
@@ -141,11 +148,27 @@ impl SourceGate {
         if ahead == 0 {
             return Admit::Duplicate;
         }
-        if (seq.wrapping_sub(stream.start_seq) as i16) < 0 {
-            return Admit::Late;
-        }
         let behind = ahead.unsigned_abs();
-        if behind >= REORDER_WINDOW {
+        if ahead > 0 || (seq.wrapping_sub(stream.start_seq) as i16) < 0 || behind >= REORDER_WINDOW {
+            // Far behind: a straggler, or the source's numbering jumped (an upstream relay
+            // switched talkers without changing SSRC, an endpoint restarted, or more than half
+            // the sequence space was lost). Two consecutive such packets confirm a jump: start
+            // a new spurt there, so listeners rebase instead of dropping everything after.
+            if self.resync == Some(seq) {
+                self.resync = None;
+                self.spurt = self.spurt.wrapping_add(1);
+                *stream = GateStream {
+                    ssrc,
+                    start_seq: seq,
+                    highest_seq: seq,
+                    seen: 1,
+                };
+                return Admit::Forward {
+                    spurt: self.spurt,
+                    first: true,
+                };
+            }
+            self.resync = Some(seq.wrapping_add(1));
             return Admit::Late;
         }
         let bit = 1u64 << behind;
@@ -358,6 +381,24 @@ mod tests {
     }
 
     #[test]
+    fn sequence_jump_is_confirmed_by_two_packets_then_a_new_spurt() {
+        let mut gate = SourceGate::new();
+        gate.set_holder(Some(1));
+        for seq in 1000..1010 {
+            gate.admit(1, 7, seq);
+        }
+        // An upstream relay switched talkers keeping the SSRC: numbering jumps far "back".
+        assert_eq!(gate.admit(1, 7, 40_000), Admit::Late);
+        let Admit::Forward { first: true, spurt } = gate.admit(1, 7, 40_001) else {
+            panic!("resync")
+        };
+        assert!(matches!(gate.admit(1, 7, 40_002), Admit::Forward { first: false, spurt: s } if s == spurt));
+        // A lone straggler does not trigger a resync.
+        assert_eq!(gate.admit(1, 7, 1009), Admit::Late);
+        assert!(matches!(gate.admit(1, 7, 40_003), Admit::Forward { first: false, .. }));
+    }
+
+    #[test]
     fn ssrc_change_on_the_holder_leg_starts_a_spurt() {
         let mut gate = SourceGate::new();
         gate.set_holder(Some(1));
@@ -404,6 +445,8 @@ mod tests {
         Silence { frames: u8 },
         /// The holder's leg changes SSRC.
         NewSsrc,
+        /// The holder's sequence numbering jumps (same SSRC).
+        SeqJump { by: u16 },
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -416,6 +459,7 @@ mod tests {
             2 => proptest::option::of(0u8..4).prop_map(|to| Step::Switch { to }),
             1 => (1u8..100).prop_map(|frames| Step::Silence { frames }),
             1 => Just(Step::NewSsrc),
+            1 => any::<u16>().prop_map(|by| Step::SeqJump { by }),
         ]
     }
 
@@ -508,6 +552,11 @@ mod tests {
                             talker.ts = talker.ts.wrapping_add(160 * u32::from(frames));
                         }
                     }
+                    Step::SeqJump { by } => {
+                        if let Some(leg) = gate.holder() {
+                            talkers[leg as usize].seq = talkers[leg as usize].seq.wrapping_add(by);
+                        }
+                    }
                     Step::NewSsrc => {
                         if let Some(leg) = gate.holder() {
                             ssrc_bump += 1;
@@ -518,10 +567,18 @@ mod tests {
             }
 
             for (index, packets) in sent.iter().enumerate() {
+                // Sequence numbers are compared in an extended (unwrapped) space: 16-bit wrap
+                // after a long stream is legitimate, a true repeat is not.
                 let mut seen = HashSet::new();
+                let mut extended: Option<(u16, i64)> = None;
                 let mut highest: Option<(u16, u32, u64, u32, u16)> = None; // out seq, ts, wall, spurt, in seq
                 for &(seq, ts, marker, spurt, in_seq, wall) in packets {
-                    prop_assert!(seen.insert(seq), "listener {index} repeated seq {seq}");
+                    let unwrapped = match extended {
+                        Some((last, value)) => value + i64::from(seq.wrapping_sub(last) as i16),
+                        None => i64::from(seq),
+                    };
+                    extended = Some((seq, unwrapped));
+                    prop_assert!(seen.insert(unwrapped), "listener {index} repeated seq {seq}");
                     if let Some((last_seq, last_ts, last_wall, last_spurt, last_in)) = highest {
                         let ahead = seq.wrapping_sub(last_seq) as i16;
                         if spurt != last_spurt {
