@@ -9,6 +9,8 @@
 //! - [`io`]: the only module with `unsafe`: batched UDP (`recvmmsg`/`sendmmsg`, io_uring) and
 //!   the per-core media workers that own sockets and drive [`media::shard::Shard`]s; the
 //!   [`io::Engine`] handle the control plane uses.
+//! - [`sip`]: the project's own SIP message layer (zero-copy parser, typed header views,
+//!   stream framing, builder) and digest authentication; sans-IO.
 //! - [`node`]: the process shell: starts the engine and the metrics endpoint, and shuts down
 //!   cleanly.
 //!
@@ -25,3 +27,4 @@ pub mod config;
 pub mod io;
 pub mod media;
 pub mod node;
+pub mod sip;

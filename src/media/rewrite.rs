@@ -54,9 +54,25 @@ pub struct SourceGate {
 struct GateStream {
     ssrc: u32,
     start_seq: u16,
+    /// The spurt is younger than the reorder window: packets before `start_seq` are possible
+    /// and must be dropped. (Compared only while young: 16-bit serial arithmetic against the
+    /// start would misjudge packets once a spurt is 32768 packets long.)
+    young: bool,
     highest_seq: u16,
     /// Bit i set: `highest_seq - i` was forwarded.
     seen: u64,
+}
+
+impl GateStream {
+    fn start(ssrc: u32, seq: u16) -> Self {
+        GateStream {
+            ssrc,
+            start_seq: seq,
+            young: true,
+            highest_seq: seq,
+            seen: 1,
+        }
+    }
 }
 
 impl SourceGate {
@@ -103,12 +119,7 @@ impl SourceGate {
             return Admit::NotHolder;
         }
         let Some(stream) = self.stream.as_mut() else {
-            self.stream = Some(GateStream {
-                ssrc,
-                start_seq: seq,
-                highest_seq: seq,
-                seen: 1,
-            });
+            self.stream = Some(GateStream::start(ssrc, seq));
             return Admit::Forward {
                 spurt: self.spurt,
                 first: true,
@@ -123,12 +134,7 @@ impl SourceGate {
             // talker): a new spurt.
             self.previous_ssrc = Some(stream.ssrc);
             self.spurt = self.spurt.wrapping_add(1);
-            *stream = GateStream {
-                ssrc,
-                start_seq: seq,
-                highest_seq: seq,
-                seen: 1,
-            };
+            *stream = GateStream::start(ssrc, seq);
             return Admit::Forward {
                 spurt: self.spurt,
                 first: true,
@@ -137,6 +143,9 @@ impl SourceGate {
         let ahead = seq.wrapping_sub(stream.highest_seq) as i16;
         if ahead > 0 && ahead <= MAX_DROPOUT {
             self.resync = None;
+            if stream.young && seq.wrapping_sub(stream.start_seq) >= REORDER_WINDOW {
+                stream.young = false;
+            }
             let shift = ahead as u32;
             stream.seen = if shift >= 64 { 1 } else { (stream.seen << shift) | 1 };
             stream.highest_seq = seq;
@@ -149,7 +158,8 @@ impl SourceGate {
             return Admit::Duplicate;
         }
         let behind = ahead.unsigned_abs();
-        if ahead > 0 || (seq.wrapping_sub(stream.start_seq) as i16) < 0 || behind >= REORDER_WINDOW {
+        let before_start = stream.young && (seq.wrapping_sub(stream.start_seq) as i16) < 0;
+        if ahead > 0 || before_start || behind >= REORDER_WINDOW {
             // Far behind: a straggler, or the source's numbering jumped (an upstream relay
             // switched talkers without changing SSRC, an endpoint restarted, or more than half
             // the sequence space was lost). Two consecutive such packets confirm a jump: start
@@ -157,12 +167,7 @@ impl SourceGate {
             if self.resync == Some(seq) {
                 self.resync = None;
                 self.spurt = self.spurt.wrapping_add(1);
-                *stream = GateStream {
-                    ssrc,
-                    start_seq: seq,
-                    highest_seq: seq,
-                    seen: 1,
-                };
+                *stream = GateStream::start(ssrc, seq);
                 return Admit::Forward {
                     spurt: self.spurt,
                     first: true,
@@ -203,6 +208,10 @@ pub struct ListenerStream {
     /// Input sequence number at which the current spurt was rebased for this listener;
     /// older input is not sent (it would reuse an outgoing sequence number).
     rebase_seq: u16,
+    /// Whether input is still close enough to `rebase_seq` for the check above to be needed
+    /// (afterwards the gate's reorder window keeps older packets out, and a 16-bit comparison
+    /// would misjudge packets of a spurt longer than 32768 packets).
+    guard: bool,
     last_seq: u16,
     last_ts: u32,
     last_wall_ns: u64,
@@ -224,6 +233,7 @@ impl ListenerStream {
             seq_offset: 0,
             ts_offset: 0,
             rebase_seq: 0,
+            guard: false,
             last_seq: initial_seq.wrapping_sub(1),
             last_ts: initial_ts.wrapping_sub(frame_ts.max(1)),
             last_wall_ns: 0,
@@ -294,10 +304,17 @@ impl ListenerStream {
             self.seq_offset = next_seq.wrapping_sub(seq);
             self.ts_offset = next_ts.wrapping_sub(timestamp);
             self.rebase_seq = seq;
+            self.guard = true;
             self.spurt = Some(spurt);
             marker = true;
-        } else if (seq.wrapping_sub(self.rebase_seq) as i16) < 0 {
-            return None;
+        } else if self.guard {
+            let since = seq.wrapping_sub(self.rebase_seq) as i16;
+            if since < 0 {
+                return None;
+            }
+            if since >= REORDER_WINDOW as i16 {
+                self.guard = false;
+            }
         }
         let out_seq = seq.wrapping_add(self.seq_offset);
         let out_ts = timestamp.wrapping_add(self.ts_offset);
@@ -396,6 +413,41 @@ mod tests {
         // A lone straggler does not trigger a resync.
         assert_eq!(gate.admit(1, 7, 1009), Admit::Late);
         assert!(matches!(gate.admit(1, 7, 40_003), Admit::Forward { first: false, .. }));
+    }
+
+    #[test]
+    fn long_spurt_keeps_flowing_past_the_sequence_wrap() {
+        let mut gate = SourceGate::new();
+        gate.set_holder(Some(1));
+        let mut listener = ListenerStream::new(9, 0, 0, 160);
+        let mut seq = 100u16;
+        let mut now = 0u64;
+        let mut sent = 0u32;
+        for index in 0..200_000u32 {
+            seq = seq.wrapping_add(1);
+            now += 20_000_000;
+            // Every 1000th pair arrives swapped.
+            let order: &[u16] = if index % 1000 == 0 { &[1, 0] } else { &[0] };
+            if index % 1000 == 0 {
+                seq = seq.wrapping_add(1);
+            }
+            for &back in order {
+                let this = seq.wrapping_sub(back);
+                if let Admit::Forward { spurt, .. } = gate.admit(1, 5, this) {
+                    if listener
+                        .rewrite(spurt, this, u32::from(this) * 160, false, 160, now, 8000)
+                        .is_some()
+                    {
+                        sent += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            sent,
+            200_000 + 200,
+            "every packet of a 200,000-packet spurt is forwarded"
+        );
     }
 
     #[test]

@@ -1,0 +1,253 @@
+//! Building messages: requests and responses from parts, and responses to a received request
+//! (RFC 3261 section 8.2.6).
+//!
+//! A built message is serialised once and parsed back, so it is the same [`Message`] type the
+//! parser produces and needs no separate serialiser. The builder refuses header names and values
+//! that would break the framing (line breaks, non-token names).
+#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![warn(missing_docs)]
+
+use bytes::Bytes;
+
+use crate::sip::headers::HeaderName;
+use crate::sip::message::{Message, Method, Rejection};
+use crate::sip::syntax::is_token;
+
+/// Why a message could not be built.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A header name is empty or holds non-token characters.
+    #[error("invalid header name {0:?}")]
+    HeaderName(String),
+    /// A header value, reason phrase or Request-URI holds a line break, which would break the
+    /// message framing.
+    #[error("line break in a header value, reason phrase or Request-URI")]
+    LineBreak,
+    /// The status code is outside 100..=699, or the method is not a token.
+    #[error("invalid start line")]
+    StartLine,
+    /// Content-Length is set by the builder from the body; it may not be added by hand.
+    #[error("Content-Length is computed by the builder")]
+    ContentLength,
+    /// The request to answer carries no Via, From, To, Call-ID or CSeq to copy.
+    #[error("the request lacks a header the response must copy")]
+    Unaddressable,
+    /// The serialised message did not parse back (a bug, or a caller-supplied header value that
+    /// the parser refuses).
+    #[error("built message does not parse: {0}")]
+    Parse(#[from] Box<Rejection>),
+}
+
+/// Builds a request or a response. Headers are written in the order they are added;
+/// `Content-Length` is appended last, from the body.
+#[derive(Clone, Debug)]
+pub struct MessageBuilder {
+    head: Vec<u8>,
+    body: Bytes,
+    error: Option<BuildError>,
+}
+
+impl MessageBuilder {
+    /// Starts a request: `METHOD uri SIP/2.0`.
+    pub fn request(method: Method<'_>, uri: &str) -> Self {
+        let mut builder = Self::empty();
+        if !method.is_valid() {
+            builder.error = Some(BuildError::StartLine);
+        } else if has_line_break(uri.as_bytes()) || uri.contains(' ') || uri.is_empty() {
+            builder.error = Some(BuildError::LineBreak);
+        }
+        builder.head.extend_from_slice(method.as_str().as_bytes());
+        builder.head.push(b' ');
+        builder.head.extend_from_slice(uri.as_bytes());
+        builder.head.extend_from_slice(b" SIP/2.0\r\n");
+        builder
+    }
+
+    /// Starts a response: `SIP/2.0 status reason`.
+    pub fn response(status: u16, reason: &str) -> Self {
+        let mut builder = Self::empty();
+        if !(100..=699).contains(&status) {
+            builder.error = Some(BuildError::StartLine);
+        } else if has_line_break(reason.as_bytes()) {
+            builder.error = Some(BuildError::LineBreak);
+        }
+        builder
+            .head
+            .extend_from_slice(format!("SIP/2.0 {status} {reason}\r\n").as_bytes());
+        builder
+    }
+
+    fn empty() -> Self {
+        Self {
+            head: Vec::with_capacity(512),
+            body: Bytes::new(),
+            error: None,
+        }
+    }
+
+    /// Appends a header field with a known name, written in its long form.
+    pub fn header(self, name: HeaderName, value: impl AsRef<[u8]>) -> Self {
+        if name == HeaderName::Other {
+            let mut builder = self;
+            builder.error.get_or_insert(BuildError::HeaderName(String::new()));
+            return builder;
+        }
+        self.raw_header(name.as_str(), value)
+    }
+
+    /// Appends a header field by name (for extension headers).
+    pub fn raw_header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
+        let value = value.as_ref();
+        if name.is_empty() || !name.bytes().all(is_token) {
+            self.error.get_or_insert(BuildError::HeaderName(name.to_owned()));
+        } else if HeaderName::from_bytes(name.as_bytes()) == HeaderName::ContentLength {
+            self.error.get_or_insert(BuildError::ContentLength);
+        } else if has_line_break(value) {
+            self.error.get_or_insert(BuildError::LineBreak);
+        }
+        self.head.extend_from_slice(name.as_bytes());
+        self.head.extend_from_slice(b": ");
+        self.head.extend_from_slice(value);
+        self.head.extend_from_slice(b"\r\n");
+        self
+    }
+
+    /// Sets the body and its Content-Type.
+    pub fn body(self, content_type: &str, body: impl Into<Bytes>) -> Self {
+        let mut builder = self.header(HeaderName::ContentType, content_type);
+        builder.body = body.into();
+        builder
+    }
+
+    /// Serialises (adding `Content-Length`) and parses the result back.
+    pub fn build(self) -> Result<Message, BuildError> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        let mut out = self.head;
+        out.reserve(self.body.len() + 24);
+        out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", self.body.len()).as_bytes());
+        out.extend_from_slice(&self.body);
+        Message::parse_datagram_unvalidated(Bytes::from(out))
+            .map_err(|rejection| BuildError::Parse(Box::new(rejection)))
+    }
+}
+
+fn has_line_break(bytes: &[u8]) -> bool {
+    bytes.iter().any(|&b| b == b'\r' || b == b'\n')
+}
+
+/// Starts a response to `request` as RFC 3261 section 8.2.6.2 requires: the Via fields (all of
+/// them, in order), From, Call-ID and CSeq copied; To copied with `to_tag` added when the
+/// request's To has no tag (and `to_tag` is given and the status is not 100). Values are
+/// unfolded. Add further headers and a body with the returned builder.
+pub fn response_to(
+    request: &Message,
+    status: u16,
+    reason: &str,
+    to_tag: Option<&str>,
+) -> Result<MessageBuilder, BuildError> {
+    if !request.can_address_response() {
+        return Err(BuildError::Unaddressable);
+    }
+    let mut builder = MessageBuilder::response(status, reason);
+    for via in request.headers_of(HeaderName::Via) {
+        builder = builder.header(HeaderName::Via, via.unfolded());
+    }
+    for name in [HeaderName::From, HeaderName::To, HeaderName::CallId, HeaderName::CSeq] {
+        let Some(header) = request.header(name) else {
+            return Err(BuildError::Unaddressable);
+        };
+        let mut value = header.unfolded().into_owned();
+        if name == HeaderName::To && status > 100 {
+            // Only add a tag when the To value parses and has none; a malformed To is echoed.
+            let needs_tag = request.to().is_ok_and(|to| to.tag().is_none());
+            if let (true, Some(tag)) = (needs_tag, to_tag) {
+                value.extend_from_slice(b";tag=");
+                value.extend_from_slice(tag.as_bytes());
+            }
+        }
+        builder = builder.header(name, value);
+    }
+    Ok(builder)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_a_request() {
+        let message = MessageBuilder::request(Method::Options, "sip:bob@example.com")
+            .header(HeaderName::Via, "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKabc")
+            .header(HeaderName::From, "<sip:alice@example.com>;tag=1")
+            .header(HeaderName::To, "<sip:bob@example.com>")
+            .header(HeaderName::CallId, "abc@host")
+            .header(HeaderName::CSeq, "1 OPTIONS")
+            .header(HeaderName::MaxForwards, "70")
+            .raw_header("Ptt-Extension", "floor;priority=1")
+            .body("text/plain", &b"hello"[..])
+            .build()
+            .expect("builds");
+        message.validate().expect("valid");
+        assert_eq!(message.content_length(), Ok(Some(5)));
+        assert_eq!(message.body(), b"hello");
+    }
+
+    #[test]
+    fn refuses_injection() {
+        let result = MessageBuilder::response(200, "OK")
+            .raw_header("X-Evil", "a\r\nVia: injected")
+            .build();
+        assert_eq!(result.unwrap_err(), BuildError::LineBreak);
+        assert!(MessageBuilder::response(200, "OK\r\n").build().is_err());
+        assert!(MessageBuilder::response(99, "x").build().is_err());
+        assert!(MessageBuilder::response(200, "OK")
+            .raw_header("Bad Name", "x")
+            .build()
+            .is_err());
+        assert!(MessageBuilder::response(200, "OK")
+            .raw_header("l", "3")
+            .build()
+            .is_err());
+    }
+
+    #[test]
+    fn response_copies_the_addressing_fields() {
+        let request = Message::parse_datagram(Bytes::from_static(
+            b"BYE sip:bob@192.0.2.4 SIP/2.0\r\n\
+Via: SIP/2.0/UDP p1.example.com;branch=z9hG4bK1, SIP/2.0/UDP\r\n 192.0.2.1;branch=z9hG4bK2\r\n\
+v: SIP/2.0/TCP 192.0.2.9;branch=z9hG4bK3\r\n\
+f: <sip:alice@example.com>;tag=a\r\nt: <sip:bob@example.com>\r\ni: cid\r\nCSeq: 7 BYE\r\nl: 0\r\n\r\n",
+        ))
+        .expect("valid");
+        let response = response_to(&request, 200, "OK", Some("b"))
+            .expect("addressable")
+            .build()
+            .expect("builds");
+        let branches: Vec<_> = response
+            .vias()
+            .map(|via| via.expect("via").branch().map(str::to_owned))
+            .collect();
+        assert_eq!(
+            branches,
+            vec![
+                Some("z9hG4bK1".into()),
+                Some("z9hG4bK2".into()),
+                Some("z9hG4bK3".into())
+            ]
+        );
+        assert_eq!(response.to().unwrap().tag(), Some("b"));
+        assert_eq!(response.from().unwrap().tag(), Some("a"));
+        assert_eq!(response.cseq().unwrap().number, 7);
+        response.validate().expect("valid response");
+
+        let trying = response_to(&request, 100, "Trying", Some("b"))
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(trying.to().unwrap().tag(), None);
+    }
+}
