@@ -52,6 +52,71 @@ pub struct Config {
     pub media: MediaConfig,
     /// The Prometheus metrics endpoint.
     pub metrics: MetricsConfig,
+    /// The SIP control plane.
+    pub sip: SipConfig,
+    /// Where provisioned data comes from.
+    pub provisioning: ProvisioningConfig,
+    /// Durable state.
+    pub store: StoreConfig,
+}
+
+/// SIP control-plane settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipConfig {
+    /// Address SIP listens on, UDP and TCP.
+    pub listen: SocketAddr,
+    /// Digest realm of this node.
+    pub realm: String,
+    /// RFC 3261 timer T1 (round-trip estimate).
+    pub t1: Duration,
+    /// RFC 3261 timer T2 (maximum retransmit interval of non-INVITE requests and INVITE responses).
+    pub t2: Duration,
+    /// RFC 3261 timer T4 (maximum time a message stays in the network).
+    pub t4: Duration,
+    /// Largest SIP message accepted (bigger: 513 or connection closed).
+    pub max_message_size: usize,
+    /// Most simultaneous TCP connections.
+    pub max_tcp_connections: usize,
+    /// Shortest registration accepted (shorter: 423 Interval Too Brief).
+    pub min_expires: u32,
+    /// Longest registration granted (longer requests are shortened).
+    pub max_expires: u32,
+    /// Registration period when the REGISTER names none.
+    pub default_expires: u32,
+    /// Interval of OPTIONS heartbeats to each peer TCF.
+    pub heartbeat_interval: Duration,
+    /// Consecutive failed heartbeats after which a peer is down.
+    pub heartbeat_failures: u32,
+    /// How long a digest nonce stays valid.
+    pub nonce_lifetime: Duration,
+}
+
+/// Where provisioned data is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The built-in one-node demo data.
+    BuiltinDemo,
+    /// A file (relative paths are relative to the config file's directory).
+    File(std::path::PathBuf),
+}
+
+/// Provisioning settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisioningConfig {
+    /// The TCF network.
+    pub network: Source,
+    /// Users, dispatchers and groups.
+    pub subscribers: Source,
+}
+
+/// Durable state settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// The store file (relative paths: relative to the working directory).
+    pub path: std::path::PathBuf,
+    /// Group commit interval: writes within it share one disk sync (and are lost together if
+    /// the machine crashes before it ends).
+    pub commit_interval: Duration,
 }
 
 /// Identity of this node.
@@ -153,6 +218,82 @@ struct RawConfig {
     media: RawMedia,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    sip: RawSip,
+    #[serde(default)]
+    provisioning: RawProvisioning,
+    #[serde(default)]
+    store: RawStore,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSip {
+    listen: String,
+    realm: String,
+    t1_ms: u64,
+    t2_ms: u64,
+    t4_ms: u64,
+    max_message_size: usize,
+    max_tcp_connections: usize,
+    min_expires: u32,
+    max_expires: u32,
+    default_expires: u32,
+    heartbeat_interval_ms: u64,
+    heartbeat_failures: u32,
+    nonce_lifetime_s: u64,
+}
+
+impl Default for RawSip {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:5060".to_owned(),
+            realm: "floorcast".to_owned(),
+            t1_ms: 500,
+            t2_ms: 4000,
+            t4_ms: 5000,
+            max_message_size: 65_535,
+            max_tcp_connections: 1024,
+            min_expires: 60,
+            max_expires: 7200,
+            default_expires: 3600,
+            heartbeat_interval_ms: 10_000,
+            heartbeat_failures: 2,
+            nonce_lifetime_s: 300,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawProvisioning {
+    network: String,
+    subscribers: String,
+}
+
+impl Default for RawProvisioning {
+    fn default() -> Self {
+        Self {
+            network: "builtin:demo".to_owned(),
+            subscribers: "builtin:demo".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    path: String,
+    commit_interval_ms: u64,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            path: "floorcast-state.redb".to_owned(),
+            commit_interval_ms: 5,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -304,6 +445,28 @@ impl RawConfig {
 
         let media = self.media.validate()?;
         let metrics = self.metrics.validate()?;
+        let sip = self.sip.validate()?;
+        let source = |text: &str, field: &str| -> Result<Source, ConfigError> {
+            match text.trim() {
+                "" => Err(invalid(field, "must be `builtin:demo` or a file path")),
+                "builtin:demo" => Ok(Source::BuiltinDemo),
+                path => Ok(Source::File(path.into())),
+            }
+        };
+        let provisioning = ProvisioningConfig {
+            network: source(&self.provisioning.network, "provisioning.network")?,
+            subscribers: source(&self.provisioning.subscribers, "provisioning.subscribers")?,
+        };
+        if self.store.path.trim().is_empty() {
+            return Err(invalid("store.path", "must not be empty"));
+        }
+        if self.store.commit_interval_ms > 1000 {
+            return Err(invalid("store.commit_interval_ms", "must be at most 1000"));
+        }
+        let store = StoreConfig {
+            path: self.store.path.trim().into(),
+            commit_interval: Duration::from_millis(self.store.commit_interval_ms),
+        };
         Ok(Config {
             node: NodeConfig { name },
             log: LogConfig {
@@ -312,6 +475,9 @@ impl RawConfig {
             },
             media,
             metrics,
+            sip,
+            provisioning,
+            store,
         })
     }
 }
@@ -376,6 +542,71 @@ impl RawMedia {
             rtcp_interval: Duration::from_millis(self.rtcp_interval_ms),
             talker_inactivity: Duration::from_millis(self.talker_inactivity_ms),
             default_source_check: self.default_source_check,
+        })
+    }
+}
+
+impl RawSip {
+    fn validate(self) -> Result<SipConfig, ConfigError> {
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            invalid(
+                "sip.listen",
+                format!("`{}` is not an address like 127.0.0.1:5060", self.listen),
+            )
+        })?;
+        if self.realm.trim().is_empty() || self.realm.contains('"') {
+            return Err(invalid("sip.realm", "must be non-empty and without quotes"));
+        }
+        if self.t1_ms == 0 || self.t1_ms > 10_000 {
+            return Err(invalid("sip.t1_ms", "must be 1 to 10000"));
+        }
+        if self.t2_ms < self.t1_ms {
+            return Err(invalid("sip.t2_ms", "must be at least sip.t1_ms"));
+        }
+        if self.t4_ms == 0 {
+            return Err(invalid("sip.t4_ms", "must be greater than 0"));
+        }
+        if !(1500..=1_048_576).contains(&self.max_message_size) {
+            return Err(invalid("sip.max_message_size", "must be 1500 to 1048576"));
+        }
+        if self.max_tcp_connections == 0 {
+            return Err(invalid("sip.max_tcp_connections", "must be greater than 0"));
+        }
+        if self.min_expires == 0 {
+            return Err(invalid("sip.min_expires", "must be greater than 0"));
+        }
+        if self.max_expires < self.min_expires {
+            return Err(invalid("sip.max_expires", "must be at least sip.min_expires"));
+        }
+        if !(self.min_expires..=self.max_expires).contains(&self.default_expires) {
+            return Err(invalid(
+                "sip.default_expires",
+                "must be between sip.min_expires and sip.max_expires",
+            ));
+        }
+        if self.heartbeat_interval_ms < 100 {
+            return Err(invalid("sip.heartbeat_interval_ms", "must be at least 100"));
+        }
+        if self.heartbeat_failures == 0 {
+            return Err(invalid("sip.heartbeat_failures", "must be at least 1"));
+        }
+        if self.nonce_lifetime_s < 10 {
+            return Err(invalid("sip.nonce_lifetime_s", "must be at least 10"));
+        }
+        Ok(SipConfig {
+            listen,
+            realm: self.realm.trim().to_owned(),
+            t1: Duration::from_millis(self.t1_ms),
+            t2: Duration::from_millis(self.t2_ms),
+            t4: Duration::from_millis(self.t4_ms),
+            max_message_size: self.max_message_size,
+            max_tcp_connections: self.max_tcp_connections,
+            min_expires: self.min_expires,
+            max_expires: self.max_expires,
+            default_expires: self.default_expires,
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
+            heartbeat_failures: self.heartbeat_failures,
+            nonce_lifetime: Duration::from_secs(self.nonce_lifetime_s),
         })
     }
 }
@@ -453,6 +684,14 @@ mod tests {
             ("[metrics]\nlisten = \"localhost\"\n", "metrics.listen"),
             ("[node]\nname = \"\"\n", "node.name"),
             ("[log]\nlevel = \"floorcast=loud\"\n", "log.level"),
+            ("[sip]\nlisten = \"5060\"\n", "sip.listen"),
+            ("[sip]\nt1_ms = 1000\nt2_ms = 500\n", "sip.t2_ms"),
+            (
+                "[sip]\nmin_expires = 100\ndefault_expires = 50\n",
+                "sip.default_expires",
+            ),
+            ("[provisioning]\nnetwork = \"\"\n", "provisioning.network"),
+            ("[store]\npath = \"\"\n", "store.path"),
         ] {
             let error = Config::from_toml(text).unwrap_err();
             assert_eq!(error.field, field, "{text} gave {error}");

@@ -4,6 +4,9 @@
 //! # Crate map
 //!
 //! - [`config`]: raw serde structs validated into typed configuration.
+//! - [`proto`]: shared newtypes of the trunking domain (numbers, number ranges).
+//! - [`control`]: sans-IO application logic: provisioning data, and (coming) registrar, peers,
+//!   calls, floor control.
 //! - [`media`]: the user plane, sans-IO: RTP/RTCP views, the floor gate and stream continuity,
 //!   bridges, the port pool, statistics. Per-packet decisions live here.
 //! - [`io`]: the only module with `unsafe`: batched UDP (`recvmmsg`/`sendmmsg`, io_uring) and
@@ -24,7 +27,9 @@
 //! send what it produced, run due timers.
 
 pub mod config;
+pub mod control;
 pub mod io;
 pub mod media;
 pub mod node;
+pub mod proto;
 pub mod sip;

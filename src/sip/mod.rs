@@ -31,12 +31,13 @@
 //! property-tested.
 
 pub mod builder;
-// Digest authentication (RFC 3261 section 22), owned separately; needs its own dependencies.
+/// Digest authentication (RFC 3261 section 22, RFC 7616, RFC 8760).
 pub mod digest;
 pub mod framing;
 pub mod headers;
 pub mod message;
 mod syntax;
+pub mod transaction;
 pub mod uri;
 
 pub use builder::{response_to, BuildError, MessageBuilder};
