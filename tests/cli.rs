@@ -58,9 +58,14 @@ fn run_refuses_an_invalid_config() {
 }
 
 /// Starts the binary and waits until it logs that it runs.
-#[allow(clippy::zombie_processes)] // every caller waits for (or kills) the child
 fn start(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    start_in(args, std::path::Path::new("."))
+}
+
+#[allow(clippy::zombie_processes)] // every caller waits for (or kills) the child
+fn start_in(args: &[&str], directory: &std::path::Path) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(BINARY)
+        .current_dir(directory)
         .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -113,10 +118,21 @@ fn http_get(address: &str, path: &str) -> String {
 
 #[test]
 fn runs_with_a_config_serves_metrics_and_stops_on_sigterm() {
-    let file = write_config(
+    let directory = tempfile::tempdir().unwrap();
+    let network = directory.path().join("network.toml");
+    std::fs::write(
+        &network,
+        "[[tcf]]\nname = \"tcf-test\"\nsip = \"127.0.0.1:19560\"\nusers = [\"1001-1010\"]\n",
+    )
+    .unwrap();
+    let file = write_config(&format!(
         "[node]\nname = \"tcf-test\"\n[media]\nport_min = 44000\nport_max = 44099\nworkers = 1\n\
-         [metrics]\nlisten = \"127.0.0.1:19464\"\nper_leg = true\n",
-    );
+         [metrics]\nlisten = \"127.0.0.1:19464\"\nper_leg = true\n\
+         [sip]\nlisten = \"127.0.0.1:19560\"\n\
+         [provisioning]\nnetwork = \"{}\"\n[store]\npath = \"{}\"\n",
+        network.display(),
+        directory.path().join("state.redb").display()
+    ));
     let path = file.path().to_str().unwrap().to_owned();
     let (mut child, _lines) = start(&["run", "--config", &path]);
     let response = http_get("127.0.0.1:19464", "/metrics");
@@ -136,7 +152,9 @@ fn runs_with_a_config_serves_metrics_and_stops_on_sigterm() {
 
 #[test]
 fn runs_on_the_embedded_default_and_stops_on_sigint() {
-    let (mut child, _lines) = start(&[]);
+    // The embedded default keeps its state in the working directory: run it in a scratch one.
+    let directory = tempfile::tempdir().unwrap();
+    let (mut child, _lines) = start_in(&[], directory.path());
     signal(&child, libc::SIGINT);
     assert!(wait_exit(&mut child).success());
 }

@@ -2,3 +2,4 @@
 //! call and floor control come with the control-plane issues.
 
 pub mod provisioning;
+pub mod tcf;

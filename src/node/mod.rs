@@ -3,20 +3,75 @@
 //! what "shutdown" is (signals in `main`, a channel in tests).
 
 pub mod metrics;
+pub mod sip;
+pub mod store;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::config::Config;
+use anyhow::Context;
+use rand::RngCore;
+
+use crate::config::{Config, Source};
+use crate::control::provisioning::{Network, Subscribers, DEMO_NETWORK, DEMO_SUBSCRIBERS};
+use crate::control::tcf::{Tcf, TcfConfig};
 use crate::io::Engine;
+use crate::node::store::{Store, StoreOptions, Table};
+use crate::sip::transaction::TimerConfig;
+
+/// Secrets that must survive restarts (the digest nonce key).
+const SECRETS: Table<String> = Table::new("secrets");
 
 /// A running node's handles, for embedding (tests, the traffic generator).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Node {
     /// The user-plane engine.
     pub engine: Arc<Engine>,
     /// Where the metrics endpoint listens, if enabled.
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// The SIP core.
+    pub sip: sip::SipHandle,
+    shutdown: tokio::sync::broadcast::Sender<()>,
+    sip_task: tokio::task::JoinHandle<()>,
+    store: Store,
+}
+
+fn read_source(source: &Source, builtin: &str) -> anyhow::Result<(String, String)> {
+    match source {
+        Source::BuiltinDemo => Ok(("builtin:demo".to_owned(), builtin.to_owned())),
+        Source::File(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Ok((path.display().to_string(), text))
+        }
+    }
+}
+
+/// Loads the provisioned network and subscribers the config names.
+pub fn load_provisioning(config: &Config) -> anyhow::Result<(Network, Subscribers)> {
+    let (name, text) = read_source(&config.provisioning.network, DEMO_NETWORK)?;
+    let network = Network::from_toml(&name, &text).map_err(|error| anyhow::anyhow!("{error}"))?;
+    let (name, text) = read_source(&config.provisioning.subscribers, DEMO_SUBSCRIBERS)?;
+    let subscribers = Subscribers::from_toml(&name, &text).map_err(|error| anyhow::anyhow!("{error}"))?;
+    Ok((network, subscribers))
+}
+
+fn nonce_key(store: &Store) -> anyhow::Result<[u8; 32]> {
+    let mut key = [0u8; 32];
+    if let Some(hex) = store.get(&SECRETS, "nonce_key")? {
+        let bytes: Vec<u8> = (0..hex.len() / 2)
+            .filter_map(|index| u8::from_str_radix(hex.get(index * 2..index * 2 + 2)?, 16).ok())
+            .collect();
+        if bytes.len() == 32 {
+            key.copy_from_slice(&bytes);
+            return Ok(key);
+        }
+        tracing::warn!("stored nonce key is malformed; generating a new one");
+    }
+    rand::rng().fill_bytes(&mut key);
+    let hex: String = key.iter().map(|byte| format!("{byte:02x}")).collect();
+    store.put(&SECRETS, "nonce_key", &hex)?;
+    store.flush()?;
+    Ok(key)
 }
 
 /// Runs a node until `shutdown` completes.
@@ -28,6 +83,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         io_uring = node.engine.io_uring_active(),
         ports = format!("{}-{}", config.media.port_min, config.media.port_max),
         metrics = ?node.metrics_address,
+        sip = %node.sip.address,
         "floorcast node running"
     );
     shutdown.await;
@@ -59,15 +115,78 @@ pub async fn start(config: &Config) -> anyhow::Result<Node> {
         }
         None => None,
     };
+    let (network, subscribers) = load_provisioning(config)?;
+    let store = Store::open(
+        &config.store.path,
+        StoreOptions {
+            commit_interval: config.store.commit_interval,
+            ..StoreOptions::default()
+        },
+    )
+    .with_context(|| format!("store.path {}", config.store.path.display()))?;
+    let sip_config = &config.sip;
+    let tcf_config = TcfConfig {
+        name: config.node.name.clone(),
+        realm: sip_config.realm.clone(),
+        timers: TimerConfig::new(sip_config.t1, sip_config.t2, sip_config.t4)
+            .map_err(|error| anyhow::anyhow!("sip timers: {error}"))?,
+        min_expires: sip_config.min_expires,
+        max_expires: sip_config.max_expires,
+        default_expires: sip_config.default_expires,
+        heartbeat_interval: sip_config.heartbeat_interval,
+        heartbeat_failures: sip_config.heartbeat_failures,
+        nonce_lifetime: sip_config.nonce_lifetime,
+        max_message_size: sip_config.max_message_size,
+        nonce_key: nonce_key(&store)?,
+    };
+    let now = crate::control::tcf::Now {
+        instant: std::time::Instant::now(),
+        wall: std::time::SystemTime::now(),
+    };
+    let mut tcf = Tcf::new(
+        tcf_config,
+        Arc::new(network),
+        Arc::new(subscribers),
+        now,
+        rand::random(),
+    )?;
+    if tcf.address() != sip_config.listen {
+        anyhow::bail!(
+            "sip.listen {} differs from the address the network gives node {} ({})",
+            sip_config.listen,
+            config.node.name,
+            tcf.address()
+        );
+    }
+    sip::restore(&mut tcf, &store)?;
+    let socket = tokio::net::UdpSocket::bind(sip_config.listen)
+        .await
+        .with_context(|| format!("sip.listen {}", sip_config.listen))?;
+    let (shutdown, shutdown_receiver) = tokio::sync::broadcast::channel(1);
+    let (sip, sip_task) = sip::spawn(socket, tcf, store.clone(), shutdown_receiver)?;
     Ok(Node {
         engine,
         metrics_address,
+        sip,
+        shutdown,
+        sip_task,
+        store,
     })
 }
 
-/// Stops a node: the engine's workers are joined once the last handle is gone.
+/// Stops a node: SIP first (its last state writes are flushed), then the store and the media
+/// workers.
 pub async fn stop(node: Node) {
+    let _ = node.shutdown.send(());
+    let _ = node.sip_task.await;
+    let store = node.store;
     let engine = node.engine;
-    // Joining worker threads blocks; do it off the async runtime.
-    let _ = tokio::task::spawn_blocking(move || drop(engine)).await;
+    // Closing the store and joining worker threads block; do it off the async runtime.
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Err(error) = store.close() {
+            tracing::error!(%error, "closing the store failed");
+        }
+        drop(engine)
+    })
+    .await;
 }

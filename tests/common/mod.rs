@@ -2,6 +2,8 @@
 #![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,1638 @@
+//! The TCF's SIP application core, sans-IO: registration (terminal side and V-TCF → H-TCF),
+//! kick-off, group-location push, expiry, and peer heartbeats, on top of the RFC 3261
+//! transaction layer.
+//!
+//! Drive contract: feed every received datagram to [`Tcf::handle_datagram`] and call
+//! [`Tcf::handle_timeout`] once [`Tcf::poll_timeout`] has passed; after each call drain
+//! [`Tcf::poll_output`] until it returns `None` (datagrams to send, durable-state writes,
+//! events). Nothing here reads the clock or touches a socket or a file.
+//!
+//! Wire formats of everything sent here: `docs/protocol.md`.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::control::provisioning::{Network, Subscribers};
+use crate::proto::Number;
+use crate::sip::digest::{self, Verdict, Verifier, VerifierConfig};
+use crate::sip::transaction::{
+    LayerConfig, Method as TxMethod, Output as TxOutput, TimerConfig, TransactionKey, TransactionLayer,
+    TransactionUserEvent,
+};
+use crate::sip::{ContactList, ErrorAction, HeaderName, Message, MessageBuilder, Method};
+
+/// Settings of the SIP core.
+#[derive(Debug, Clone)]
+pub struct TcfConfig {
+    /// This node's name (its entry in the network).
+    pub name: String,
+    /// Digest realm for terminals.
+    pub realm: String,
+    /// T1/T2/T4.
+    pub timers: TimerConfig,
+    /// Registration bounds and default, seconds.
+    pub min_expires: u32,
+    /// Longest registration granted.
+    pub max_expires: u32,
+    /// Registration period when the REGISTER names none.
+    pub default_expires: u32,
+    /// OPTIONS heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Consecutive failures before a peer is down.
+    pub heartbeat_failures: u32,
+    /// Digest nonce lifetime.
+    pub nonce_lifetime: Duration,
+    /// Largest message accepted.
+    pub max_message_size: usize,
+    /// Key for stateless nonces (keep it across restarts).
+    pub nonce_key: [u8; 32],
+}
+
+/// The time of an input: monotonic for timers, wall clock for expiry and nonces.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Monotonic time.
+    pub instant: Instant,
+    /// Wall-clock time.
+    pub wall: SystemTime,
+}
+
+impl Now {
+    fn unix(&self) -> u64 {
+        self.wall
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs())
+    }
+}
+
+/// A terminal's registration at the TCF serving it (the V-TCF view): where to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    /// The user.
+    pub user: Number,
+    /// Its Contact URI.
+    pub contact: String,
+    /// Where its REGISTER came from (requests to it go there: NAT-safe).
+    pub address: SocketAddr,
+    /// Unix time the binding expires.
+    pub expires_at: u64,
+}
+
+/// A user's registration at its home TCF (the H-TCF view): which TCF serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// The user.
+    pub user: Number,
+    /// Name of the serving TCF.
+    pub serving: String,
+    /// Unix time it expires.
+    pub expires_at: u64,
+}
+
+/// A group member's serving TCF as pushed to the group home (F-REG-07).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    /// The user.
+    pub user: Number,
+    /// Name of the serving TCF.
+    pub serving: String,
+    /// Unix time it expires.
+    pub expires_at: u64,
+}
+
+/// A durable-state write the driver applies to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreWrite {
+    /// Save a binding.
+    PutBinding(Binding),
+    /// Delete a binding.
+    RemoveBinding(Number),
+    /// Save a home registration.
+    PutRegistration(Registration),
+    /// Delete a home registration.
+    RemoveRegistration(Number),
+    /// Save a group location.
+    PutLocation(Location),
+    /// Delete a group location.
+    RemoveLocation(Number),
+}
+
+/// Something that happened, for logs, metrics and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TcfEvent {
+    /// A terminal registered here (this node serves it).
+    Bound {
+        /// The user.
+        user: Number,
+        /// Seconds granted.
+        expires: u32,
+    },
+    /// A terminal's binding here ended.
+    Unbound {
+        /// The user.
+        user: Number,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The home registration of a user changed (this node is its home).
+    HomeRegistered {
+        /// The user.
+        user: Number,
+        /// Its serving TCF.
+        serving: String,
+    },
+    /// The home registration of a user ended.
+    HomeDeregistered {
+        /// The user.
+        user: Number,
+        /// Why.
+        reason: &'static str,
+    },
+    /// This node (group home) learned a member's serving TCF.
+    LocationUpdated {
+        /// The user.
+        user: Number,
+        /// Its serving TCF (`None`: withdrawn).
+        serving: Option<String>,
+    },
+    /// A peer TCF answered a TC2 REGISTER with a digest challenge.
+    ChallengedByPeer {
+        /// The peer.
+        peer: String,
+    },
+    /// A peer's heartbeat state changed.
+    PeerState {
+        /// The peer.
+        peer: String,
+        /// Up or down.
+        up: bool,
+    },
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send a datagram.
+    Transmit {
+        /// Destination.
+        destination: SocketAddr,
+        /// The message.
+        bytes: Bytes,
+    },
+    /// Apply a durable-state write.
+    Store(StoreWrite),
+    /// Report an event.
+    Event(TcfEvent),
+}
+
+/// Counters of the SIP core.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SipCounters {
+    /// Datagrams that were not SIP or not answerable (dropped).
+    pub dropped: u64,
+    /// Malformed requests answered with an error (400/505/513).
+    pub rejected: u64,
+    /// Requests received (new transactions).
+    pub requests: u64,
+    /// Responses received.
+    pub responses: u64,
+}
+
+#[derive(Debug)]
+struct Peer {
+    name: String,
+    address: SocketAddr,
+    up: Option<bool>,
+    failures: u32,
+    outstanding: Option<TransactionKey>,
+    next_at: Instant,
+}
+
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per outstanding client transaction; boxing buys nothing
+enum Pending {
+    /// A REGISTER relayed to the user's home on behalf of a terminal.
+    Relay {
+        server: TransactionKey,
+        request: Message,
+        user: Number,
+        home: String,
+        expires: u32,
+        binding: Option<Binding>,
+        call_id: String,
+        from_tag: String,
+        cseq: u32,
+        challenged: bool,
+    },
+    /// A heartbeat.
+    Heartbeat { peer: String },
+    /// A request whose answer changes nothing (kick-off, location push).
+    FireAndForget,
+}
+
+/// The SIP application core of one TCF node.
+pub struct Tcf {
+    config: TcfConfig,
+    network: Arc<Network>,
+    subscribers: Arc<Subscribers>,
+    address: SocketAddr,
+    requires_peer_auth: bool,
+    secret: String,
+    layer: TransactionLayer<SocketAddr>,
+    verifier: Verifier,
+    peer_verifier: Verifier,
+    rng: StdRng,
+    bindings: HashMap<Number, Binding>,
+    registrations: HashMap<Number, Registration>,
+    locations: HashMap<Number, Location>,
+    peers: Vec<Peer>,
+    pending: HashMap<TransactionKey, Pending>,
+    incoming: Option<Message>,
+    /// Source address of the datagram being handled (requests are dispatched synchronously
+    /// within `handle_datagram`).
+    current_source: Option<SocketAddr>,
+    outputs: VecDeque<Output>,
+    next_housekeeping: Instant,
+    counters: SipCounters,
+}
+
+impl std::fmt::Debug for Tcf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tcf")
+            .field("name", &self.config.name)
+            .field("address", &self.address)
+            .finish()
+    }
+}
+
+/// Why the core could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TcfError {
+    /// `node.name` is not in the network.
+    #[error("node `{0}` is not in the provisioned network")]
+    NotInNetwork(String),
+}
+
+const SERVER: &str = "floorcast";
+
+impl Tcf {
+    /// A core for node `config.name` of `network`.
+    pub fn new(
+        config: TcfConfig,
+        network: Arc<Network>,
+        subscribers: Arc<Subscribers>,
+        now: Now,
+        seed: u64,
+    ) -> Result<Tcf, TcfError> {
+        let me = network
+            .tcf(&config.name)
+            .ok_or_else(|| TcfError::NotInNetwork(config.name.clone()))?;
+        let address = me.sip;
+        let requires_peer_auth = me.auth;
+        let secret = me.secret.clone();
+        let peers = network
+            .tcfs()
+            .iter()
+            .filter(|tcf| tcf.name != config.name)
+            .map(|tcf| Peer {
+                name: tcf.name.clone(),
+                address: tcf.sip,
+                up: None,
+                failures: 0,
+                outstanding: None,
+                next_at: now.instant,
+            })
+            .collect();
+        let mut verifier_config = VerifierConfig::new(&config.realm);
+        verifier_config.nonce_lifetime = config.nonce_lifetime;
+        let verifier = Verifier::new(verifier_config, config.nonce_key);
+        let mut peer_config = VerifierConfig::new(&config.name);
+        peer_config.nonce_lifetime = config.nonce_lifetime;
+        let peer_verifier = Verifier::new(peer_config, config.nonce_key);
+        let layer = TransactionLayer::new(LayerConfig {
+            timers: config.timers,
+            ..LayerConfig::default()
+        });
+        Ok(Tcf {
+            config,
+            network,
+            subscribers,
+            address,
+            requires_peer_auth,
+            secret,
+            layer,
+            verifier,
+            peer_verifier,
+            rng: StdRng::seed_from_u64(seed),
+            bindings: HashMap::new(),
+            registrations: HashMap::new(),
+            locations: HashMap::new(),
+            peers,
+            pending: HashMap::new(),
+            incoming: None,
+            current_source: None,
+            outputs: VecDeque::new(),
+            next_housekeeping: now.instant,
+            counters: SipCounters::default(),
+        })
+    }
+
+    /// This node's SIP address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Restores durable state after a restart; entries already expired are dropped (and their
+    /// removal written back).
+    pub fn restore(
+        &mut self,
+        bindings: Vec<Binding>,
+        registrations: Vec<Registration>,
+        locations: Vec<Location>,
+        now: Now,
+    ) {
+        let unix = now.unix();
+        for binding in bindings {
+            if binding.expires_at > unix {
+                self.bindings.insert(binding.user.clone(), binding);
+            } else {
+                self.outputs
+                    .push_back(Output::Store(StoreWrite::RemoveBinding(binding.user)));
+            }
+        }
+        for registration in registrations {
+            if registration.expires_at > unix {
+                self.registrations.insert(registration.user.clone(), registration);
+            } else {
+                self.outputs
+                    .push_back(Output::Store(StoreWrite::RemoveRegistration(registration.user)));
+            }
+        }
+        for location in locations {
+            if location.expires_at > unix {
+                self.locations.insert(location.user.clone(), location);
+            } else {
+                self.outputs
+                    .push_back(Output::Store(StoreWrite::RemoveLocation(location.user)));
+            }
+        }
+    }
+
+    /// A terminal's binding here.
+    pub fn binding(&self, user: &Number) -> Option<&Binding> {
+        self.bindings.get(user)
+    }
+
+    /// A user's home registration here.
+    pub fn registration(&self, user: &Number) -> Option<&Registration> {
+        self.registrations.get(user)
+    }
+
+    /// A group member's location known here (group home).
+    pub fn location(&self, user: &Number) -> Option<&Location> {
+        self.locations.get(user)
+    }
+
+    /// Whether a peer is up (`None`: no heartbeat answered yet).
+    pub fn peer_up(&self, name: &str) -> Option<bool> {
+        self.peers
+            .iter()
+            .find(|peer| peer.name == name)
+            .and_then(|peer| peer.up)
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> SipCounters {
+        self.counters
+    }
+
+    /// The next output, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When to call [`Tcf::handle_timeout`] next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Instant {
+        match self.layer.poll_timeout() {
+            Some(deadline) => deadline.min(self.next_housekeeping),
+            None => self.next_housekeeping,
+        }
+    }
+
+    /// Runs due timers: transactions, heartbeats, expiry.
+    pub fn handle_timeout(&mut self, now: Now) {
+        self.layer.handle_timeout(now.instant);
+        self.drain_layer(now);
+        if now.instant >= self.next_housekeeping {
+            self.next_housekeeping = now.instant + Duration::from_millis(100);
+            self.heartbeats(now);
+            self.expire(now);
+        }
+        self.drain_layer(now);
+    }
+
+    /// Handles one received datagram.
+    pub fn handle_datagram(&mut self, now: Now, from: SocketAddr, datagram: Bytes) {
+        if datagram.len() > self.config.max_message_size {
+            // RFC 3261 §18.1.1/§21.5.14: 513 when the message can be addressed, else dropped.
+            match Message::parse_datagram_unvalidated(datagram) {
+                Ok(request) if request.is_request() && request.can_address_response() => {
+                    self.counters.rejected += 1;
+                    self.stateless(&request, from, 513, "Message Too Large");
+                }
+                _ => self.counters.dropped += 1,
+            }
+            return;
+        }
+        if datagram.iter().all(|byte| matches!(byte, b'\r' | b'\n')) {
+            return; // keep-alive
+        }
+        let message = match Message::parse_datagram(datagram) {
+            Ok(message) => message,
+            Err(rejection) => {
+                match rejection.action() {
+                    ErrorAction::Respond { .. } => {
+                        let tag = self.token();
+                        if let (Some(response), Some(request)) = (rejection.response(&tag), rejection.message()) {
+                            let destination = response_destination(request, from);
+                            self.counters.rejected += 1;
+                            self.outputs.push_back(Output::Transmit {
+                                destination,
+                                bytes: response.to_bytes(),
+                            });
+                        } else {
+                            self.counters.dropped += 1;
+                        }
+                    }
+                    ErrorAction::Drop => self.counters.dropped += 1,
+                }
+                return;
+            }
+        };
+        self.current_source = Some(from);
+        if message.is_request() {
+            self.handle_request(now, from, message);
+        } else {
+            self.handle_response(now, message);
+        }
+        self.drain_layer(now);
+        self.current_source = None;
+    }
+
+    fn handle_request(&mut self, now: Now, from: SocketAddr, message: Message) {
+        let Some(key) = transaction_key(&message) else {
+            self.counters.dropped += 1;
+            return;
+        };
+        let method = match message.method() {
+            Some(method) => TxMethod::from_token(method.as_str()),
+            None => return,
+        };
+        // RFC 3261 §8.2.2/§16.3: Max-Forwards 0 and loops are refused before anything else.
+        if message.max_forwards().ok().flatten() == Some(0) && method != TxMethod::Ack {
+            self.stateless(&message, from, 483, "Too Many Hops");
+            return;
+        }
+        let looped =
+            message.vias().skip(1).flatten().any(|via| {
+                via.host().ip() == Some(self.address.ip()) && via.port().unwrap_or(5060) == self.address.port()
+            });
+        if looped && method != TxMethod::Ack {
+            self.stateless(&message, from, 482, "Loop Detected");
+            return;
+        }
+        let destination = response_destination(&message, from);
+        let bytes = message.to_bytes();
+        self.incoming = Some(message.clone());
+        let input = crate::sip::transaction::Input::Request {
+            key,
+            method,
+            bytes,
+            reply_to: destination,
+            reliable: false,
+        };
+        if self.layer.handle_input(now.instant, input).is_err() {
+            // Overloaded (or a caller bug): answer statelessly.
+            self.stateless(&message, from, 503, "Service Unavailable");
+        }
+    }
+
+    fn handle_response(&mut self, now: Now, message: Message) {
+        self.counters.responses += 1;
+        let Some(key) = transaction_key(&message) else { return };
+        let Some(status) = message.status() else { return };
+        let input = crate::sip::transaction::Input::Response {
+            key,
+            status,
+            bytes: message.to_bytes(),
+        };
+        let _ = self.layer.handle_input(now.instant, input);
+    }
+
+    fn stateless(&mut self, request: &Message, from: SocketAddr, status: u16, reason: &str) {
+        if request.method() == Some(Method::Ack) {
+            return;
+        }
+        let tag = self.token();
+        if let Ok(builder) = crate::sip::response_to(request, status, reason, Some(&tag)) {
+            if let Ok(response) = builder.build() {
+                let destination = response_destination(request, from);
+                self.outputs.push_back(Output::Transmit {
+                    destination,
+                    bytes: response.to_bytes(),
+                });
+            }
+        }
+    }
+
+    /// Moves the transaction layer's outputs into ours, handling TU events.
+    fn drain_layer(&mut self, now: Now) {
+        while let Some(output) = self.layer.poll_output() {
+            match output {
+                TxOutput::Transmit { bytes, destination, .. } => {
+                    self.outputs.push_back(Output::Transmit { destination, bytes })
+                }
+                TxOutput::NeedAck { .. } | TxOutput::NeedTrying { .. } => {
+                    // No INVITE transactions yet (calls come with the call-control issues).
+                }
+                TxOutput::ToTransactionUser(event) => self.transaction_user(now, event),
+            }
+        }
+    }
+
+    fn transaction_user(&mut self, now: Now, event: TransactionUserEvent) {
+        match event {
+            TransactionUserEvent::NewRequest { key, bytes, .. } => {
+                self.counters.requests += 1;
+                let message = match self.incoming.take() {
+                    Some(message) if message.as_bytes() == &bytes[..] => message,
+                    _ => match Message::parse_datagram(bytes) {
+                        Ok(message) => message,
+                        Err(_) => return,
+                    },
+                };
+                self.dispatch(now, key, message);
+            }
+            TransactionUserEvent::Response { key, status, bytes } => {
+                if status < 200 {
+                    return;
+                }
+                if let Some(pending) = self.pending.remove(&key) {
+                    let response = Message::parse_datagram(bytes).ok();
+                    self.completed(now, pending, status, response);
+                }
+            }
+            TransactionUserEvent::Timeout { key, .. } | TransactionUserEvent::TransportError { key, .. } => {
+                if let Some(pending) = self.pending.remove(&key) {
+                    self.completed(now, pending, 408, None);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn dispatch(&mut self, now: Now, key: TransactionKey, request: Message) {
+        let Some(method) = request.method() else { return };
+        let from = self.current_source;
+        match method {
+            Method::Register => self.register(now, key, request),
+            Method::Options => self.options(now, key, request, from),
+            Method::Message => self.message(now, key, request),
+            Method::Cancel => {
+                // No INVITE server transactions exist yet: nothing to cancel.
+                self.respond(now, &key, &request, 481, "Call/Transaction Does Not Exist", &[]);
+            }
+            Method::Ack => {}
+            _ if request.to().ok().and_then(|to| to.tag().map(str::to_owned)).is_some() => {
+                self.respond(now, &key, &request, 481, "Call/Transaction Does Not Exist", &[]);
+            }
+            _ => self.respond(now, &key, &request, 501, "Not Implemented", &[("Allow", ALLOW)]),
+        }
+    }
+
+    // ---- responses and requests -------------------------------------------------------------
+
+    fn token(&mut self) -> String {
+        format!("{:016x}", self.rng.random::<u64>())
+    }
+
+    fn respond(
+        &mut self,
+        now: Now,
+        key: &TransactionKey,
+        request: &Message,
+        status: u16,
+        reason: &str,
+        headers: &[(&str, &str)],
+    ) {
+        let tag = self.token();
+        let Ok(mut builder) = crate::sip::response_to(request, status, reason, Some(&tag)) else {
+            return;
+        };
+        builder = builder.raw_header("Server", SERVER);
+        for (name, value) in headers {
+            builder = builder.raw_header(name, value);
+        }
+        let Ok(response) = builder.build() else { return };
+        let _ = self.layer.respond(now.instant, key, status, response.to_bytes());
+    }
+
+    /// Sends a request to a peer or terminal in a new client transaction.
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &mut self,
+        now: Now,
+        method: Method<'_>,
+        uri: &str,
+        to: &str,
+        from: &str,
+        call_id: &str,
+        from_tag: &str,
+        cseq: u32,
+        headers: &[(&str, String)],
+        destination: SocketAddr,
+        pending: Pending,
+    ) {
+        let branch = format!("z9hG4bK{}", self.token());
+        let sent_by = self.address.to_string();
+        let mut builder = MessageBuilder::request(method, uri)
+            .header(HeaderName::Via, format!("SIP/2.0/UDP {sent_by};branch={branch};rport"))
+            .header(HeaderName::MaxForwards, "70")
+            .header(HeaderName::From, format!("{from};tag={from_tag}"))
+            .header(HeaderName::To, to)
+            .header(HeaderName::CallId, call_id)
+            .header(HeaderName::CSeq, format!("{cseq} {}", method.as_str()));
+        for (name, value) in headers {
+            builder = builder.raw_header(name, value);
+        }
+        let Ok(request) = builder.build() else { return };
+        let Ok(key) = TransactionKey::new(&branch, &sent_by, TxMethod::from_token(method.as_str())) else {
+            return;
+        };
+        let tx_method = TxMethod::from_token(method.as_str());
+        if self
+            .layer
+            .send_request(
+                now.instant,
+                key.clone(),
+                tx_method,
+                request.to_bytes(),
+                destination,
+                false,
+            )
+            .is_ok()
+        {
+            self.pending.insert(key, pending);
+        }
+    }
+
+    fn peer_is_down(&self, name: &str) -> bool {
+        self.peers
+            .iter()
+            .any(|peer| peer.name == name && peer.up == Some(false))
+    }
+
+    fn event(&mut self, event: TcfEvent) {
+        self.outputs.push_back(Output::Event(event));
+    }
+
+    fn write(&mut self, write: StoreWrite) {
+        self.outputs.push_back(Output::Store(write));
+    }
+
+    // ---- REGISTER ---------------------------------------------------------------------------
+
+    fn register(&mut self, now: Now, key: TransactionKey, request: Message) {
+        let source = self.current_source;
+        let Some(user) = to_user(&request) else {
+            self.respond(now, &key, &request, 400, "Bad Request (To names no user number)", &[]);
+            return;
+        };
+        let expires = match requested_expires(&request) {
+            Ok(expires) => expires.unwrap_or(self.config.default_expires),
+            Err(()) => {
+                self.respond(now, &key, &request, 400, "Bad Request (Expires)", &[]);
+                return;
+            }
+        };
+        if expires != 0 && expires < self.config.min_expires {
+            let min = self.config.min_expires.to_string();
+            self.respond(now, &key, &request, 423, "Interval Too Brief", &[("Min-Expires", &min)]);
+            return;
+        }
+        let expires = expires.min(self.config.max_expires);
+        let peer = source
+            .and_then(|address| self.network.tcf_at(address))
+            .map(|tcf| tcf.name.clone());
+        match peer {
+            Some(peer) => self.register_from_peer(now, key, request, user, expires, peer),
+            None => self.register_from_terminal(now, key, request, user, expires),
+        }
+    }
+
+    /// D interface: a terminal or DC registers with the TCF serving it.
+    fn register_from_terminal(&mut self, now: Now, key: TransactionKey, request: Message, user: Number, expires: u32) {
+        let Some(subscriber) = self.subscribers.user(&user).cloned() else {
+            self.respond(now, &key, &request, 404, "Not Found", &[]);
+            return;
+        };
+        // Digest authentication is always required on the D interface.
+        let credentials = request
+            .header(HeaderName::Authorization)
+            .and_then(|header| header.value_str())
+            .map(|value| digest::parse_authorization(&value));
+        let verdict = match credentials {
+            None => None,
+            Some(Err(error)) if error.is_malformed() => {
+                self.respond(now, &key, &request, 400, "Bad Request (Authorization)", &[]);
+                return;
+            }
+            Some(Err(_)) => None,
+            Some(Ok(credentials)) => {
+                if credentials.username != user.as_str() {
+                    self.respond(now, &key, &request, 403, "Forbidden (credentials of another user)", &[]);
+                    return;
+                }
+                Some(self.verifier.verify(
+                    &credentials,
+                    "REGISTER",
+                    digest::UserSecret::Password(&subscriber.password),
+                    now.wall,
+                ))
+            }
+        };
+        match verdict {
+            Some(Verdict::Ok) => {}
+            Some(Verdict::Stale) => {
+                self.challenge(now, &key, &request, true, false);
+                return;
+            }
+            _ => {
+                self.challenge(now, &key, &request, false, false);
+                return;
+            }
+        }
+        let source = self.current_source.unwrap_or(self.address);
+        let contact = first_contact(&request).unwrap_or_else(|| format!("<sip:{user}@{source}>"));
+        let binding = (expires > 0).then(|| Binding {
+            user: user.clone(),
+            contact: contact.clone(),
+            address: source,
+            expires_at: now.unix() + u64::from(expires),
+        });
+        let Some(home) = self.network.home_of_user(&user).map(|tcf| (tcf.name.clone(), tcf.sip)) else {
+            self.respond(now, &key, &request, 404, "Not Found (no home TCF)", &[]);
+            return;
+        };
+        if home.0 == self.config.name {
+            // This node is the user's home: bind and register at once.
+            if expires == 0 {
+                if self
+                    .registrations
+                    .get(&user)
+                    .is_some_and(|registration| registration.serving != self.config.name)
+                {
+                    self.respond(
+                        now,
+                        &key,
+                        &request,
+                        403,
+                        "Forbidden (registered through another TCF)",
+                        &[],
+                    );
+                    return;
+                }
+                self.unbind(&user, "deregistered");
+                self.home_deregister(now, &user, "deregistered");
+                self.respond(now, &key, &request, 200, "OK", &[("Expires", "0")]);
+                return;
+            }
+            if let Some(binding) = binding {
+                self.bind(binding, expires);
+            }
+            let serving = self.config.name.clone();
+            self.home_register(now, &user, serving, expires);
+            let contact_value = format!("{contact};expires={expires}");
+            let expires_value = expires.to_string();
+            self.respond(
+                now,
+                &key,
+                &request,
+                200,
+                "OK",
+                &[("Contact", &contact_value), ("Expires", &expires_value)],
+            );
+            return;
+        }
+        // This node is the V-TCF: relay to the H-TCF (F-REG-01/02).
+        if self.peer_is_down(&home.0) {
+            self.respond(
+                now,
+                &key,
+                &request,
+                503,
+                "Service Unavailable (home TCF unreachable)",
+                &[],
+            );
+            return;
+        }
+        let call_id = format!("{}@{}", self.token(), self.config.name);
+        let from_tag = self.token();
+        let pending = Pending::Relay {
+            server: key,
+            request,
+            user: user.clone(),
+            home: home.0.clone(),
+            expires,
+            binding,
+            call_id: call_id.clone(),
+            from_tag: from_tag.clone(),
+            cseq: 1,
+            challenged: false,
+        };
+        self.relay_register(now, pending, home.1, None);
+    }
+
+    fn challenge(&mut self, now: Now, key: &TransactionKey, request: &Message, stale: bool, peer: bool) {
+        let verifier = if peer { &self.peer_verifier } else { &self.verifier };
+        let challenges = verifier.challenges(now.wall, &mut self.rng, stale);
+        let values: Vec<String> = challenges.iter().map(|challenge| challenge.to_header_value()).collect();
+        let headers: Vec<(&str, &str)> = values
+            .iter()
+            .map(|value| ("WWW-Authenticate", value.as_str()))
+            .collect();
+        self.respond(now, key, request, 401, "Unauthorized", &headers);
+    }
+
+    fn relay_register(&mut self, now: Now, pending: Pending, home: SocketAddr, authorization: Option<String>) {
+        let Pending::Relay {
+            ref user,
+            expires,
+            ref call_id,
+            ref from_tag,
+            cseq,
+            ..
+        } = pending
+        else {
+            return;
+        };
+        let me = self.address;
+        let uri = format!("sip:{home}");
+        let to = format!("<sip:{user}@{home}>");
+        let from = format!("<sip:{user}@{me}>");
+        let mut headers = vec![
+            ("Contact", format!("<sip:{user}@{me}>;expires={expires}")),
+            ("Expires", expires.to_string()),
+            ("Ptt-Extension", "pttregister".to_owned()),
+            ("P-Asserted-Identity", format!("<sip:{user}@{me}>")),
+        ];
+        if let Some(authorization) = authorization {
+            headers.push(("Authorization", authorization));
+        }
+        let (call_id, from_tag) = (call_id.clone(), from_tag.clone());
+        self.send(
+            now,
+            Method::Register,
+            &uri,
+            &to,
+            &from,
+            &call_id,
+            &from_tag,
+            cseq,
+            &headers,
+            home,
+            pending,
+        );
+    }
+
+    /// TC2 interface: a V-TCF registers one of our users with us (we are its H-TCF).
+    fn register_from_peer(
+        &mut self,
+        now: Now,
+        key: TransactionKey,
+        request: Message,
+        user: Number,
+        expires: u32,
+        peer: String,
+    ) {
+        if self.requires_peer_auth {
+            let peer_secret = self
+                .network
+                .tcf(&peer)
+                .map(|tcf| tcf.secret.clone())
+                .unwrap_or_default();
+            let credentials = request
+                .header(HeaderName::Authorization)
+                .and_then(|header| header.value_str())
+                .and_then(|value| digest::parse_authorization(&value).ok());
+            let verdict = credentials
+                .filter(|credentials| credentials.username == peer)
+                .map(|credentials| {
+                    self.peer_verifier.verify(
+                        &credentials,
+                        "REGISTER",
+                        digest::UserSecret::Password(&peer_secret),
+                        now.wall,
+                    )
+                });
+            match verdict {
+                Some(Verdict::Ok) => {}
+                Some(Verdict::Stale) => return self.challenge(now, &key, &request, true, true),
+                _ => return self.challenge(now, &key, &request, false, true),
+            }
+        }
+        if self.network.home_of_user(&user).map(|tcf| tcf.name.as_str()) != Some(self.config.name.as_str()) {
+            self.respond(now, &key, &request, 404, "Not Found (not homed here)", &[]);
+            return;
+        }
+        if self.subscribers.user(&user).is_none() {
+            self.respond(now, &key, &request, 404, "Not Found", &[]);
+            return;
+        }
+        if expires == 0 {
+            match self.registrations.get(&user) {
+                Some(registration) if registration.serving != peer => {
+                    self.respond(
+                        now,
+                        &key,
+                        &request,
+                        403,
+                        "Forbidden (registered through another TCF)",
+                        &[],
+                    );
+                }
+                _ => {
+                    self.home_deregister(now, &user, "deregistered");
+                    self.respond(now, &key, &request, 200, "OK", &[("Expires", "0")]);
+                }
+            }
+            return;
+        }
+        self.home_register(now, &user, peer, expires);
+        let contact = first_contact(&request).unwrap_or_default();
+        let contact_value = format!("{contact};expires={expires}");
+        let expires_value = expires.to_string();
+        self.respond(
+            now,
+            &key,
+            &request,
+            200,
+            "OK",
+            &[("Contact", &contact_value), ("Expires", &expires_value)],
+        );
+    }
+
+    fn bind(&mut self, binding: Binding, expires: u32) {
+        let user = binding.user.clone();
+        self.bindings.insert(user.clone(), binding.clone());
+        self.write(StoreWrite::PutBinding(binding));
+        self.event(TcfEvent::Bound { user, expires });
+    }
+
+    fn unbind(&mut self, user: &Number, reason: &'static str) -> Option<Binding> {
+        let binding = self.bindings.remove(user)?;
+        self.write(StoreWrite::RemoveBinding(user.clone()));
+        self.event(TcfEvent::Unbound {
+            user: user.clone(),
+            reason,
+        });
+        Some(binding)
+    }
+
+    /// Records at home that `serving` serves `user`; kicks off the previous serving TCF if the
+    /// user moved (F-REG-06) and pushes the location to group homes elsewhere (F-REG-07).
+    fn home_register(&mut self, now: Now, user: &Number, serving: String, expires: u32) {
+        let expires_at = now.unix() + u64::from(expires);
+        let previous = self.registrations.insert(
+            user.clone(),
+            Registration {
+                user: user.clone(),
+                serving: serving.clone(),
+                expires_at,
+            },
+        );
+        if let Some(previous) = previous.filter(|previous| previous.serving != serving) {
+            if previous.serving == self.config.name {
+                self.unbind(user, "moved to another TCF");
+            } else {
+                self.kick_off(now, user, &previous.serving, "moved");
+            }
+        }
+        self.write(StoreWrite::PutRegistration(Registration {
+            user: user.clone(),
+            serving: serving.clone(),
+            expires_at,
+        }));
+        self.event(TcfEvent::HomeRegistered {
+            user: user.clone(),
+            serving: serving.clone(),
+        });
+        self.push_location(now, user, Some(&serving), expires);
+    }
+
+    fn home_deregister(&mut self, now: Now, user: &Number, reason: &'static str) {
+        if self.registrations.remove(user).is_some() {
+            self.write(StoreWrite::RemoveRegistration(user.clone()));
+            self.event(TcfEvent::HomeDeregistered {
+                user: user.clone(),
+                reason,
+            });
+            self.push_location(now, user, None, 0);
+        }
+    }
+
+    /// F-REG-06: tells the TCF that served the user that it no longer does.
+    fn kick_off(&mut self, now: Now, user: &Number, tcf: &str, cause: &str) {
+        let Some(address) = self.network.tcf(tcf).map(|tcf| tcf.sip) else {
+            return;
+        };
+        if self.peer_is_down(tcf) {
+            return;
+        }
+        let me = self.address;
+        let call_id = format!("{}@{}", self.token(), self.config.name);
+        let tag = self.token();
+        let headers = [("Ptt-Extension", format!("pttkickoff;cause={cause}"))];
+        self.send(
+            now,
+            Method::Options,
+            &format!("sip:{user}@{address}"),
+            &format!("<sip:{user}@{address}>"),
+            &format!("<sip:{}@{me}>", self.config.name),
+            &call_id,
+            &tag,
+            1,
+            &headers,
+            address,
+            Pending::FireAndForget,
+        );
+    }
+
+    /// F-REG-07: tells the homes of the user's groups which TCF serves it (`None`: withdrawn).
+    fn push_location(&mut self, now: Now, user: &Number, serving: Option<&str>, expires: u32) {
+        let group_homes: Vec<(String, SocketAddr, Number)> = self
+            .subscribers
+            .groups_of(user)
+            .filter_map(|group| {
+                let home = self.network.home_of_group(&group.number)?;
+                Some((home.name.clone(), home.sip, group.number.clone()))
+            })
+            .collect();
+        let mut told = Vec::new();
+        for (home, address, group) in group_homes {
+            if told.contains(&home) {
+                continue;
+            }
+            told.push(home.clone());
+            if home == self.config.name {
+                self.set_location(now, user, serving.map(str::to_owned), expires);
+                continue;
+            }
+            if self.peer_is_down(&home) {
+                continue;
+            }
+            let me = self.address;
+            let call_id = format!("{}@{}", self.token(), self.config.name);
+            let tag = self.token();
+            let value = match serving {
+                Some(serving) => format!("pttlocation;UDN={user};servingtcf={serving};expires={expires}"),
+                None => format!("pttlocation;UDN={user};expires=0"),
+            };
+            let headers = [
+                ("Ptt-Extension", value),
+                ("P-Asserted-Identity", format!("<sip:{user}@{me}>")),
+            ];
+            self.send(
+                now,
+                Method::Message,
+                &format!("sip:{group}@{address}"),
+                &format!("<sip:{group}@{address}>"),
+                &format!("<sip:{}@{me}>", self.config.name),
+                &call_id,
+                &tag,
+                1,
+                &headers,
+                address,
+                Pending::FireAndForget,
+            );
+        }
+    }
+
+    fn set_location(&mut self, now: Now, user: &Number, serving: Option<String>, expires: u32) {
+        match serving.clone().filter(|_| expires > 0) {
+            Some(serving) => {
+                let location = Location {
+                    user: user.clone(),
+                    serving,
+                    expires_at: now.unix() + u64::from(expires),
+                };
+                self.locations.insert(user.clone(), location.clone());
+                self.write(StoreWrite::PutLocation(location));
+            }
+            None => {
+                if self.locations.remove(user).is_none() {
+                    return;
+                }
+                self.write(StoreWrite::RemoveLocation(user.clone()));
+            }
+        }
+        self.event(TcfEvent::LocationUpdated {
+            user: user.clone(),
+            serving: serving.filter(|_| expires > 0),
+        });
+    }
+
+    /// A client transaction ended: act on the outcome.
+    fn completed(&mut self, now: Now, pending: Pending, status: u16, response: Option<Message>) {
+        match pending {
+            Pending::Heartbeat { peer } => self.heartbeat_result(&peer, (200..300).contains(&status)),
+            Pending::FireAndForget => {}
+            Pending::Relay {
+                server,
+                request,
+                user,
+                home,
+                expires,
+                binding,
+                call_id,
+                from_tag,
+                cseq,
+                challenged,
+            } => {
+                if status == 401 && !challenged {
+                    // The H-TCF requires TC2 authentication: answer its challenge once.
+                    let challenge = response.as_ref().and_then(|response| {
+                        let challenges: Vec<digest::Challenge> = response
+                            .headers_of(HeaderName::WwwAuthenticate)
+                            .filter_map(|header| header.value_str())
+                            .filter_map(|value| digest::parse_challenge(&value).ok())
+                            .collect();
+                        digest::choose(&challenges).cloned()
+                    });
+                    if let (Some(challenge), Some(address)) = (challenge, self.network.tcf(&home).map(|tcf| tcf.sip)) {
+                        self.event(TcfEvent::ChallengedByPeer { peer: home.clone() });
+                        let cnonce = digest::new_cnonce(&mut self.rng);
+                        let authorization = digest::respond(
+                            &challenge,
+                            &self.config.name,
+                            &self.secret,
+                            "REGISTER",
+                            &format!("sip:{address}"),
+                            1,
+                            &cnonce,
+                        );
+                        let retry = Pending::Relay {
+                            server,
+                            request,
+                            user,
+                            home,
+                            expires,
+                            binding,
+                            call_id,
+                            from_tag,
+                            cseq: cseq + 1,
+                            challenged: true,
+                        };
+                        self.relay_register(now, retry, address, Some(authorization));
+                        return;
+                    }
+                }
+                match status {
+                    200..=299 => {
+                        if expires == 0 {
+                            self.unbind(&user, "deregistered");
+                            self.respond(now, &server, &request, 200, "OK", &[("Expires", "0")]);
+                        } else {
+                            let contact = binding
+                                .as_ref()
+                                .map(|binding| binding.contact.clone())
+                                .unwrap_or_default();
+                            if let Some(binding) = binding {
+                                self.bind(binding, expires);
+                            }
+                            let contact_value = format!("{contact};expires={expires}");
+                            let expires_value = expires.to_string();
+                            self.respond(
+                                now,
+                                &server,
+                                &request,
+                                200,
+                                "OK",
+                                &[("Contact", &contact_value), ("Expires", &expires_value)],
+                            );
+                        }
+                    }
+                    408 => self.respond(
+                        now,
+                        &server,
+                        &request,
+                        408,
+                        "Request Timeout (home TCF did not answer)",
+                        &[],
+                    ),
+                    401 | 407 => self.respond(
+                        now,
+                        &server,
+                        &request,
+                        403,
+                        "Forbidden (home TCF refused this TCF)",
+                        &[],
+                    ),
+                    status => {
+                        let reason = response
+                            .as_ref()
+                            .and_then(|response| response.reason_phrase())
+                            .map(|reason| String::from_utf8_lossy(reason).into_owned())
+                            .unwrap_or_else(|| "Refused by home TCF".to_owned());
+                        self.respond(now, &server, &request, status, &reason, &[]);
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- OPTIONS and MESSAGE ----------------------------------------------------------------
+
+    fn options(&mut self, now: Now, key: TransactionKey, request: Message, source: Option<SocketAddr>) {
+        let extension = request.ptt_extension().ok().flatten().map(|ext| {
+            let token = ext.value().to_ascii_lowercase();
+            let cause = ext
+                .param("cause")
+                .map(|cause| String::from_utf8_lossy(&cause).into_owned());
+            (token, cause)
+        });
+        let peer = source
+            .and_then(|address| self.network.tcf_at(address))
+            .map(|tcf| tcf.name.clone());
+        match extension {
+            Some((token, _)) if token == "pttheartbeat" => {
+                if peer.is_some() {
+                    self.respond(now, &key, &request, 200, "OK", &[("Allow", ALLOW)]);
+                } else {
+                    self.respond(now, &key, &request, 403, "Forbidden (not a configured peer TCF)", &[]);
+                }
+            }
+            Some((token, _)) if token == "pttkickoff" => {
+                let Some(user) = request_user(&request).or_else(|| to_user(&request)) else {
+                    self.respond(now, &key, &request, 400, "Bad Request (no user)", &[]);
+                    return;
+                };
+                let home = self.network.home_of_user(&user).map(|tcf| tcf.name.clone());
+                if peer.is_none() || peer != home {
+                    self.respond(
+                        now,
+                        &key,
+                        &request,
+                        403,
+                        "Forbidden (only the user's home TCF may kick off)",
+                        &[],
+                    );
+                    return;
+                }
+                self.respond(now, &key, &request, 200, "OK", &[]);
+                if let Some(binding) = self.unbind(&user, "kicked off by home TCF") {
+                    // Tell the terminal too (D interface kick-off).
+                    let me = self.address;
+                    let call_id = format!("{}@{}", self.token(), self.config.name);
+                    let tag = self.token();
+                    let headers = [("Ptt-Extension", "pttkickoff;cause=moved".to_owned())];
+                    let contact = binding.contact.trim_matches(|c| c == '<' || c == '>').to_owned();
+                    self.send(
+                        now,
+                        Method::Options,
+                        &contact,
+                        &format!("<{contact}>"),
+                        &format!("<sip:{}@{me}>", self.config.name),
+                        &call_id,
+                        &tag,
+                        1,
+                        &headers,
+                        binding.address,
+                        Pending::FireAndForget,
+                    );
+                }
+            }
+            _ => self.respond(
+                now,
+                &key,
+                &request,
+                200,
+                "OK",
+                &[("Allow", ALLOW), ("Accept", "application/sdp")],
+            ),
+        }
+    }
+
+    fn message(&mut self, now: Now, key: TransactionKey, request: Message) {
+        let source = self.current_source;
+        let extension = request.ptt_extension().ok().flatten().map(|ext| {
+            (
+                ext.value().to_ascii_lowercase(),
+                ext.param("UDN")
+                    .map(|value| String::from_utf8_lossy(&value).into_owned()),
+                ext.param("servingtcf")
+                    .map(|value| String::from_utf8_lossy(&value).into_owned()),
+                ext.param("expires")
+                    .and_then(|value| std::str::from_utf8(&value).ok()?.parse::<u32>().ok()),
+            )
+        });
+        match extension {
+            Some((token, user, serving, expires)) if token == "pttlocation" => {
+                if source.and_then(|address| self.network.tcf_at(address)).is_none() {
+                    self.respond(now, &key, &request, 403, "Forbidden (not a configured peer TCF)", &[]);
+                    return;
+                }
+                let Some(user) = user.as_deref().and_then(|user| Number::parse(user).ok()) else {
+                    self.respond(now, &key, &request, 400, "Bad Request (UDN)", &[]);
+                    return;
+                };
+                let expires = expires.unwrap_or(0).min(self.config.max_expires);
+                self.set_location(now, &user, serving, expires);
+                self.respond(now, &key, &request, 200, "OK", &[]);
+            }
+            _ => self.respond(now, &key, &request, 501, "Not Implemented", &[("Allow", ALLOW)]),
+        }
+    }
+
+    // ---- timers -----------------------------------------------------------------------------
+
+    fn heartbeats(&mut self, now: Now) {
+        let due: Vec<usize> = (0..self.peers.len())
+            .filter(|&index| self.peers[index].next_at <= now.instant)
+            .collect();
+        for index in due {
+            // An unanswered previous heartbeat counts as a failure.
+            if self.peers[index].outstanding.take().is_some() {
+                let name = self.peers[index].name.clone();
+                self.heartbeat_result(&name, false);
+            }
+            let (name, address) = (self.peers[index].name.clone(), self.peers[index].address);
+            self.peers[index].next_at = now.instant + self.config.heartbeat_interval;
+            let me = self.address;
+            let call_id = format!("{}@{}", self.token(), self.config.name);
+            let tag = self.token();
+            let headers = [("Ptt-Extension", "pttheartbeat".to_owned())];
+            let before: Vec<TransactionKey> = self.pending.keys().cloned().collect();
+            self.send(
+                now,
+                Method::Options,
+                &format!("sip:{address}"),
+                &format!("<sip:{name}@{address}>"),
+                &format!("<sip:{}@{me}>", self.config.name),
+                &call_id,
+                &tag,
+                1,
+                &headers,
+                address,
+                Pending::Heartbeat { peer: name.clone() },
+            );
+            let new_key = self.pending.keys().find(|key| !before.contains(key)).cloned();
+            self.peers[index].outstanding = new_key;
+        }
+    }
+
+    fn heartbeat_result(&mut self, name: &str, success: bool) {
+        let threshold = self.config.heartbeat_failures;
+        let Some(peer) = self.peers.iter_mut().find(|peer| peer.name == name) else {
+            return;
+        };
+        peer.outstanding = None;
+        let was = peer.up;
+        if success {
+            peer.failures = 0;
+            peer.up = Some(true);
+        } else {
+            peer.failures += 1;
+            if peer.failures >= threshold {
+                peer.up = Some(false);
+            }
+        }
+        let now_up = peer.up;
+        if now_up != was {
+            if let Some(up) = now_up {
+                if up {
+                    tracing::info!(peer = name, "peer TCF up");
+                } else {
+                    tracing::warn!(peer = name, "peer TCF down: only heartbeats go to it until it answers");
+                }
+                self.event(TcfEvent::PeerState {
+                    peer: name.to_owned(),
+                    up,
+                });
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Now) {
+        let unix = now.unix();
+        let expired: Vec<Number> = self
+            .bindings
+            .values()
+            .filter(|binding| binding.expires_at <= unix)
+            .map(|binding| binding.user.clone())
+            .collect();
+        for user in expired {
+            self.unbind(&user, "expired");
+        }
+        let expired: Vec<Number> = self
+            .registrations
+            .values()
+            .filter(|registration| registration.expires_at <= unix)
+            .map(|registration| registration.user.clone())
+            .collect();
+        for user in expired {
+            self.home_deregister(now, &user, "expired");
+        }
+        let expired: Vec<Number> = self
+            .locations
+            .values()
+            .filter(|location| location.expires_at <= unix)
+            .map(|location| location.user.clone())
+            .collect();
+        for user in expired {
+            self.set_location(now, &user, None, 0);
+        }
+    }
+}
+
+const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, MESSAGE, SUBSCRIBE, NOTIFY";
+
+/// The transaction key of a message (RFC 3261 branch, or the RFC 2543 fallback).
+fn transaction_key(message: &Message) -> Option<TransactionKey> {
+    let via = message.top_via().ok()?;
+    let cseq = message.cseq().ok()?;
+    let method = TxMethod::from_token(cseq.method.as_str());
+    let sent_by = match via.port() {
+        Some(port) => format!("{}:{port}", via.host_raw()),
+        None => via.host_raw().to_owned(),
+    };
+    match via.branch() {
+        Some(branch) if via.has_rfc3261_branch() => TransactionKey::new(branch, &sent_by, method).ok(),
+        _ => {
+            let call_id = message.call_id().ok()?;
+            let from_tag = message.from().ok()?.tag().unwrap_or("").to_owned();
+            Some(TransactionKey::rfc2543(
+                call_id,
+                &from_tag,
+                cseq.number,
+                &sent_by,
+                method,
+            ))
+        }
+    }
+}
+
+/// Where a response goes (RFC 3261 §18.2.2 with RFC 3581): always the source IP the request
+/// came from (never an address merely named in a header); the source port with `rport`,
+/// else the sent-by port.
+fn response_destination(request: &Message, from: SocketAddr) -> SocketAddr {
+    match request.top_via() {
+        Ok(via) if via.rport().is_some() => from,
+        Ok(via) => SocketAddr::new(from.ip(), via.port().unwrap_or(5060)),
+        Err(_) => from,
+    }
+}
+
+/// The user number in the To URI.
+fn to_user(request: &Message) -> Option<Number> {
+    let to = request.to().ok()?;
+    let user = to.uri().as_sip()?.user()?;
+    Number::parse(user).ok()
+}
+
+/// The user number in the Request-URI.
+fn request_user(request: &Message) -> Option<Number> {
+    let uri = request.request_uri()?.ok()?;
+    Number::parse(uri.as_sip()?.user()?).ok()
+}
+
+/// The expiry a REGISTER asks for: the first Contact's `expires`, else the Expires header.
+/// `Err` when a value is malformed.
+fn requested_expires(request: &Message) -> Result<Option<u32>, ()> {
+    if let Ok(ContactList::Addresses(contacts)) = request.contacts() {
+        if let Some(expires) = contacts.first().and_then(|contact| contact.expires()) {
+            return expires.map(Some).map_err(|_| ());
+        }
+    }
+    match request.contacts() {
+        Ok(ContactList::Star) => return Ok(Some(0)),
+        Err(_) => return Err(()),
+        Ok(_) => {}
+    }
+    request.expires().map_err(|_| ())
+}
+
+/// The first Contact address (`<uri>`), without parameters.
+fn first_contact(request: &Message) -> Option<String> {
+    match request.contacts().ok()? {
+        ContactList::Addresses(contacts) => Some(format!("<{}>", contacts.first()?.uri().as_str())),
+        ContactList::Star => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NETWORK: &str =
+        "[[tcf]]\nname = \"a\"\nsip = \"127.0.0.1:5601\"\nusers = [\"1000-1099\"]\ngroups = [\"2000\"]\n\
+                           [[tcf]]\nname = \"b\"\nsip = \"127.0.0.1:5602\"\nusers = [\"1100-1199\"]\n";
+    const SUBSCRIBERS: &str =
+        "[[user]]\nnumber = \"1000-1001\"\npassword = \"pw\"\n[[user]]\nnumber = \"1100\"\npassword = \"pw\"\n\
+                               [[group]]\nnumber = \"2000\"\nmembers = [\"1000\", \"1100\"]\n";
+
+    fn core(name: &str, start: Instant) -> Tcf {
+        let network = Arc::new(Network::from_toml("n", NETWORK).unwrap());
+        let subscribers = Arc::new(Subscribers::from_toml("s", SUBSCRIBERS).unwrap());
+        let config = TcfConfig {
+            name: name.to_owned(),
+            realm: "test".to_owned(),
+            timers: TimerConfig::default(),
+            min_expires: 1,
+            max_expires: 3600,
+            default_expires: 600,
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_failures: 2,
+            nonce_lifetime: Duration::from_secs(60),
+            max_message_size: 65_535,
+            nonce_key: [7; 32],
+        };
+        Tcf::new(
+            config,
+            network,
+            subscribers,
+            Now {
+                instant: start,
+                wall: SystemTime::now(),
+            },
+            1,
+        )
+        .unwrap()
+    }
+
+    /// Delivers every datagram between the two cores until they are quiet; returns datagrams
+    /// addressed elsewhere and the events.
+    fn exchange(a: &mut Tcf, b: &mut Tcf, now: Now) -> (Vec<(SocketAddr, Bytes)>, Vec<TcfEvent>) {
+        let mut elsewhere = Vec::new();
+        let mut events = Vec::new();
+        for _ in 0..100 {
+            let mut moved = false;
+            for (source, target) in [(0, 1), (1, 0)] {
+                let (from, to) = if source == 0 {
+                    (&mut *a, &mut *b)
+                } else {
+                    (&mut *b, &mut *a)
+                };
+                let _ = target;
+                let from_address = from.address();
+                let mut datagrams = Vec::new();
+                while let Some(output) = from.poll_output() {
+                    match output {
+                        Output::Transmit { destination, bytes } => datagrams.push((destination, bytes)),
+                        Output::Event(event) => events.push(event),
+                        Output::Store(_) => {}
+                    }
+                }
+                for (destination, bytes) in datagrams {
+                    moved = true;
+                    if destination == to.address() {
+                        to.handle_datagram(now, from_address, bytes);
+                    } else {
+                        elsewhere.push((destination, bytes));
+                    }
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        (elsewhere, events)
+    }
+
+    #[test]
+    fn heartbeats_bring_peers_up() {
+        let start = Instant::now();
+        let now = Now {
+            instant: start,
+            wall: SystemTime::now(),
+        };
+        let mut a = core("a", start);
+        let mut b = core("b", start);
+        a.handle_timeout(now);
+        b.handle_timeout(now);
+        let (elsewhere, events) = exchange(&mut a, &mut b, now);
+        assert!(elsewhere.is_empty(), "{elsewhere:?}");
+        assert_eq!(a.peer_up("b"), Some(true), "{events:?}");
+        assert_eq!(b.peer_up("a"), Some(true));
+    }
+}
