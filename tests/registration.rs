@@ -226,7 +226,12 @@ async fn f_reg_08_expiry() {
     let mut events_b = cluster.node(B).sip.subscribe();
     let mut terminal = Terminal::new("1106", "alpha").await;
     assert_eq!(terminal.register(cluster.address(A), 2).await.status(), Some(200));
-    assert!(cluster.node(B).sip.location(&number("1106")).await.is_some());
+    expect_event(
+        &mut events_b,
+        WAIT,
+        |event| matches!(event, TcfEvent::LocationUpdated { user, serving: Some(_) } if user.as_str() == "1106"),
+    )
+    .await;
     expect_event(&mut events_a, WAIT, |event| {
         matches!(event, TcfEvent::HomeDeregistered { user, reason } if user.as_str() == "1106" && reason == &"expired")
     })
