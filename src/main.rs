@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use floorcast::config::{Config, LogFormat};
+use floorcast::config::{Config, LogFormat, Source};
 use tracing_subscriber::EnvFilter;
 
 /// Floorcast: a B-TrunC trunking control function with a floor-gated RTP relay.
@@ -31,13 +31,26 @@ enum Command {
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config, String> {
-    match path {
-        None => Config::embedded_default().map_err(|error| format!("embedded default configuration: {error}")),
+    let config = match path {
+        None => Config::embedded_default().map_err(|error| format!("embedded default configuration: {error}"))?,
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?;
-            Config::from_toml(&text).map_err(|error| format!("{}: {error}", path.display()))
+            let mut config = Config::from_toml(&text).map_err(|error| format!("{}: {error}", path.display()))?;
+            // Provisioning files named relative to the config file are found next to it.
+            let directory = path.parent().unwrap_or(std::path::Path::new("."));
+            for source in [&mut config.provisioning.network, &mut config.provisioning.subscribers] {
+                if let Source::File(file) = source {
+                    if file.is_relative() {
+                        *file = directory.join(&*file);
+                    }
+                }
+            }
+            config
         }
-    }
+    };
+    // The provisioned data is part of the configuration: check it too.
+    floorcast::node::load_provisioning(&config).map_err(|error| format!("provisioning: {error:#}"))?;
+    Ok(config)
 }
 
 fn init_logging(config: &Config) {

@@ -17,12 +17,36 @@ fn write_config(text: &str) -> tempfile::NamedTempFile {
 }
 
 #[test]
-fn check_config_accepts_the_shipped_example() {
-    let output = Command::new(BINARY)
-        .args(["check-config", "config/floorcast.toml"])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+fn check_config_accepts_the_shipped_examples() {
+    for file in [
+        "config/floorcast.toml",
+        "config/example/tcf-a.toml",
+        "config/example/tcf-b.toml",
+        "config/example/tcf-c.toml",
+    ] {
+        let output = Command::new(BINARY).args(["check-config", file]).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn check_config_checks_the_provisioning_files() {
+    let directory = tempfile::tempdir().unwrap();
+    std::fs::write(
+        directory.path().join("network.toml"),
+        "[[tcf]]\nname = \"tcf-1\"\nsip = \"nowhere\"\n",
+    )
+    .unwrap();
+    let config = directory.path().join("node.toml");
+    std::fs::write(&config, "[provisioning]\nnetwork = \"network.toml\"\n").unwrap();
+    let output = Command::new(BINARY).arg("check-config").arg(&config).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("tcf[0].sip"), "{stderr}");
 }
 
 #[test]
