@@ -355,3 +355,68 @@ async fn f_reg_01_registrations_survive_restart() {
     );
     cluster.shutdown().await;
 }
+
+/// F-REG-01 over TCP (RFC 3261 §18: Content-Length framing, responses on the same
+/// connection): a terminal registers with digest at its home over one TCP connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_reg_01_register_over_tcp() {
+    use floorcast::sip::{Frame, HeaderName, StreamFramer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let cluster = Cluster::start(16200).await;
+    let server = cluster.address(B);
+    let mut stream = tokio::net::TcpStream::connect(server).await.unwrap();
+    let me = stream.local_addr().unwrap();
+    let mut framer = StreamFramer::new(65_536);
+    let register = |cseq: u32, authorization: Option<String>| {
+        let auth = authorization
+            .map(|value| format!("Authorization: {value}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "REGISTER sip:{server} SIP/2.0\r\nVia: SIP/2.0/TCP {me};branch=z9hG4bKtcp{cseq};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:1210@{server}>;tag=tcp\r\nTo: <sip:1210@{server}>\r\nCall-ID: tcp-1210\r\nCSeq: {cseq} REGISTER\r\n\
+             Contact: <sip:1210@{me};transport=tcp>;expires=300\r\n{auth}Content-Length: 0\r\n\r\n"
+        )
+    };
+    async fn next_message(stream: &mut tokio::net::TcpStream, framer: &mut StreamFramer) -> floorcast::sip::Message {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(Frame::Message(message)) = framer.next_frame().unwrap() {
+                return message;
+            }
+            let read = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(read > 0, "connection closed");
+            framer.push(&chunk[..read]);
+        }
+    }
+    stream.write_all(register(1, None).as_bytes()).await.unwrap();
+    let challenge = next_message(&mut stream, &mut framer).await;
+    assert_eq!(challenge.status(), Some(401));
+    let challenges: Vec<floorcast::sip::digest::Challenge> = challenge
+        .headers_of(HeaderName::WwwAuthenticate)
+        .filter_map(|header| header.value_str())
+        .filter_map(|value| floorcast::sip::digest::parse_challenge(&value).ok())
+        .collect();
+    let chosen = floorcast::sip::digest::choose(&challenges).unwrap();
+    let authorization = floorcast::sip::digest::respond(
+        chosen,
+        "1210",
+        "bravo",
+        "REGISTER",
+        &format!("sip:{server}"),
+        1,
+        "c0ffee",
+    );
+    stream
+        .write_all(register(2, Some(authorization)).as_bytes())
+        .await
+        .unwrap();
+    let ok = next_message(&mut stream, &mut framer).await;
+    assert_eq!(ok.status(), Some(200));
+    let binding = cluster.node(B).sip.binding(&number("1210")).await.unwrap();
+    assert_eq!(binding.address, me);
+    cluster.shutdown().await;
+}

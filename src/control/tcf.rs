@@ -457,31 +457,18 @@ impl Tcf {
         if datagram.iter().all(|byte| matches!(byte, b'\r' | b'\n')) {
             return; // keep-alive
         }
-        let message = match Message::parse_datagram(datagram) {
-            Ok(message) => message,
-            Err(rejection) => {
-                match rejection.action() {
-                    ErrorAction::Respond { .. } => {
-                        let tag = self.token();
-                        if let (Some(response), Some(request)) = (rejection.response(&tag), rejection.message()) {
-                            let destination = response_destination(request, from);
-                            self.counters.rejected += 1;
-                            self.outputs.push_back(Output::Transmit {
-                                destination,
-                                bytes: response.to_bytes(),
-                            });
-                        } else {
-                            self.counters.dropped += 1;
-                        }
-                    }
-                    ErrorAction::Drop => self.counters.dropped += 1,
-                }
-                return;
-            }
-        };
+        match Message::parse_datagram(datagram) {
+            Ok(message) => self.handle_message(now, from, message, false),
+            Err(rejection) => self.handle_rejection(from, &rejection),
+        }
+    }
+
+    /// Handles one message framed from a stream connection (TCP: `reliable`, no
+    /// retransmissions) or a datagram.
+    pub fn handle_message(&mut self, now: Now, from: SocketAddr, message: Message, reliable: bool) {
         self.current_source = Some(from);
         if message.is_request() {
-            self.handle_request(now, from, message);
+            self.handle_request(now, from, message, reliable);
         } else {
             self.handle_response(now, message);
         }
@@ -489,7 +476,28 @@ impl Tcf {
         self.current_source = None;
     }
 
-    fn handle_request(&mut self, now: Now, from: SocketAddr, message: Message) {
+    /// Handles a message that failed to parse or validate: `400`/`505` when it can be
+    /// addressed (RFC 3261 §8.2 / RFC 4475), else dropped and counted.
+    pub fn handle_rejection(&mut self, from: SocketAddr, rejection: &crate::sip::Rejection) {
+        match rejection.action() {
+            ErrorAction::Respond { .. } => {
+                let tag = self.token();
+                if let (Some(response), Some(request)) = (rejection.response(&tag), rejection.message()) {
+                    let destination = response_destination(request, from);
+                    self.counters.rejected += 1;
+                    self.outputs.push_back(Output::Transmit {
+                        destination,
+                        bytes: response.to_bytes(),
+                    });
+                } else {
+                    self.counters.dropped += 1;
+                }
+            }
+            ErrorAction::Drop => self.counters.dropped += 1,
+        }
+    }
+
+    fn handle_request(&mut self, now: Now, from: SocketAddr, message: Message, reliable: bool) {
         let Some(key) = transaction_key(&message) else {
             self.counters.dropped += 1;
             return;
@@ -519,7 +527,7 @@ impl Tcf {
             method,
             bytes,
             reply_to: destination,
-            reliable: false,
+            reliable,
         };
         if self.layer.handle_input(now.instant, input).is_err() {
             // Overloaded (or a caller bug): answer statelessly.

@@ -162,8 +162,16 @@ pub async fn start(config: &Config) -> anyhow::Result<Node> {
     let socket = tokio::net::UdpSocket::bind(sip_config.listen)
         .await
         .with_context(|| format!("sip.listen {}", sip_config.listen))?;
+    let listener = tokio::net::TcpListener::bind(sip_config.listen)
+        .await
+        .with_context(|| format!("sip.listen {} (TCP)", sip_config.listen))?;
+    let limits = sip::TransportLimits {
+        max_message_size: sip_config.max_message_size,
+        max_connections: sip_config.max_tcp_connections,
+        idle_timeout: std::time::Duration::from_secs(300),
+    };
     let (shutdown, shutdown_receiver) = tokio::sync::broadcast::channel(1);
-    let (sip, sip_task) = sip::spawn(socket, tcf, store.clone(), shutdown_receiver)?;
+    let (sip, sip_task) = sip::spawn(socket, listener, limits, tcf, store.clone(), shutdown_receiver)?;
     Ok(Node {
         engine,
         metrics_address,

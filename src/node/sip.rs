@@ -1,17 +1,20 @@
 //! The SIP driver: one tokio task owns the UDP socket and the sans-IO [`Tcf`] core, feeds it
 //! datagrams and timeouts, and carries out what it asks: send, persist, report.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::control::tcf::{Binding, Location, Now, Output, Registration, StoreWrite, Tcf, TcfEvent};
 use crate::node::store::{Store, Table};
 use crate::proto::Number;
+use crate::sip::{Frame, Message, Rejection, StreamFramer};
 
 /// Terminal bindings (the serving-TCF view).
 pub const BINDINGS: Table<Binding> = Table::new("bindings");
@@ -93,10 +96,38 @@ pub fn restore(tcf: &mut Tcf, store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the SIP task on `socket`; it runs until `shutdown` fires (or the handle's channels
-/// close).
+/// What connection tasks tell the core task.
+enum Inbound {
+    /// A connection opened: frames to send to `peer` go to `writer`.
+    Opened {
+        peer: SocketAddr,
+        writer: mpsc::Sender<Bytes>,
+    },
+    /// A message framed from a connection.
+    Message { peer: SocketAddr, message: Message },
+    /// A complete message that failed validation.
+    Rejected { peer: SocketAddr, rejection: Rejection },
+    /// The connection closed.
+    Closed { peer: SocketAddr },
+}
+
+/// Transport limits.
+#[derive(Debug, Clone, Copy)]
+pub struct TransportLimits {
+    /// Largest message.
+    pub max_message_size: usize,
+    /// Most simultaneous TCP connections.
+    pub max_connections: usize,
+    /// A connection idle this long is closed.
+    pub idle_timeout: std::time::Duration,
+}
+
+/// Starts the SIP task on `socket` (UDP) and `listener` (TCP, same address); it runs until
+/// `shutdown` fires.
 pub fn spawn(
     socket: UdpSocket,
+    listener: TcpListener,
+    limits: TransportLimits,
     mut tcf: Tcf,
     store: Store,
     mut shutdown: broadcast::Receiver<()>,
@@ -110,10 +141,13 @@ pub fn spawn(
         queries,
     };
     let socket = Arc::new(socket);
+    let (inbound_sender, mut inbound) = mpsc::channel::<Inbound>(1024);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let task = tokio::spawn(async move {
-        let mut buffer = vec![0u8; 65_536];
+        let mut buffer = vec![0u8; limits.max_message_size + 1];
+        let mut connections: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
         loop {
-            carry_out(&mut tcf, &socket, &store, &events).await;
+            carry_out(&mut tcf, &socket, &connections, &store, &events).await;
             let deadline = tokio::time::Instant::from_std(tcf.poll_timeout());
             tokio::select! {
                 received = socket.recv_from(&mut buffer) => match received {
@@ -123,6 +157,22 @@ pub fn spawn(
                     }
                     Err(error) => tracing::debug!(%error, "SIP receive failed"),
                 },
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => match slots.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let sender = inbound_sender.clone();
+                            tokio::spawn(connection(stream, peer, limits, sender, permit));
+                        }
+                        Err(_) => tracing::warn!(%peer, "TCP connection refused: sip.max_tcp_connections reached"),
+                    },
+                    Err(error) => tracing::debug!(%error, "TCP accept failed"),
+                },
+                Some(message) = inbound.recv() => match message {
+                    Inbound::Opened { peer, writer } => { connections.insert(peer, writer); }
+                    Inbound::Closed { peer } => { connections.remove(&peer); }
+                    Inbound::Message { peer, message } => tcf.handle_message(now(), peer, message, true),
+                    Inbound::Rejected { peer, rejection } => tcf.handle_rejection(peer, &rejection),
+                },
                 _ = tokio::time::sleep_until(deadline) => tcf.handle_timeout(now()),
                 query = query_receiver.recv() => match query {
                     Some(query) => answer(&tcf, query),
@@ -131,12 +181,68 @@ pub fn spawn(
                 _ = shutdown.recv() => break,
             }
         }
-        carry_out(&mut tcf, &socket, &store, &events).await;
-        if let Err(error) = store.flush() {
+        carry_out(&mut tcf, &socket, &connections, &store, &events).await;
+        let flushed = tokio::task::spawn_blocking(move || store.flush()).await;
+        if let Ok(Err(error)) = flushed {
             tracing::error!(%error, "store flush at shutdown failed");
         }
     });
     Ok((handle, task))
+}
+
+/// One TCP connection: frames messages by Content-Length (RFC 3261 §18.3), hands them to the
+/// core, writes what the core sends to this peer. Closes on a framing error, on idle, or when
+/// the core is gone.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    limits: TransportLimits,
+    inbound: mpsc::Sender<Inbound>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let (mut reader, mut writer) = stream.into_split();
+    let (outbound, mut outbound_receiver) = mpsc::channel::<Bytes>(64);
+    if inbound.send(Inbound::Opened { peer, writer: outbound }).await.is_err() {
+        return;
+    }
+    let writing = tokio::spawn(async move {
+        while let Some(bytes) = outbound_receiver.recv().await {
+            if writer.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut framer = StreamFramer::new(limits.max_message_size);
+    let mut chunk = vec![0u8; 16 * 1024];
+    'read: loop {
+        let read = match tokio::time::timeout(limits.idle_timeout, reader.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(read)) => read,
+        };
+        framer.push(&chunk[..read]);
+        loop {
+            match framer.next_frame() {
+                Ok(None) => break,
+                Ok(Some(Frame::Message(message))) => {
+                    if inbound.send(Inbound::Message { peer, message }).await.is_err() {
+                        break 'read;
+                    }
+                }
+                Ok(Some(Frame::Rejected(rejection))) => {
+                    if inbound.send(Inbound::Rejected { peer, rejection }).await.is_err() {
+                        break 'read;
+                    }
+                }
+                Ok(Some(Frame::Ping)) => {} // keep-alive; the connection stays open
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "closing TCP connection");
+                    break 'read;
+                }
+            }
+        }
+    }
+    let _ = inbound.send(Inbound::Closed { peer }).await;
+    writing.abort();
 }
 
 fn answer(tcf: &Tcf, query: Query) {
@@ -148,10 +254,23 @@ fn answer(tcf: &Tcf, query: Query) {
     }
 }
 
-async fn carry_out(tcf: &mut Tcf, socket: &UdpSocket, store: &Store, events: &broadcast::Sender<TcfEvent>) {
+async fn carry_out(
+    tcf: &mut Tcf,
+    socket: &UdpSocket,
+    connections: &HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+    store: &Store,
+    events: &broadcast::Sender<TcfEvent>,
+) {
     while let Some(output) = tcf.poll_output() {
         match output {
             Output::Transmit { destination, bytes } => {
+                // Connection reuse (RFC 3261 §18): a peer with an open connection gets its
+                // messages on it; everyone else over UDP.
+                if let Some(connection) = connections.get(&destination) {
+                    if connection.try_send(bytes.clone()).is_ok() {
+                        continue;
+                    }
+                }
                 if let Err(error) = socket.send_to(&bytes, destination).await {
                     tracing::debug!(%error, %destination, "SIP send failed");
                 }
