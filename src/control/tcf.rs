@@ -361,30 +361,31 @@ impl Tcf {
         now: Now,
     ) {
         let unix = now.unix();
-        for binding in bindings {
-            if binding.expires_at > unix {
-                self.bindings.insert(binding.user.clone(), binding);
-            } else {
-                self.outputs
-                    .push_back(Output::Store(StoreWrite::RemoveBinding(binding.user)));
-            }
-        }
-        for registration in registrations {
-            if registration.expires_at > unix {
-                self.registrations.insert(registration.user.clone(), registration);
-            } else {
-                self.outputs
-                    .push_back(Output::Store(StoreWrite::RemoveRegistration(registration.user)));
-            }
-        }
-        for location in locations {
-            if location.expires_at > unix {
-                self.locations.insert(location.user.clone(), location);
-            } else {
-                self.outputs
-                    .push_back(Output::Store(StoreWrite::RemoveLocation(location.user)));
-            }
-        }
+        let outputs = &mut self.outputs;
+        restore_live(
+            &mut self.bindings,
+            bindings,
+            unix,
+            outputs,
+            |b| (&b.user, b.expires_at),
+            StoreWrite::RemoveBinding,
+        );
+        restore_live(
+            &mut self.registrations,
+            registrations,
+            unix,
+            outputs,
+            |r| (&r.user, r.expires_at),
+            |user| StoreWrite::RemoveRegistration(user),
+        );
+        restore_live(
+            &mut self.locations,
+            locations,
+            unix,
+            outputs,
+            |l| (&l.user, l.expires_at),
+            StoreWrite::RemoveLocation,
+        );
     }
 
     /// A terminal's binding here.
@@ -1469,6 +1470,26 @@ impl Tcf {
             .collect();
         for user in expired {
             self.set_location(now, &user, None, 0);
+        }
+    }
+}
+
+/// Puts the entries still alive at `unix` into `map`; asks the store to delete the others.
+fn restore_live<T>(
+    map: &mut HashMap<Number, T>,
+    entries: Vec<T>,
+    unix: u64,
+    outputs: &mut VecDeque<Output>,
+    key: impl Fn(&T) -> (&Number, u64),
+    remove: impl Fn(Number) -> StoreWrite,
+) {
+    for entry in entries {
+        let (user, expires_at) = key(&entry);
+        let user = user.clone();
+        if expires_at > unix {
+            map.insert(user, entry);
+        } else {
+            outputs.push_back(Output::Store(remove(user)));
         }
     }
 }

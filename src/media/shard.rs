@@ -278,16 +278,7 @@ impl Shard {
             talker_active: false,
             talker_silent_reported: false,
         };
-        let slot = match self.free_bridges.pop() {
-            Some(slot) => {
-                self.bridges[slot as usize] = Some(bridge);
-                slot
-            }
-            None => {
-                self.bridges.push(Some(bridge));
-                (self.bridges.len() - 1) as u32
-            }
-        };
+        let slot = occupy(&mut self.bridges, &mut self.free_bridges, bridge);
         self.bridge_slots.insert(id, slot);
         Ok(())
     }
@@ -357,16 +348,7 @@ impl Shard {
             counters: Counters::default(),
         };
         leg.apply_spec(spec, self.config.default_source_check);
-        let slot = match self.free_legs.pop() {
-            Some(slot) => {
-                self.legs[slot as usize] = Some(leg);
-                slot
-            }
-            None => {
-                self.legs.push(Some(leg));
-                (self.legs.len() - 1) as u32
-            }
-        };
+        let slot = occupy(&mut self.legs, &mut self.free_legs, leg);
         self.leg_slots.insert(id, slot);
         if let Some(bridge) = self.bridges[bridge_slot as usize].as_mut() {
             bridge.legs.push(slot);
@@ -908,6 +890,20 @@ impl Shard {
             remote: leg.remote,
             counters: leg.counters,
             quality: leg.quality,
+        }
+    }
+}
+
+/// Puts `value` in a free slot of `slots` (reusing a freed one first); returns the slot.
+fn occupy<T>(slots: &mut Vec<Option<T>>, free: &mut Vec<u32>, value: T) -> u32 {
+    match free.pop() {
+        Some(slot) => {
+            slots[slot as usize] = Some(value);
+            slot
+        }
+        None => {
+            slots.push(Some(value));
+            (slots.len() - 1) as u32
         }
     }
 }
