@@ -89,6 +89,8 @@ pub struct SipConfig {
     pub heartbeat_failures: u32,
     /// How long a digest nonce stays valid.
     pub nonce_lifetime: Duration,
+    /// Digest algorithms offered, preferred first.
+    pub digest_algorithms: Vec<crate::sip::digest::Algorithm>,
 }
 
 /// Where provisioned data is read from.
@@ -242,6 +244,7 @@ struct RawSip {
     heartbeat_interval_ms: u64,
     heartbeat_failures: u32,
     nonce_lifetime_s: u64,
+    digest_algorithms: Vec<String>,
 }
 
 impl Default for RawSip {
@@ -260,6 +263,7 @@ impl Default for RawSip {
             heartbeat_interval_ms: 10_000,
             heartbeat_failures: 2,
             nonce_lifetime_s: 300,
+            digest_algorithms: vec!["SHA-256".to_owned(), "MD5".to_owned()],
         }
     }
 }
@@ -593,7 +597,24 @@ impl RawSip {
         if self.nonce_lifetime_s < 10 {
             return Err(invalid("sip.nonce_lifetime_s", "must be at least 10"));
         }
+        let mut digest_algorithms = Vec::new();
+        for name in &self.digest_algorithms {
+            let algorithm = crate::sip::digest::Algorithm::from_name(name).map_err(|_| {
+                invalid(
+                    "sip.digest_algorithms",
+                    format!("`{name}` is not one of \"SHA-256\", \"MD5\""),
+                )
+            })?;
+            if digest_algorithms.contains(&algorithm) {
+                return Err(invalid("sip.digest_algorithms", format!("`{name}` is listed twice")));
+            }
+            digest_algorithms.push(algorithm);
+        }
+        if digest_algorithms.is_empty() {
+            return Err(invalid("sip.digest_algorithms", "must name at least one algorithm"));
+        }
         Ok(SipConfig {
+            digest_algorithms,
             listen,
             realm: self.realm.trim().to_owned(),
             t1: Duration::from_millis(self.t1_ms),
@@ -692,6 +713,12 @@ mod tests {
             ),
             ("[provisioning]\nnetwork = \"\"\n", "provisioning.network"),
             ("[store]\npath = \"\"\n", "store.path"),
+            ("[sip]\ndigest_algorithms = []\n", "sip.digest_algorithms"),
+            ("[sip]\ndigest_algorithms = [\"SHA-1\"]\n", "sip.digest_algorithms"),
+            (
+                "[sip]\ndigest_algorithms = [\"MD5\", \"md5\"]\n",
+                "sip.digest_algorithms",
+            ),
         ] {
             let error = Config::from_toml(text).unwrap_err();
             assert_eq!(error.field, field, "{text} gave {error}");

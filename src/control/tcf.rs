@@ -53,6 +53,8 @@ pub struct TcfConfig {
     pub max_message_size: usize,
     /// Key for stateless nonces (keep it across restarts).
     pub nonce_key: [u8; 32],
+    /// Digest algorithms offered to terminals and peers, preferred first.
+    pub digest_algorithms: Vec<digest::Algorithm>,
 }
 
 /// The time of an input: monotonic for timers, wall clock for expiry and nonces.
@@ -314,9 +316,11 @@ impl Tcf {
             .collect();
         let mut verifier_config = VerifierConfig::new(&config.realm);
         verifier_config.nonce_lifetime = config.nonce_lifetime;
+        verifier_config.algorithms = config.digest_algorithms.clone();
         let verifier = Verifier::new(verifier_config, config.nonce_key);
         let mut peer_config = VerifierConfig::new(&config.name);
         peer_config.nonce_lifetime = config.nonce_lifetime;
+        peer_config.algorithms = config.digest_algorithms.clone();
         let peer_verifier = Verifier::new(peer_config, config.nonce_key);
         let layer = TransactionLayer::new(LayerConfig {
             timers: config.timers,
@@ -446,8 +450,15 @@ impl Tcf {
     pub fn handle_datagram(&mut self, now: Now, from: SocketAddr, datagram: Bytes) {
         if datagram.len() > self.config.max_message_size {
             // RFC 3261 §18.1.1/§21.5.14: 513 when the message can be addressed, else dropped.
-            match Message::parse_datagram_unvalidated(datagram) {
-                Ok(request) if request.is_request() && request.can_address_response() => {
+            // The driver may pass only the first bytes of an oversize datagram: answer from its
+            // complete lines, whether or not the header block ends among them.
+            let complete = memchr::memrchr(b'\n', &datagram).map_or(0, |end| end + 1);
+            let request = match Message::parse_datagram_unvalidated(datagram.slice(..complete)) {
+                Ok(message) => Some(message),
+                Err(rejection) => rejection.message().cloned(),
+            };
+            match request {
+                Some(request) if request.is_request() && request.can_address_response() => {
                     self.counters.rejected += 1;
                     self.stateless(&request, from, 513, "Message Too Large");
                 }
@@ -613,6 +624,37 @@ impl Tcf {
     fn dispatch(&mut self, now: Now, key: TransactionKey, request: Message) {
         let Some(method) = request.method() else { return };
         let from = self.current_source;
+        // RFC 3261 §8.2.2 header inspection, after method inspection (unknown methods get their
+        // 501 below); never for ACK, and CANCEL must not carry Require.
+        if !matches!(method, Method::Ack | Method::Cancel | Method::Extension(_)) {
+            // §8.2.2.1: a Request-URI scheme the node does not serve (RFC 4475 unkscm, novelsc).
+            if request
+                .request_uri()
+                .and_then(Result::ok)
+                .is_some_and(|uri| uri.as_sip().is_none())
+            {
+                self.respond(now, &key, &request, 416, "Unsupported URI Scheme", &[]);
+                return;
+            }
+            // §8.2.2.3: the node supports no option tag, so any Require is refused, naming the
+            // tags in Unsupported (RFC 4475 bext01).
+            let required: Vec<String> = request
+                .list_values(HeaderName::Require)
+                .map(|tag| String::from_utf8_lossy(tag).into_owned())
+                .collect();
+            if !required.is_empty() {
+                let unsupported = required.join(", ");
+                self.respond(
+                    now,
+                    &key,
+                    &request,
+                    420,
+                    "Bad Extension",
+                    &[("Unsupported", &unsupported)],
+                );
+                return;
+            }
+        }
         match method {
             Method::Register => self.register(now, key, request),
             Method::Options => self.options(now, key, request, from),
@@ -724,7 +766,13 @@ impl Tcf {
     fn register(&mut self, now: Now, key: TransactionKey, request: Message) {
         let source = self.current_source;
         let Some(user) = to_user(&request) else {
-            self.respond(now, &key, &request, 400, "Bad Request (To names no user number)", &[]);
+            // RFC 3261 §10.3 step 3: a SIP address of record that is no user of this network is
+            // unknown here (404); a To that is no SIP address at all is a bad request.
+            if request.to().is_ok_and(|to| to.uri().as_sip().is_some()) {
+                self.respond(now, &key, &request, 404, "Not Found", &[]);
+            } else {
+                self.respond(now, &key, &request, 400, "Bad Request (To names no user number)", &[]);
+            }
             return;
         };
         let expires = match requested_expires(&request) {
@@ -1595,6 +1643,7 @@ mod tests {
             nonce_lifetime: Duration::from_secs(60),
             max_message_size: 65_535,
             nonce_key: [7; 32],
+            digest_algorithms: vec![digest::Algorithm::Sha256, digest::Algorithm::Md5],
         };
         Tcf::new(
             config,

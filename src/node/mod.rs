@@ -138,6 +138,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Node> {
         nonce_lifetime: sip_config.nonce_lifetime,
         max_message_size: sip_config.max_message_size,
         nonce_key: nonce_key(&store)?,
+        digest_algorithms: sip_config.digest_algorithms.clone(),
     };
     let now = crate::control::tcf::Now {
         instant: std::time::Instant::now(),

@@ -624,8 +624,10 @@ pub struct VerifierConfig {
     pub nonce_lifetime: Duration,
     /// Bound on the replay table. Default 65 536 nonces (a few MiB).
     pub max_tracked_nonces: usize,
-    /// Offer and accept MD5 next to SHA-256. Default true: most SIP phones know only MD5.
-    pub allow_md5: bool,
+    /// The algorithms offered and accepted, in order of preference: one `WWW-Authenticate` each,
+    /// the preferred first (RFC 8760 §2.4). Default SHA-256 then MD5 (most SIP phones know only
+    /// MD5). Some clients answer only the first challenge; list MD5 alone for them.
+    pub algorithms: Vec<Algorithm>,
     /// Accept RFC 2069 style credentials (no `qop`, so no nonce-count and no replay protection within a
     /// nonce's lifetime). Default false.
     pub allow_rfc2069: bool,
@@ -638,7 +640,7 @@ impl VerifierConfig {
             realm: realm.to_owned(),
             nonce_lifetime: Duration::from_secs(300),
             max_tracked_nonces: 65_536,
-            allow_md5: true,
+            algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
             allow_rfc2069: false,
         }
     }
@@ -695,7 +697,7 @@ impl fmt::Debug for StoredHa1 {
 pub struct Verifier {
     nonces: NonceManager,
     counts: NonceCounts,
-    allow_md5: bool,
+    algorithms: Vec<Algorithm>,
     allow_rfc2069: bool,
 }
 
@@ -718,7 +720,7 @@ pub enum Verdict {
 pub enum RejectReason {
     /// The credentials name another realm.
     RealmMismatch,
-    /// The algorithm is one we do not offer (MD5 with `allow_md5` off).
+    /// The algorithm is one we do not offer (not in `algorithms`).
     AlgorithmNotOffered(Algorithm),
     /// No `qop` and RFC 2069 compatibility is off.
     QopRequired,
@@ -741,7 +743,7 @@ impl Verifier {
         Self {
             nonces: NonceManager::new(nonce_key, &config.realm, config.nonce_lifetime),
             counts: NonceCounts::new(config.max_tracked_nonces, config.nonce_lifetime),
-            allow_md5: config.allow_md5,
+            algorithms: config.algorithms,
             allow_rfc2069: config.allow_rfc2069,
         }
     }
@@ -751,16 +753,14 @@ impl Verifier {
         self.nonces.realm()
     }
 
-    /// The challenges for a 401, one `WWW-Authenticate` header each, in order: SHA-256, then MD5 when
-    /// allowed; both share one fresh nonce. `stale` after [`Verdict::Stale`].
+    /// The challenges for a 401, one `WWW-Authenticate` header each, in the configured order of
+    /// preference; all share one fresh nonce. `stale` after [`Verdict::Stale`].
     pub fn challenges<R: RngCore + ?Sized>(&self, now: SystemTime, rng: &mut R, stale: bool) -> Vec<Challenge> {
         let nonce = self.nonces.issue(now, rng);
-        let [sha256, md5] = Challenge::both(self.realm(), &nonce, stale);
-        if self.allow_md5 {
-            vec![sha256, md5]
-        } else {
-            vec![sha256]
-        }
+        self.algorithms
+            .iter()
+            .map(|&algorithm| Challenge::new(self.realm(), &nonce, algorithm, stale))
+            .collect()
     }
 
     /// Checks `credentials` sent with a request of `method` against the user's `secret`.
@@ -780,7 +780,7 @@ impl Verifier {
             return Verdict::Reject(RejectReason::RealmMismatch);
         }
         let algorithm = credentials.algorithm;
-        if algorithm == Algorithm::Md5 && !self.allow_md5 {
+        if !self.algorithms.contains(&algorithm) {
             return Verdict::Reject(RejectReason::AlgorithmNotOffered(algorithm));
         }
         let qop_fields = match (credentials.qop, credentials.nc, credentials.cnonce.as_deref()) {
@@ -1317,7 +1317,7 @@ mod tests {
         assert_eq!(challenges[1].algorithm, Algorithm::Md5);
         assert_eq!(challenges[0].nonce, challenges[1].nonce);
         let mut config = VerifierConfig::new(REALM);
-        config.allow_md5 = false;
+        config.algorithms = vec![Algorithm::Sha256];
         let sha_only = Verifier::new(config, KEY).challenges(at(1_000), &mut rng(), true);
         assert_eq!(sha_only.len(), 1);
         assert!(sha_only[0].stale);
@@ -1555,7 +1555,7 @@ mod tests {
         );
 
         let mut config = VerifierConfig::new(REALM);
-        config.allow_md5 = false;
+        config.algorithms = vec![Algorithm::Sha256];
         let mut sha_only = Verifier::new(config, KEY);
         let md5_challenge = &verifier.challenges(at(1_000), &mut rng(), false)[1];
         let header = respond(
