@@ -380,7 +380,7 @@ impl Tcf {
             unix,
             outputs,
             |r| (&r.user, r.expires_at),
-            |user| StoreWrite::RemoveRegistration(user),
+            StoreWrite::RemoveRegistration,
         );
         restore_live(
             &mut self.locations,
