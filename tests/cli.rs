@@ -169,6 +169,14 @@ fn runs_with_a_config_serves_metrics_and_stops_on_sigterm() {
         response.contains("floorcast_ports_available{node=\"tcf-test\"} 50"),
         "{response}"
     );
+    assert!(
+        response.contains("floorcast_sip_bindings{node=\"tcf-test\"} 0"),
+        "{response}"
+    );
+    assert!(
+        response.contains("floorcast_sip_requests_total{node=\"tcf-test\"}"),
+        "{response}"
+    );
     assert!(http_get("127.0.0.1:19464", "/nothing").starts_with("HTTP/1.1 404"));
     signal(&child, libc::SIGTERM);
     assert!(wait_exit(&mut child).success());

@@ -208,6 +208,23 @@ pub struct SipCounters {
     pub responses: u64,
 }
 
+/// A snapshot of the SIP core (control path).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SipStats {
+    /// Counters since start.
+    pub counters: SipCounters,
+    /// Terminals served here.
+    pub bindings: usize,
+    /// Users whose home registration is here.
+    pub registrations: usize,
+    /// Group member locations known here.
+    pub locations: usize,
+    /// Live SIP transactions.
+    pub transactions: usize,
+    /// Peer TCFs and whether they are up (`None`: not yet known).
+    pub peers: Vec<(String, Option<bool>)>,
+}
+
 #[derive(Debug)]
 struct Peer {
     name: String,
@@ -263,6 +280,7 @@ pub struct Tcf {
     current_source: Option<SocketAddr>,
     outputs: VecDeque<Output>,
     next_housekeeping: Instant,
+    next_expiry: Instant,
     counters: SipCounters,
 }
 
@@ -346,6 +364,7 @@ impl Tcf {
             current_source: None,
             outputs: VecDeque::new(),
             next_housekeeping: now.instant,
+            next_expiry: now.instant,
             counters: SipCounters::default(),
         })
     }
@@ -420,6 +439,18 @@ impl Tcf {
         self.counters
     }
 
+    /// A snapshot for metrics.
+    pub fn stats(&self) -> SipStats {
+        SipStats {
+            counters: self.counters,
+            bindings: self.bindings.len(),
+            registrations: self.registrations.len(),
+            locations: self.locations.len(),
+            transactions: self.layer.len(),
+            peers: self.peers.iter().map(|peer| (peer.name.clone(), peer.up)).collect(),
+        }
+    }
+
     /// The next output, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
@@ -439,9 +470,15 @@ impl Tcf {
         self.layer.handle_timeout(now.instant);
         self.drain_layer(now);
         if now.instant >= self.next_housekeeping {
+            // Heartbeats are checked every 100 ms (each peer has its own due time); expiry,
+            // which walks every binding and registration, once a second (expiry is in whole
+            // seconds anyway).
             self.next_housekeeping = now.instant + Duration::from_millis(100);
             self.heartbeats(now);
-            self.expire(now);
+            if now.instant >= self.next_expiry {
+                self.next_expiry = now.instant + Duration::from_secs(1);
+                self.expire(now);
+            }
         }
         self.drain_layer(now);
     }
@@ -698,7 +735,7 @@ impl Tcf {
         let _ = self.layer.respond(now.instant, key, status, response.to_bytes());
     }
 
-    /// Sends a request to a peer or terminal in a new client transaction.
+    /// Sends a request to a peer or terminal in a new client transaction; returns its key.
     #[allow(clippy::too_many_arguments)]
     fn send(
         &mut self,
@@ -713,7 +750,7 @@ impl Tcf {
         headers: &[(&str, String)],
         destination: SocketAddr,
         pending: Pending,
-    ) {
+    ) -> Option<TransactionKey> {
         let branch = format!("z9hG4bK{}", self.token());
         let sent_by = self.address.to_string();
         let mut builder = MessageBuilder::request(method, uri)
@@ -726,25 +763,22 @@ impl Tcf {
         for (name, value) in headers {
             builder = builder.raw_header(name, value);
         }
-        let Ok(request) = builder.build() else { return };
-        let Ok(key) = TransactionKey::new(&branch, &sent_by, TxMethod::from_token(method.as_str())) else {
-            return;
-        };
+        let request = builder.build().ok()?;
         let tx_method = TxMethod::from_token(method.as_str());
-        if self
-            .layer
-            .send_request(
-                now.instant,
-                key.clone(),
-                tx_method,
-                request.to_bytes(),
-                destination,
-                false,
-            )
-            .is_ok()
-        {
-            self.pending.insert(key, pending);
+        let key = TransactionKey::new(&branch, &sent_by, tx_method.clone()).ok()?;
+        let sent = self.layer.send_request(
+            now.instant,
+            key.clone(),
+            tx_method,
+            request.to_bytes(),
+            destination,
+            false,
+        );
+        if sent.is_err() {
+            return None;
         }
+        self.pending.insert(key.clone(), pending);
+        Some(key)
     }
 
     fn peer_is_down(&self, name: &str) -> bool {
@@ -1439,8 +1473,7 @@ impl Tcf {
             let call_id = format!("{}@{}", self.token(), self.config.name);
             let tag = self.token();
             let headers = [("Ptt-Extension", "pttheartbeat".to_owned())];
-            let before: Vec<TransactionKey> = self.pending.keys().cloned().collect();
-            self.send(
+            let key = self.send(
                 now,
                 Method::Options,
                 &format!("sip:{address}"),
@@ -1453,8 +1486,7 @@ impl Tcf {
                 address,
                 Pending::Heartbeat { peer: name.clone() },
             );
-            let new_key = self.pending.keys().find(|key| !before.contains(key)).cloned();
-            self.peers[index].outstanding = new_key;
+            self.peers[index].outstanding = key;
         }
     }
 

@@ -12,30 +12,91 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::control::tcf::SipStats;
 use crate::io::Engine;
 use crate::media::api::{BridgeKind, WorkerStats};
 use crate::media::stats::{Counters, DropCause};
+use crate::node::sip::SipHandle;
 
-/// Renders the engine's statistics.
+/// Renders the engine's and the SIP core's statistics.
 #[derive(Debug, Clone)]
 pub struct Exporter {
     node: String,
     engine: Arc<Engine>,
+    sip: Arc<std::sync::OnceLock<SipHandle>>,
     per_leg: bool,
 }
 
 impl Exporter {
-    /// An exporter for `engine`, labelled with the node name.
+    /// An exporter for `engine`, labelled with the node name. The SIP core is attached with
+    /// [`Exporter::attach_sip`] once it runs.
     pub fn new(node: String, engine: Arc<Engine>, per_leg: bool) -> Self {
-        Self { node, engine, per_leg }
+        Self {
+            node,
+            engine,
+            sip: Arc::new(std::sync::OnceLock::new()),
+            per_leg,
+        }
+    }
+
+    /// Adds the SIP core's figures to every scrape.
+    pub fn attach_sip(&self, sip: SipHandle) {
+        let _ = self.sip.set(sip);
     }
 
     /// The current metrics in Prometheus text format.
-    pub fn render(&self) -> String {
-        match self.engine.stats(self.per_leg) {
-            Ok(stats) => render(&self.node, &stats, self.engine.ports_available()),
-            Err(error) => format!("# error collecting statistics: {error}\n"),
+    pub async fn render(&self) -> String {
+        let engine = self.engine.clone();
+        let per_leg = self.per_leg;
+        // Collecting from the workers waits on their replies: off the async threads.
+        let media =
+            tokio::task::spawn_blocking(move || engine.stats(per_leg).map(|stats| (stats, engine.ports_available())))
+                .await;
+        let mut out = match media {
+            Ok(Ok((stats, ports))) => render(&self.node, &stats, ports),
+            Ok(Err(error)) => format!("# error collecting media statistics: {error}\n"),
+            Err(error) => format!("# error collecting media statistics: {error}\n"),
+        };
+        if let Some(sip) = self.sip.get() {
+            match sip.stats().await {
+                Some(stats) => render_sip(&mut out, &self.node, &stats),
+                None => out.push_str("# error collecting SIP statistics: core stopped\n"),
+            }
         }
+        out
+    }
+}
+
+/// Appends the SIP core's metrics.
+pub fn render_sip(out: &mut String, node: &str, stats: &SipStats) {
+    let labels = format!("node=\"{node}\"");
+    let counters = &stats.counters;
+    out.push_str("# HELP floorcast_sip_requests_total SIP requests received (new transactions).\n");
+    out.push_str("# TYPE floorcast_sip_requests_total counter\n");
+    let _ = writeln!(out, "floorcast_sip_requests_total{{{labels}}} {}", counters.requests);
+    out.push_str("# TYPE floorcast_sip_responses_total counter\n");
+    let _ = writeln!(out, "floorcast_sip_responses_total{{{labels}}} {}", counters.responses);
+    out.push_str("# HELP floorcast_sip_rejected_total Malformed requests answered with an error.\n");
+    out.push_str("# TYPE floorcast_sip_rejected_total counter\n");
+    let _ = writeln!(out, "floorcast_sip_rejected_total{{{labels}}} {}", counters.rejected);
+    out.push_str("# HELP floorcast_sip_dropped_total Datagrams dropped (not SIP, not answerable).\n");
+    out.push_str("# TYPE floorcast_sip_dropped_total counter\n");
+    let _ = writeln!(out, "floorcast_sip_dropped_total{{{labels}}} {}", counters.dropped);
+    out.push_str("# TYPE floorcast_sip_bindings gauge\n# TYPE floorcast_sip_registrations gauge\n");
+    out.push_str("# TYPE floorcast_sip_locations gauge\n# TYPE floorcast_sip_transactions gauge\n");
+    let _ = writeln!(out, "floorcast_sip_bindings{{{labels}}} {}", stats.bindings);
+    let _ = writeln!(out, "floorcast_sip_registrations{{{labels}}} {}", stats.registrations);
+    let _ = writeln!(out, "floorcast_sip_locations{{{labels}}} {}", stats.locations);
+    let _ = writeln!(out, "floorcast_sip_transactions{{{labels}}} {}", stats.transactions);
+    out.push_str("# HELP floorcast_peer_up Heartbeat state of each peer TCF (1 up, 0 down, -1 unknown).\n");
+    out.push_str("# TYPE floorcast_peer_up gauge\n");
+    for (peer, up) in &stats.peers {
+        let value = match up {
+            Some(true) => 1,
+            Some(false) => 0,
+            None => -1,
+        };
+        let _ = writeln!(out, "floorcast_peer_up{{{labels},peer=\"{peer}\"}} {value}");
     }
 }
 
@@ -190,11 +251,7 @@ async fn respond(exporter: &Exporter, request: &Request<Incoming>) -> Response<F
     } else if request.method() != hyper::Method::GET && request.method() != hyper::Method::HEAD {
         (StatusCode::METHOD_NOT_ALLOWED, "GET only\n".to_owned())
     } else {
-        let exporter = exporter.clone();
-        let body = tokio::task::spawn_blocking(move || exporter.render())
-            .await
-            .unwrap_or_default();
-        (StatusCode::OK, body)
+        (StatusCode::OK, exporter.render().await)
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;

@@ -103,14 +103,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Node> {
         Engine::start(&config.media, &config.node.name)
             .map_err(|error| anyhow::anyhow!("cannot start the media engine: {error}"))?,
     );
+    let exporter = metrics::Exporter::new(config.node.name.clone(), engine.clone(), config.metrics.per_leg);
     let metrics_address = match config.metrics.listen {
         Some(address) => {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .map_err(|error| anyhow::anyhow!("metrics.listen {address}: {error}"))?;
             let bound = listener.local_addr()?;
-            let exporter = metrics::Exporter::new(config.node.name.clone(), engine.clone(), config.metrics.per_leg);
-            tokio::spawn(metrics::serve(listener, exporter));
+            tokio::spawn(metrics::serve(listener, exporter.clone()));
             Some(bound)
         }
         None => None,
@@ -173,6 +173,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Node> {
     };
     let (shutdown, shutdown_receiver) = tokio::sync::broadcast::channel(1);
     let (sip, sip_task) = sip::spawn(socket, listener, limits, tcf, store.clone(), shutdown_receiver)?;
+    exporter.attach_sip(sip.clone());
     Ok(Node {
         engine,
         metrics_address,

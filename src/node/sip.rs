@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::control::tcf::{Binding, Location, Now, Output, Registration, StoreWrite, Tcf, TcfEvent};
+use crate::control::tcf::{Binding, Location, Now, Output, Registration, SipStats, StoreWrite, Tcf, TcfEvent};
 use crate::node::store::{Store, Table};
 use crate::proto::Number;
 use crate::sip::{Frame, Message, Rejection, StreamFramer};
@@ -30,6 +30,7 @@ enum Query {
     Registration(Number, oneshot::Sender<Option<Registration>>),
     Location(Number, oneshot::Sender<Option<Location>>),
     PeerUp(String, oneshot::Sender<Option<bool>>),
+    Stats(oneshot::Sender<SipStats>),
 }
 
 /// A handle on a running SIP core.
@@ -68,6 +69,11 @@ impl SipHandle {
     /// A group member's location known at this node.
     pub async fn location(&self, user: &Number) -> Option<Location> {
         self.ask(|reply| Query::Location(user.clone(), reply)).await.flatten()
+    }
+
+    /// A snapshot of the core for metrics.
+    pub async fn stats(&self) -> Option<SipStats> {
+        self.ask(Query::Stats).await
     }
 
     /// A peer's heartbeat state.
@@ -251,6 +257,7 @@ fn answer(tcf: &Tcf, query: Query) {
         Query::Registration(user, reply) => drop(reply.send(tcf.registration(&user).cloned())),
         Query::Location(user, reply) => drop(reply.send(tcf.location(&user).cloned())),
         Query::PeerUp(peer, reply) => drop(reply.send(tcf.peer_up(&peer))),
+        Query::Stats(reply) => drop(reply.send(tcf.stats())),
     }
 }
 

@@ -31,6 +31,7 @@
 //! property-tested.
 
 pub mod builder;
+pub mod dialog;
 /// Digest authentication (RFC 3261 section 22, RFC 7616, RFC 8760).
 pub mod digest;
 pub mod framing;
