@@ -34,16 +34,20 @@
 //!
 //! # What changes the state
 //!
-//! | Input | Change |
-//! |---|---|
-//! | [`Dialog::uas`] | Early; remote CSeq = the request's; route set = Record-Route as received (§12.1.1) |
-//! | [`Dialog::uac`] with 101–199 | Early; local CSeq = the request's; route set = Record-Route reversed (§12.1.2) |
-//! | [`Dialog::uac`] with 2xx | Confirmed, as above |
-//! | [`Dialog::confirm`] (UAC: the 2xx received; UAS: the 2xx sent) | Early → Confirmed; a UAC also takes the remote target from the 2xx Contact and recomputes the route set from its Record-Route (§13.2.2.4) |
-//! | [`Dialog::check_request`] | remote CSeq raised (not by ACK or CANCEL); a target refresh with a Contact replaces the remote target (§12.2.2) |
-//! | [`Dialog::check_response`] | 2xx to a target refresh with a Contact replaces the remote target (§12.2.1.2); 408 or 481 terminates (§12.2.1.2); for an early UAC dialog, the 2xx to the creating request confirms and a final non-2xx to it terminates |
-//! | [`Dialog::request`] | local CSeq + 1 |
-//! | [`Dialog::terminate`] | Terminated |
+//! - [`Dialog::uas`]: Early; remote CSeq = the request's; route set = its Record-Route as received
+//!   (§12.1.1).
+//! - [`Dialog::uac`]: Early with a 101–199, Confirmed with a 2xx; local CSeq = the request's; route set
+//!   = the response's Record-Route reversed (§12.1.2).
+//! - [`Dialog::confirm`] (UAC: the 2xx received; UAS: the 2xx sent): Early → Confirmed; a UAC also
+//!   takes the remote target from the 2xx Contact and recomputes the route set from its Record-Route
+//!   (§13.2.2.4).
+//! - [`Dialog::check_request`]: remote CSeq raised (not by ACK or CANCEL); a target refresh with a
+//!   Contact replaces the remote target (§12.2.2).
+//! - [`Dialog::check_response`]: a 2xx to a target refresh with a Contact replaces the remote target,
+//!   a 408 or 481 terminates (§12.2.1.2); for an early UAC dialog, the 2xx to the creating request
+//!   confirms and a final non-2xx to it terminates.
+//! - [`Dialog::request`]: local CSeq + 1. [`Dialog::ack_for`]: nothing.
+//! - [`Dialog::terminate`]: the state becomes Terminated.
 //!
 //! # Decisions
 //!
@@ -395,7 +399,10 @@ impl Dialog {
                 .request_uri()
                 .and_then(Result::ok)
                 .map(|uri| uri.as_str().to_owned())
-                .ok_or(DialogError::NotARequest)?,
+                .ok_or(DialogError::InvalidHeader {
+                    name: HeaderName::Contact,
+                    error: HeaderError::Missing,
+                })?,
             None => {
                 return Err(DialogError::InvalidHeader {
                     name: HeaderName::Contact,
