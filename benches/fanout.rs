@@ -839,6 +839,22 @@ fn main() {
     tight_timers();
     let _ = origin();
     println!("# fanout bench — {} phases\n", if quick() { "quick" } else { "full" });
+    // FANOUT_ONLY=groups: only the 100 groups x 100 listeners backend comparison, three times
+    // (for A/B decisions on a noisy machine).
+    if std::env::var("FANOUT_ONLY").as_deref() == Ok("groups") {
+        println!("| run | backend | output pps | engine CPU per forwarded packet | loss |\n|---:|---|---:|---:|---:|");
+        for run in 1..=3 {
+            for backend in [IoBackend::Mmsg, IoBackend::IoUring] {
+                let (pps, cpu, loss) = groups_shape(100, 100, backend);
+                println!(
+                    "| {run} | {backend:?} | {pps:.0} | {:.2} µs | {:.3}% |",
+                    cpu / 1000.0,
+                    loss.max(0.0) * 100.0
+                );
+            }
+        }
+        return;
+    }
     // Memory first: RSS deltas are only meaningful before other phases have grown the heap.
     idle_leg_memory();
     throughput_and_latency();
