@@ -25,6 +25,36 @@ use hdrhistogram::Histogram;
 
 const PACKET_SIZE: usize = 172; // 12-byte header + 160 bytes (20 ms of G.711)
 
+/// When set, the engine's worker runs pinned to the first allowed CPU and the load generator
+/// and receivers to the last one: the relay gets a core of its own, as in production.
+static PINNED: AtomicBool = AtomicBool::new(false);
+
+fn pin_harness_thread() {
+    if !PINNED.load(Ordering::Relaxed) {
+        return;
+    }
+    let cpus = floorcast::io::worker::allowed_cpus();
+    if let Some(&cpu) = cpus.last() {
+        // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+}
+
+fn unpin_thread() {
+    // SAFETY: as above, with every allowed CPU.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in floorcast::io::worker::allowed_cpus() {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 fn quick() -> bool {
     std::env::var_os("FANOUT_QUICK").is_some()
 }
@@ -116,6 +146,7 @@ impl Receivers {
             std::thread::Builder::new()
                 .name("bench-receivers".into())
                 .spawn(move || {
+                    pin_harness_thread();
                     // SAFETY: plain epoll calls on fds owned by `sockets`, alive in this closure.
                     let epoll = unsafe { libc::epoll_create1(0) };
                     for (index, socket) in sockets.iter().enumerate() {
@@ -747,6 +778,51 @@ fn groups_shape(groups: usize, listeners: usize, backend: IoBackend) -> (f64, f6
     )
 }
 
+/// (c) again with the relay on a core of its own (`media.pin_workers`): worker on the first
+/// CPU, sender and receivers on the last.
+fn pinned_latency() {
+    PINNED.store(true, Ordering::Relaxed);
+    pin_harness_thread();
+    println!("### (c') Relay-added latency with the worker pinned to its own core\n");
+    println!("`media.pin_workers = true`, one worker on CPU 0; the sender and the receivers share CPU 1.\n");
+    println!("| shape | load (of max) | output pps | loss | p50 relay / direct | p99 relay / direct | p99.9 relay / direct | added p50 / p99 / p99.9 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for listeners in [1usize, 10] {
+        let rate = if listeners == 1 {
+            0
+        } else {
+            1_500_000 / listeners as u64
+        };
+        let maximum = measure(System::FloorcastMmsg, listeners, rate, false).output_pps;
+        for fraction in [0.25, 0.5, 0.9] {
+            let rate = ((maximum * fraction) / listeners as f64).max(50.0) as u64;
+            let run = measure(System::FloorcastMmsg, listeners, rate, true);
+            let relay = run.histogram.unwrap();
+            let direct = direct_latency(rate);
+            let added: Vec<String> = [0.5, 0.99, 0.999]
+                .iter()
+                .map(|&q| format!("{:.0}", micros(&relay, q) - micros(&direct, q)))
+                .collect();
+            println!(
+                "| 1→{listeners} (max {maximum:.0}) | {:.0}% | {:.0} | {:.3}% | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {} µs |",
+                fraction * 100.0,
+                run.output_pps,
+                run.loss.max(0.0) * 100.0,
+                micros(&relay, 0.5),
+                micros(&direct, 0.5),
+                micros(&relay, 0.99),
+                micros(&direct, 0.99),
+                micros(&relay, 0.999),
+                micros(&direct, 0.999),
+                added.join(" / ")
+            );
+        }
+    }
+    println!();
+    PINNED.store(false, Ordering::Relaxed);
+    unpin_thread();
+}
+
 fn realistic_shapes() {
     println!("## Realistic shapes (2 workers, rtcp-mux legs, 50 packets/s per talker)\n");
     println!("| shape | engine settings | offered pps | engine CPU per forwarded packet | loss | worker wake-ups |");
@@ -841,6 +917,10 @@ fn main() {
     println!("# fanout bench — {} phases\n", if quick() { "quick" } else { "full" });
     // FANOUT_ONLY=groups: only the 100 groups x 100 listeners backend comparison, three times
     // (for A/B decisions on a noisy machine).
+    if std::env::var("FANOUT_ONLY").as_deref() == Ok("pinned") {
+        pinned_latency();
+        return;
+    }
     if std::env::var("FANOUT_ONLY").as_deref() == Ok("groups") {
         println!("| run | backend | output pps | engine CPU per forwarded packet | loss |\n|---:|---|---:|---:|---:|");
         for run in 1..=3 {
@@ -858,5 +938,6 @@ fn main() {
     // Memory first: RSS deltas are only meaningful before other phases have grown the heap.
     idle_leg_memory();
     throughput_and_latency();
+    pinned_latency();
     realistic_shapes();
 }

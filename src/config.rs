@@ -192,6 +192,9 @@ pub struct MediaConfig {
     /// After a busy wake-up, wait this long before polling again so more packets are taken per
     /// wake-up (0: event-driven, lowest latency).
     pub rx_coalesce: Duration,
+    /// Pin each media worker to one CPU (worker `i` to the `i`-th CPU the process may use), so a
+    /// worker is not moved or preempted by other threads of the node.
+    pub pin_workers: bool,
     /// Mean interval between RTCP reports the engine sends on each leg.
     pub rtcp_interval: Duration,
     /// Talker media inactivity after which the engine reports the talker silent.
@@ -343,6 +346,7 @@ struct RawMedia {
     socket_rcvbuf: usize,
     socket_sndbuf: usize,
     rx_coalesce_us: u64,
+    pin_workers: bool,
     rtcp_interval_ms: u64,
     talker_inactivity_ms: u64,
     default_source_check: SourceCheck,
@@ -361,6 +365,7 @@ impl Default for RawMedia {
             socket_rcvbuf: 262_144,
             socket_sndbuf: 262_144,
             rx_coalesce_us: 0,
+            pin_workers: false,
             rtcp_interval_ms: 5000,
             talker_inactivity_ms: 4000,
             default_source_check: SourceCheck::Strict,
@@ -543,6 +548,7 @@ impl RawMedia {
             socket_rcvbuf: self.socket_rcvbuf,
             socket_sndbuf: self.socket_sndbuf,
             rx_coalesce: Duration::from_micros(self.rx_coalesce_us),
+            pin_workers: self.pin_workers,
             rtcp_interval: Duration::from_millis(self.rtcp_interval_ms),
             talker_inactivity: Duration::from_millis(self.talker_inactivity_ms),
             default_source_check: self.default_source_check,

@@ -103,6 +103,11 @@ impl Engine {
         let origin = Instant::now();
         let mut workers = Vec::with_capacity(config.workers);
         let mut io_uring_active = false;
+        let cpus = if config.pin_workers {
+            crate::io::worker::allowed_cpus()
+        } else {
+            Vec::new()
+        };
         for index in 0..config.workers.max(1) {
             let (commands, command_receiver) = unbounded();
             let worker_config = WorkerConfig {
@@ -110,6 +115,7 @@ impl Engine {
                 batch_size: config.batch_size,
                 io_uring: config.backend == crate::config::IoBackend::IoUring,
                 rx_coalesce: config.rx_coalesce,
+                cpu: (!cpus.is_empty()).then(|| cpus[index % cpus.len()]),
                 shard: ShardConfig {
                     rtcp_interval: config.rtcp_interval,
                     default_source_check: config.default_source_check,

@@ -112,6 +112,8 @@ pub struct WorkerConfig {
     pub io_uring: bool,
     /// Pause after a busy turn so the next one takes more datagrams per wake-up.
     pub rx_coalesce: std::time::Duration,
+    /// Pin the worker thread to this CPU.
+    pub cpu: Option<usize>,
     /// Shard settings.
     pub shard: ShardConfig,
 }
@@ -235,6 +237,11 @@ impl Worker {
 
     /// Runs until a [`Command::Shutdown`] arrives or the command channel closes.
     pub fn run(mut self) {
+        if let Some(cpu) = self.config.cpu {
+            if let Err(error) = pin_to_cpu(cpu) {
+                tracing::warn!(worker = self.config.index, cpu, %error, "cannot pin media worker");
+            }
+        }
         // SAFETY: all-zero is a valid epoll_event array.
         let mut ready: [libc::epoll_event; MAX_EVENTS] = unsafe { mem::zeroed() };
         let mut next_timer = 0u64;
@@ -542,6 +549,34 @@ impl Worker {
                 epoll_delete(epoll, rtcp.as_raw_fd());
             }
         }
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it; sched_setaffinity(0) acts
+    // on the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The CPUs this process may run on, in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: as in `pin_to_cpu`; CPU_ISSET reads within the set.
+    unsafe {
+        let mut set: libc::cpu_set_t = mem::zeroed();
+        if libc::sched_getaffinity(0, mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
     }
 }
 
