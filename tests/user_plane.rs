@@ -591,3 +591,35 @@ fn f_up_02_group_fanout_io_uring_backend() {
     }
     eprintln!("io_uring active: {}", engine.io_uring_active());
 }
+
+/// `media.pin_workers`: each worker runs pinned to one CPU, and the relay works as before.
+#[test]
+fn f_up_01_relay_with_pinned_workers() {
+    let mut config = media_config(42300, 42399);
+    config.pin_workers = true;
+    let engine = floorcast::io::Engine::start(&config, "pinned").unwrap();
+    let bridge = engine.create_bridge(BridgeKind::Relay).unwrap();
+    let mut alice = Terminal::new(1);
+    let bob = Terminal::new(2);
+    let leg = leg_for(&engine, bridge, &alice);
+    leg_for(&engine, bridge, &bob);
+    settle();
+    let sent = alice.send_next(leg.local_rtp, b"pinned");
+    assert_eq!(bob.receive(1, WAIT), vec![sent]);
+    let mut pinned = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if name.trim().starts_with("media-") {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            let allowed = status
+                .lines()
+                .find(|line| line.starts_with("Cpus_allowed_list:"))
+                .unwrap_or("");
+            let list = allowed.split(':').nth(1).unwrap_or("").trim();
+            if !list.contains(',') && !list.contains('-') {
+                pinned += 1;
+            }
+        }
+    }
+    assert!(pinned >= 2, "both workers of this engine run on a single CPU each");
+}
