@@ -913,16 +913,7 @@ impl Tcf {
             }
             let serving = self.config.name.clone();
             self.home_register(now, &user, serving, expires);
-            let contact_value = format!("{contact};expires={expires}");
-            let expires_value = expires.to_string();
-            self.respond(
-                now,
-                &key,
-                &request,
-                200,
-                "OK",
-                &[("Contact", &contact_value), ("Expires", &expires_value)],
-            );
+            self.registered(now, &key, &request, &contact, expires);
             return;
         }
         // This node is the V-TCF: relay to the H-TCF (F-REG-01/02).
@@ -1071,16 +1062,15 @@ impl Tcf {
         }
         self.home_register(now, &user, peer, expires);
         let contact = first_contact(&request).unwrap_or_default();
+        self.registered(now, &key, &request, &contact, expires);
+    }
+
+    /// Answers a successful REGISTER: `200 OK` with the binding's Contact and the period granted.
+    fn registered(&mut self, now: Now, key: &TransactionKey, request: &Message, contact: &str, expires: u32) {
         let contact_value = format!("{contact};expires={expires}");
         let expires_value = expires.to_string();
-        self.respond(
-            now,
-            &key,
-            &request,
-            200,
-            "OK",
-            &[("Contact", &contact_value), ("Expires", &expires_value)],
-        );
+        let headers = [("Contact", contact_value.as_str()), ("Expires", expires_value.as_str())];
+        self.respond(now, key, request, 200, "OK", &headers);
     }
 
     fn bind(&mut self, binding: Binding, expires: u32) {
@@ -1311,16 +1301,7 @@ impl Tcf {
                             if let Some(binding) = binding {
                                 self.bind(binding, expires);
                             }
-                            let contact_value = format!("{contact};expires={expires}");
-                            let expires_value = expires.to_string();
-                            self.respond(
-                                now,
-                                &server,
-                                &request,
-                                200,
-                                "OK",
-                                &[("Contact", &contact_value), ("Expires", &expires_value)],
-                            );
+                            self.registered(now, &server, &request, &contact, expires);
                         }
                     }
                     408 => self.respond(
