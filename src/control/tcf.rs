@@ -1503,12 +1503,14 @@ impl Tcf {
         }
     }
 
+    /// Removes what has expired. Expiry times are whole Unix seconds; an entry lives through its
+    /// last second (never removed early, at most a second late).
     fn expire(&mut self, now: Now) {
         let unix = now.unix();
         let expired: Vec<Number> = self
             .bindings
             .values()
-            .filter(|binding| binding.expires_at <= unix)
+            .filter(|binding| binding.expires_at < unix)
             .map(|binding| binding.user.clone())
             .collect();
         for user in expired {
@@ -1517,7 +1519,7 @@ impl Tcf {
         let expired: Vec<Number> = self
             .registrations
             .values()
-            .filter(|registration| registration.expires_at <= unix)
+            .filter(|registration| registration.expires_at < unix)
             .map(|registration| registration.user.clone())
             .collect();
         for user in expired {
@@ -1526,7 +1528,7 @@ impl Tcf {
         let expired: Vec<Number> = self
             .locations
             .values()
-            .filter(|location| location.expires_at <= unix)
+            .filter(|location| location.expires_at < unix)
             .map(|location| location.user.clone())
             .collect();
         for user in expired {
@@ -1547,7 +1549,7 @@ fn restore_live<T>(
     for entry in entries {
         let (user, expires_at) = key(&entry);
         let user = user.clone();
-        if expires_at > unix {
+        if expires_at >= unix {
             map.insert(user, entry);
         } else {
             outputs.push_back(Output::Store(remove(user)));
@@ -1635,8 +1637,8 @@ mod tests {
     use super::*;
 
     const NETWORK: &str =
-        "[[tcf]]\nname = \"a\"\nsip = \"127.0.0.1:5601\"\nusers = [\"1000-1099\"]\ngroups = [\"2000\"]\n\
-                           [[tcf]]\nname = \"b\"\nsip = \"127.0.0.1:5602\"\nusers = [\"1100-1199\"]\n";
+        "[[tcf]]\nname = \"a\"\nsip = \"127.0.0.1:5601\"\nusers = [\"1000-1099\"]\ngroups = [\"2000\"]\nauth = true\nsecret = \"sa\"\n\
+                           [[tcf]]\nname = \"b\"\nsip = \"127.0.0.1:5602\"\nusers = [\"1100-1199\"]\nsecret = \"sb\"\n";
     const SUBSCRIBERS: &str =
         "[[user]]\nnumber = \"1000-1001\"\npassword = \"pw\"\n[[user]]\nnumber = \"1100\"\npassword = \"pw\"\n\
                                [[group]]\nnumber = \"2000\"\nmembers = [\"1000\", \"1100\"]\n";
@@ -1725,5 +1727,177 @@ mod tests {
         assert!(elsewhere.is_empty(), "{elsewhere:?}");
         assert_eq!(a.peer_up("b"), Some(true), "{events:?}");
         assert_eq!(b.peer_up("a"), Some(true));
+    }
+
+    const TERMINAL: &str = "127.0.0.1:40000";
+
+    fn at(start: Instant, wall: SystemTime, seconds: f64) -> Now {
+        let elapsed = Duration::from_secs_f64(seconds);
+        Now {
+            instant: start + elapsed,
+            wall: wall + elapsed,
+        }
+    }
+
+    fn register_text(user: &str, server: SocketAddr, cseq: u32, expires: u32, authorization: Option<&str>) -> String {
+        let auth = authorization
+            .map(|value| format!("Authorization: {value}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "REGISTER sip:{server} SIP/2.0\r\nVia: SIP/2.0/UDP {TERMINAL};branch=z9hG4bKt{cseq};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:{user}@{server}>;tag=t\r\nTo: <sip:{user}@{server}>\r\nCall-ID: reg-{user}\r\nCSeq: {cseq} REGISTER\r\n\
+             Contact: <sip:{user}@{TERMINAL}>;expires={expires}\r\n{auth}Content-Length: 0\r\n\r\n"
+        )
+    }
+
+    /// The terminal's side: register `user` at `server` (answering the digest challenge),
+    /// exchanging messages between the two cores in between. Returns the final status.
+    fn register(a: &mut Tcf, b: &mut Tcf, via_b: bool, user: &str, expires: u32, now: Now) -> (u16, Vec<TcfEvent>) {
+        let terminal: SocketAddr = TERMINAL.parse().unwrap();
+        let mut all_events = Vec::new();
+        let mut authorization: Option<String> = None;
+        for cseq in 1..=2 {
+            let server = if via_b { b.address() } else { a.address() };
+            let text = register_text(user, server, cseq, expires, authorization.as_deref());
+            let target = if via_b { &mut *b } else { &mut *a };
+            target.handle_datagram(now, terminal, Bytes::from(text));
+            let (to_terminal, events) = exchange(a, b, now);
+            all_events.extend(events);
+            let response = to_terminal
+                .iter()
+                .filter(|(destination, _)| *destination == terminal)
+                .filter_map(|(_, bytes)| Message::parse_datagram(bytes.clone()).ok())
+                .find(|message| message.status().is_some_and(|status| status >= 200))
+                .expect("a final response to the terminal");
+            let status = response.status().unwrap();
+            if status != 401 {
+                return (status, all_events);
+            }
+            let challenges: Vec<digest::Challenge> = response
+                .headers_of(HeaderName::WwwAuthenticate)
+                .filter_map(|header| header.value_str())
+                .filter_map(|value| digest::parse_challenge(&value).ok())
+                .collect();
+            let challenge = digest::choose(&challenges).unwrap().clone();
+            authorization = Some(digest::respond(
+                &challenge,
+                user,
+                "pw",
+                "REGISTER",
+                &format!("sip:{server}"),
+                1,
+                "c1",
+            ));
+        }
+        (401, all_events)
+    }
+
+    #[test]
+    fn registration_through_a_visited_tcf_answers_the_peer_challenge() {
+        let (start, wall) = (Instant::now(), SystemTime::now());
+        let now = at(start, wall, 0.0);
+        let mut a = core("a", start);
+        let mut b = core("b", start);
+        let (status, events) = register(&mut a, &mut b, true, "1000", 300, now);
+        assert_eq!(status, 200);
+        assert!(
+            events.contains(&TcfEvent::ChallengedByPeer { peer: "a".into() }),
+            "{events:?}"
+        );
+        let user = Number::parse("1000").unwrap();
+        assert_eq!(a.registration(&user).unwrap().serving, "b");
+        assert_eq!(
+            b.binding(&user).unwrap().address,
+            TERMINAL.parse::<SocketAddr>().unwrap()
+        );
+        // The user's group 2000 is homed on a itself: the location is recorded locally.
+        assert_eq!(a.location(&user).unwrap().serving, "b");
+    }
+
+    #[test]
+    fn silent_peer_goes_down_and_requests_needing_it_fail_at_once() {
+        let (start, wall) = (Instant::now(), SystemTime::now());
+        let mut a = core("a", start);
+        let mut events = Vec::new();
+        for second in 0..4 {
+            a.handle_timeout(at(start, wall, f64::from(second) + 0.01));
+            while let Some(output) = a.poll_output() {
+                if let Output::Event(event) = output {
+                    events.push(event);
+                }
+            }
+        }
+        assert_eq!(a.peer_up("b"), Some(false), "{events:?}");
+        assert!(events.contains(&TcfEvent::PeerState {
+            peer: "b".into(),
+            up: false
+        }));
+        // 1100's home is b: a answers 503 without sending anything to b.
+        let mut b = core("b", start);
+        let now = at(start, wall, 4.0);
+        let terminal: SocketAddr = TERMINAL.parse().unwrap();
+        a.handle_datagram(
+            now,
+            terminal,
+            Bytes::from(register_text("1100", a.address(), 1, 300, None)),
+        );
+        let mut to_b = 0;
+        let mut challenge = None;
+        while let Some(output) = a.poll_output() {
+            if let Output::Transmit { destination, bytes } = output {
+                if destination == b.address() {
+                    to_b += 1;
+                }
+                challenge = Message::parse_datagram(bytes).ok();
+            }
+        }
+        let challenge = challenge.unwrap();
+        let challenges: Vec<digest::Challenge> = challenge
+            .headers_of(HeaderName::WwwAuthenticate)
+            .filter_map(|header| header.value_str())
+            .filter_map(|value| digest::parse_challenge(&value).ok())
+            .collect();
+        let authorization = digest::respond(&challenges[0], "1100", "pw", "REGISTER", "sip:x", 1, "c");
+        a.handle_datagram(
+            now,
+            terminal,
+            Bytes::from(register_text("1100", a.address(), 2, 300, Some(&authorization))),
+        );
+        let mut statuses = Vec::new();
+        while let Some(output) = a.poll_output() {
+            if let Output::Transmit { destination, bytes } = output {
+                if destination == b.address() {
+                    to_b += 1;
+                } else if let Ok(message) = Message::parse_datagram(bytes) {
+                    statuses.extend(message.status());
+                }
+            }
+        }
+        assert_eq!(statuses, vec![503]);
+        assert_eq!(to_b, 0, "nothing but heartbeats goes to a down peer");
+        let _ = b.poll_output();
+    }
+
+    #[test]
+    fn registrations_expire_in_simulated_time() {
+        let (start, wall) = (Instant::now(), SystemTime::now());
+        let mut a = core("a", start);
+        let mut b = core("b", start);
+        let (status, _) = register(&mut a, &mut b, false, "1001", 2, at(start, wall, 0.0));
+        assert_eq!(status, 200);
+        let user = Number::parse("1001").unwrap();
+        assert!(a.binding(&user).is_some() && a.registration(&user).is_some());
+        a.handle_timeout(at(start, wall, 1.5));
+        assert!(a.binding(&user).is_some(), "not yet");
+        a.handle_timeout(at(start, wall, 3.5));
+        assert!(a.binding(&user).is_none() && a.registration(&user).is_none());
+        let mut writes = Vec::new();
+        while let Some(output) = a.poll_output() {
+            if let Output::Store(write) = output {
+                writes.push(write);
+            }
+        }
+        assert!(writes.contains(&StoreWrite::RemoveBinding(user.clone())), "{writes:?}");
+        assert!(writes.contains(&StoreWrite::RemoveRegistration(user)), "{writes:?}");
     }
 }
