@@ -22,16 +22,23 @@
 //! 3. heartbeat OPTIONS (`Ptt-Extension: pttheartbeat`) from the configured peer's address → 200.
 //!
 //! Every phase has a warm-up, a measured window and a drain; any response other than the
-//! expected one, and any transaction unanswered for a second, counts as an error.
+//! expected one, and any transaction unanswered for a second, counts as an error. The window is
+//! 64 because the node's SIP socket keeps the kernel's default receive buffer (208 KiB here): a
+//! burst of 256 requests overflows it and loses datagrams.
+//!
+//! A baseline runs in the same run under the same load, as in `benches/fanout.rs`: a minimal
+//! stateless responder on one thread of this process (canned answers, no SIP parsing, no digest
+//! check), the kernel's and the syscalls' share of a transaction on this machine today.
 //!
 //! Timers: the node caps its live transactions (16,384) and keeps every completed UDP server
 //! transaction for timer J = 64·T1 (32 s with the production T1 of 500 ms), so with production
 //! timers it sustains only ~512 new transactions per second before answering 503. The
 //! throughput phases therefore run with `t1_ms = 2` (J = 128 ms, room for ~128,000
-//! transactions/s), which changes nothing else on this path; a last phase shows the cap with the
-//! production T1.
+//! transactions/s); on the measured path T1 only decides when completed transactions are
+//! dropped (it also paces the retransmissions of the node's own heartbeats, a few per phase). A
+//! last phase shows the cap with the production T1.
 //!
-//! Run: `cargo bench --bench sip_register` (about a minute). `SIP_BENCH_QUICK=1` shortens every
+//! Run: `cargo bench --bench sip_register` (about a minute and a half). `SIP_BENCH_QUICK=1` shortens every
 //! phase to one second. Results go to stdout as Markdown tables (BENCHMARKS.md).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -41,6 +48,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -48,7 +58,7 @@ use floorcast::io::udp;
 use floorcast::sip::{digest, HeaderName, Message};
 
 /// Outstanding transactions kept in flight (one per slot).
-const WINDOW: usize = 256;
+const WINDOW: usize = 64;
 /// Terminal sockets the slots are spread over.
 const SOCKETS: usize = 4;
 /// Distinct users (10000..10000+USERS); each slot owns USERS / WINDOW of them.
@@ -149,6 +159,22 @@ impl CpuSample {
     }
 }
 
+/// The kernel's count of UDP datagrams dropped for want of receive-buffer room (system-wide,
+/// `/proc/net/snmp` `Udp: RcvbufErrors`).
+fn udp_receive_buffer_drops() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut lines = snmp.lines().filter(|line| line.starts_with("Udp: "));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "RcvbufErrors")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Run time of the calling thread so far (ns).
 fn own_thread_cpu_ns() -> u64 {
     std::fs::read_to_string("/proc/thread-self/schedstat")
@@ -232,7 +258,7 @@ impl NodeProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("the floorcast binary starts");
-        let node = NodeProcess {
+        let mut node = NodeProcess {
             child,
             sip,
             _directory: directory,
@@ -246,7 +272,7 @@ impl NodeProcess {
     }
 
     /// Sends plain OPTIONS until one is answered (the node binds its SIP socket last).
-    fn wait_ready(&self) {
+    fn wait_ready(&mut self) {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let me = socket.local_addr().unwrap();
@@ -254,6 +280,9 @@ impl NodeProcess {
         let mut buffer = vec![0u8; 65_536];
         for attempt in 0u32.. {
             assert!(Instant::now() < deadline, "the node did not answer OPTIONS within 20 s");
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the node exited at start ({status}); its log is above");
+            }
             let text = format!(
                 "OPTIONS sip:{server} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKready{attempt};rport\r\n\
                  Max-Forwards: 70\r\nFrom: <sip:probe@{me}>;tag=probe\r\nTo: <sip:{server}>\r\n\
@@ -285,6 +314,136 @@ impl Drop for NodeProcess {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What the load is aimed at: an address, and a way to read the CPU time spent serving it.
+trait Target {
+    fn address(&self) -> SocketAddr;
+    fn cpu(&self) -> CpuSample;
+}
+
+impl Target for NodeProcess {
+    fn address(&self) -> SocketAddr {
+        self.sip
+    }
+
+    fn cpu(&self) -> CpuSample {
+        CpuSample::of(self.pid())
+    }
+}
+
+/// The baseline: a minimal stateless responder on one thread of this process. Blocking
+/// `recv_from`, a canned answer that copies the Via, From, To, Call-ID and CSeq lines (401 with
+/// a fixed nonce to a REGISTER without `Authorization`, 200 to anything else), `send_to`. No
+/// parsing beyond line splitting, no authentication, no state: the kernel's and the syscalls'
+/// share of a transaction, measured on the same machine in the same run.
+struct Baseline {
+    address: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Name of the baseline's thread (its CPU time is read by name).
+const BASELINE_THREAD: &str = "baseline-sip";
+
+impl Baseline {
+    fn start() -> Baseline {
+        let socket = bind_socket();
+        socket.set_nonblocking(false).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let address = socket.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(BASELINE_THREAD.into())
+            .spawn(move || {
+                let mut buffer = vec![0u8; 65_536];
+                let mut answer = Vec::with_capacity(1024);
+                while !stop_flag.load(Ordering::Relaxed) {
+                    let Ok((length, source)) = socket.recv_from(&mut buffer) else {
+                        continue;
+                    };
+                    Baseline::answer(&buffer[..length], &mut answer);
+                    let _ = socket.send_to(&answer, source);
+                }
+            })
+            .unwrap();
+        Baseline {
+            address,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn answer(request: &[u8], answer: &mut Vec<u8>) {
+        const COPIED: [&[u8]; 5] = [b"Via:", b"From:", b"To:", b"Call-ID:", b"CSeq:"];
+        let challenge = request.starts_with(b"REGISTER ")
+            && !request
+                .windows(b"\r\nAuthorization:".len())
+                .any(|window| window == b"\r\nAuthorization:");
+        answer.clear();
+        answer.extend_from_slice(if challenge {
+            b"SIP/2.0 401 Unauthorized\r\n"
+        } else {
+            b"SIP/2.0 200 OK\r\n"
+        });
+        for line in request.split(|&byte| byte == b'\n').skip(1) {
+            if line.len() <= 1 {
+                break;
+            }
+            if COPIED.iter().any(|name| line.starts_with(name)) {
+                answer.extend_from_slice(line);
+                answer.push(b'\n');
+            }
+        }
+        if challenge {
+            answer.extend_from_slice(
+                b"WWW-Authenticate: Digest realm=\"bench\", nonce=\"AAAAAGsCSJYoExQa-2eexVbD0czodSivArQmI3PZ89w\", \
+                  algorithm=SHA-256, qop=\"auth\"\r\n\
+                  WWW-Authenticate: Digest realm=\"bench\", nonce=\"AAAAAGsCSJYoExQa-2eexVbD0czodSivArQmI3PZ89w\", \
+                  algorithm=MD5, qop=\"auth\"\r\n",
+            );
+        }
+        answer.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+    }
+}
+
+impl Target for Baseline {
+    fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    fn cpu(&self) -> CpuSample {
+        let mut sample = CpuSample::default();
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return sample;
+        };
+        for task in tasks.flatten() {
+            let path = task.path();
+            let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            if name.trim() != BASELINE_THREAD {
+                continue;
+            }
+            let schedstat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+            let ns = schedstat
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse::<u64>().ok())
+                .unwrap_or(0);
+            sample.total_ns += ns;
+            sample.by_thread.insert(BASELINE_THREAD.to_owned(), ns);
+        }
+        sample
+    }
+}
+
+impl Drop for Baseline {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
     }
 }
 
@@ -357,8 +516,6 @@ struct Counters {
     timeouts: u64,
     /// Refreshes answered with a new challenge (then completed with it).
     rechallenged: u64,
-    /// Heartbeats the node sent us (answered).
-    node_heartbeats: u64,
 }
 
 impl Counters {
@@ -425,6 +582,8 @@ struct Generator {
     slots: Vec<Slot>,
     /// Makes every branch unique.
     branch: u64,
+    /// Heartbeats the node sent us (answered), over every run.
+    node_heartbeats: u64,
     counters: Counters,
     buffer: Vec<u8>,
 }
@@ -460,6 +619,7 @@ impl Generator {
             users,
             slots,
             branch: 0,
+            node_heartbeats: 0,
             counters: Counters::default(),
             buffer: vec![0u8; 65_536],
         }
@@ -595,7 +755,7 @@ impl Generator {
             if let Ok(builder) = floorcast::sip::response_to(&message, 200, "OK", Some("bench-peer")) {
                 if let Ok(response) = builder.build() {
                     let _ = socket.send_to(response.as_bytes(), self.server);
-                    self.counters.node_heartbeats += 1;
+                    self.node_heartbeats += 1;
                 }
             }
             return;
@@ -676,8 +836,8 @@ impl Generator {
     }
 
     /// Runs `phase` against the node: warm-up, a measured window of `window`, then a drain.
-    fn run(&mut self, node: &NodeProcess, phase: Phase, warm_up: Duration, window: Duration) -> Measurement {
-        self.server = node.sip;
+    fn run(&mut self, target: &dyn Target, phase: Phase, warm_up: Duration, window: Duration) -> Measurement {
+        self.server = target.address();
         self.counters = Counters::default();
         let mut pollfds: Vec<libc::pollfd> = self
             .terminals
@@ -701,16 +861,11 @@ impl Generator {
             let draining = result.is_some();
             match (&window_start, &result) {
                 (None, _) if now.duration_since(started) >= warm_up => {
-                    window_start = Some((
-                        now,
-                        CpuSample::of(node.pid()),
-                        own_thread_cpu_ns(),
-                        self.counters.completed,
-                    ));
+                    window_start = Some((now, target.cpu(), own_thread_cpu_ns(), self.counters.completed));
                 }
                 (Some((at, cpu, own, completed)), None) if now.duration_since(*at) >= window => {
                     let elapsed = now.duration_since(*at);
-                    let node_cpu = cpu.until(&CpuSample::of(node.pid()));
+                    let node_cpu = cpu.until(&target.cpu());
                     let own = own_thread_cpu_ns() - own;
                     result = Some((elapsed, node_cpu, own, self.counters.completed - completed));
                 }
@@ -766,6 +921,11 @@ fn print_table(measurements: &[Measurement]) {
     println!();
 }
 
+/// `(1)`, `(1b)`, ...: the number of a phase's label.
+fn short_label(phase: Phase) -> String {
+    phase.label().split(')').next().unwrap_or("").to_owned() + ")"
+}
+
 fn print_threads(measurements: &[Measurement]) {
     let names: Vec<String> = {
         let mut names: Vec<String> = measurements
@@ -775,7 +935,8 @@ fn print_threads(measurements: &[Measurement]) {
                     .node_cpu
                     .by_thread
                     .iter()
-                    .filter(|(_, ns)| **ns > 0)
+                    // Threads under 0.1% of the node's time (the idle media worker) are left out.
+                    .filter(|(_, ns)| **ns * 1000 >= measurement.node_cpu.total_ns.max(1))
                     .map(|(name, _)| name.clone())
             })
             .collect();
@@ -795,8 +956,7 @@ fn print_threads(measurements: &[Measurement]) {
     }
     println!("---:|");
     for measurement in measurements {
-        let label = measurement.phase.label().split(')').next().unwrap_or("").to_owned() + ")";
-        print!("| {label} |");
+        print!("| {} |", short_label(measurement.phase));
         for name in &names {
             let ns = measurement.node_cpu.by_thread.get(name).copied().unwrap_or(0);
             print!(
@@ -833,6 +993,7 @@ fn main() {
     let mut generator = Generator::new(bind_socket());
     let peer = generator.peer.local_addr().unwrap();
     let node = NodeProcess::start(BENCH_T1_MS, peer);
+    let drops_before = udp_receive_buffer_drops();
     // Every user registers once (and keeps its nonce for the refresh phase). The refresh phase
     // runs first, before the challenge phases fill the server's replay table (65,536 nonces).
     for _ in 0..40 {
@@ -860,23 +1021,47 @@ fn main() {
     let challenge = generator.run(&node, Phase::Challenge { md5: false }, warm_up(), window);
     let challenge_md5 = generator.run(&node, Phase::Challenge { md5: true }, warm_up(), window);
     let heartbeat = generator.run(&node, Phase::Heartbeat, warm_up(), window);
-    let node_heartbeats: u64 = [&refresh, &challenge, &challenge_md5, &heartbeat]
-        .iter()
-        .map(|measurement| measurement.counters.node_heartbeats)
-        .sum();
+    let drops = udp_receive_buffer_drops() - drops_before;
     drop(node);
+    let baseline = Baseline::start();
+    let baseline_challenge = generator.run(&baseline, Phase::Challenge { md5: false }, warm_up(), window);
+    let baseline_heartbeat = generator.run(&baseline, Phase::Heartbeat, warm_up(), window);
+    drop(baseline);
 
     let measurements = [challenge, challenge_md5, refresh, heartbeat];
     println!("## Throughput and node CPU per transaction\n");
     print_table(&measurements);
     print_threads(&measurements);
+    println!(
+        "Baseline in the same run: a minimal stateless responder (one thread of the bench process: blocking \
+         `recv_from`, a canned answer copying Via/From/To/Call-ID/CSeq, `send_to`; no SIP parsing, no digest \
+         check, no state) under the same load — the kernel's and the syscalls' share of each transaction.\n"
+    );
+    println!("| phase | baseline transactions/s | baseline CPU per transaction | errors | floorcast ÷ baseline CPU |");
+    println!("|---|---:|---:|---|---:|");
+    for (baseline, node) in [
+        (&baseline_challenge, &measurements[0]),
+        (&baseline_heartbeat, &measurements[3]),
+    ] {
+        println!(
+            "| {} | {:.0} | {:.1} µs | {} | {:.1} |",
+            short_label(baseline.phase),
+            baseline.rate(),
+            baseline.cpu_us_per_transaction(),
+            baseline.counters.describe_errors(),
+            node.cpu_us_per_transaction() / baseline.cpu_us_per_transaction().max(0.001)
+        );
+    }
+    println!();
     let per_register = measurements[0].cpu_us_per_transaction();
     println!(
         "Authenticated REGISTER (two round trips, SHA-256): {per_register:.1} µs of node CPU = {:.2} × the \
-         {TARGET_US:.0} µs target ({}); that is {:.0} REGISTERs per second per core of node CPU.\n",
+         {TARGET_US:.0} µs target ({}); that is {:.0} REGISTERs per second per core of node CPU. The baseline \
+         spends {:.1} µs on the same four datagrams.\n",
         per_register / TARGET_US,
         if per_register <= TARGET_US { "met" } else { "MISSED" },
-        1e6 / per_register
+        1e6 / per_register,
+        baseline_challenge.cpu_us_per_transaction()
     );
     let rechallenged: u64 = measurements
         .iter()
@@ -884,7 +1069,9 @@ fn main() {
         .sum();
     println!(
         "Refreshes re-challenged by the node: {rechallenged}; heartbeats the node sent the bench peer (answered): \
-         {node_heartbeats}.\n"
+         {}; UDP datagrams dropped for want of receive-buffer room (kernel, system-wide) during these phases: \
+         {drops}.\n",
+        generator.node_heartbeats
     );
 
     // The live-transaction cap with the production T1.

@@ -91,6 +91,10 @@ pub struct SipConfig {
     pub nonce_lifetime: Duration,
     /// Digest algorithms offered, preferred first.
     pub digest_algorithms: Vec<crate::sip::digest::Algorithm>,
+    /// Most live SIP transactions.
+    pub max_transactions: usize,
+    /// Kernel receive buffer of the SIP UDP socket, bytes (0: kernel default).
+    pub socket_rcvbuf: usize,
 }
 
 /// Where provisioned data is read from.
@@ -248,6 +252,8 @@ struct RawSip {
     heartbeat_failures: u32,
     nonce_lifetime_s: u64,
     digest_algorithms: Vec<String>,
+    max_transactions: usize,
+    socket_rcvbuf: usize,
 }
 
 impl Default for RawSip {
@@ -267,6 +273,8 @@ impl Default for RawSip {
             heartbeat_failures: 2,
             nonce_lifetime_s: 300,
             digest_algorithms: vec!["SHA-256".to_owned(), "MD5".to_owned()],
+            max_transactions: 65_536,
+            socket_rcvbuf: 4 * 1024 * 1024,
         }
     }
 }
@@ -619,8 +627,13 @@ impl RawSip {
         if digest_algorithms.is_empty() {
             return Err(invalid("sip.digest_algorithms", "must name at least one algorithm"));
         }
+        if !(64..=4_194_304).contains(&self.max_transactions) {
+            return Err(invalid("sip.max_transactions", "must be 64 to 4194304"));
+        }
         Ok(SipConfig {
             digest_algorithms,
+            max_transactions: self.max_transactions,
+            socket_rcvbuf: self.socket_rcvbuf,
             listen,
             realm: self.realm.trim().to_owned(),
             t1: Duration::from_millis(self.t1_ms),

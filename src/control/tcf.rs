@@ -55,6 +55,8 @@ pub struct TcfConfig {
     pub nonce_key: [u8; 32],
     /// Digest algorithms offered to terminals and peers, preferred first.
     pub digest_algorithms: Vec<digest::Algorithm>,
+    /// Most live SIP transactions (beyond: 503).
+    pub max_transactions: usize,
 }
 
 /// The time of an input: monotonic for timers, wall clock for expiry and nonces.
@@ -278,6 +280,8 @@ pub struct Tcf {
     /// Source address of the datagram being handled (requests are dispatched synchronously
     /// within `handle_datagram`).
     current_source: Option<SocketAddr>,
+    /// Set while a request is answered statelessly (no server transaction): where to.
+    stateless_to: Option<SocketAddr>,
     outputs: VecDeque<Output>,
     next_housekeeping: Instant,
     next_expiry: Instant,
@@ -362,6 +366,7 @@ impl Tcf {
             pending: HashMap::new(),
             incoming: None,
             current_source: None,
+            stateless_to: None,
             outputs: VecDeque::new(),
             next_housekeeping: now.instant,
             next_expiry: now.instant,
@@ -569,6 +574,19 @@ impl Tcf {
             return;
         }
         let destination = response_destination(&message, from);
+        // A REGISTER without credentials from a terminal can only get a final error or a
+        // challenge: answer it statelessly (a retransmission just gets a fresh challenge), so
+        // half of every authenticated registration holds no transaction for 64·T1.
+        let unauthenticated_register = method == TxMethod::Other("REGISTER".into())
+            && message.header(HeaderName::Authorization).is_none()
+            && self.network.tcf_at(from).is_none();
+        if unauthenticated_register {
+            self.counters.requests += 1;
+            self.stateless_to = Some(destination);
+            self.dispatch(now, key, message);
+            self.stateless_to = None;
+            return;
+        }
         let bytes = message.to_bytes();
         self.incoming = Some(message.clone());
         let input = crate::sip::transaction::Input::Request {
@@ -732,6 +750,13 @@ impl Tcf {
             builder = builder.raw_header(name, value);
         }
         let Ok(response) = builder.build() else { return };
+        if let Some(destination) = self.stateless_to {
+            self.outputs.push_back(Output::Transmit {
+                destination,
+                bytes: response.to_bytes(),
+            });
+            return;
+        }
         let _ = self.layer.respond(now.instant, key, status, response.to_bytes());
     }
 
@@ -1659,6 +1684,7 @@ mod tests {
             max_message_size: 65_535,
             nonce_key: [7; 32],
             digest_algorithms: vec![digest::Algorithm::Sha256, digest::Algorithm::Md5],
+            max_transactions: 1024,
         };
         Tcf::new(
             config,

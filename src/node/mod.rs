@@ -139,6 +139,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Node> {
         max_message_size: sip_config.max_message_size,
         nonce_key: nonce_key(&store)?,
         digest_algorithms: sip_config.digest_algorithms.clone(),
+        max_transactions: sip_config.max_transactions,
     };
     let now = crate::control::tcf::Now {
         instant: std::time::Instant::now(),
@@ -160,9 +161,19 @@ pub async fn start(config: &Config) -> anyhow::Result<Node> {
         );
     }
     sip::restore(&mut tcf, &store)?;
-    let socket = tokio::net::UdpSocket::bind(sip_config.listen)
-        .await
+    let socket = crate::io::udp::bind(sip_config.listen, sip_config.socket_rcvbuf, 0)
         .with_context(|| format!("sip.listen {}", sip_config.listen))?;
+    let socket = tokio::net::UdpSocket::from_std(socket)?;
+    if sip_config.socket_rcvbuf > 0 {
+        let effective = socket2::SockRef::from(&socket).recv_buffer_size().unwrap_or(0);
+        if effective < sip_config.socket_rcvbuf {
+            tracing::warn!(
+                asked = sip_config.socket_rcvbuf,
+                effective,
+                "SIP receive buffer capped by the kernel (raise net.core.rmem_max)"
+            );
+        }
+    }
     let listener = tokio::net::TcpListener::bind(sip_config.listen)
         .await
         .with_context(|| format!("sip.listen {} (TCP)", sip_config.listen))?;
