@@ -346,7 +346,7 @@ impl Tcf {
         let peer_verifier = Verifier::new(peer_config, config.nonce_key);
         let layer = TransactionLayer::new(LayerConfig {
             timers: config.timers,
-            ..LayerConfig::default()
+            max_transactions: config.max_transactions,
         });
         Ok(Tcf {
             config,
