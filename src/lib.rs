@@ -14,6 +14,8 @@
 //!   [`io::Engine`] handle the control plane uses.
 //! - [`sip`]: the project's own SIP message layer (zero-copy parser, typed header views,
 //!   stream framing, builder) and digest authentication; sans-IO.
+//! - [`sdp`]: SDP offer/answer (RFC 3264) for the codecs the relay carries, on the
+//!   `sdp-types` parser; sans-IO. Used by the call-control issues (not wired yet).
 //! - [`node`]: the process shell: starts the engine and the metrics endpoint, and shuts down
 //!   cleanly.
 //!
@@ -32,4 +34,5 @@ pub mod io;
 pub mod media;
 pub mod node;
 pub mod proto;
+pub mod sdp;
 pub mod sip;
