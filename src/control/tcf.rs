@@ -749,15 +749,15 @@ impl Tcf {
         for (name, value) in headers {
             builder = builder.raw_header(name, value);
         }
-        let Ok(response) = builder.build() else { return };
+        let Ok(response) = builder.build_bytes() else { return };
         if let Some(destination) = self.stateless_to {
             self.outputs.push_back(Output::Transmit {
                 destination,
-                bytes: response.to_bytes(),
+                bytes: response,
             });
             return;
         }
-        let _ = self.layer.respond(now.instant, key, status, response.to_bytes());
+        let _ = self.layer.respond(now.instant, key, status, response);
     }
 
     /// Sends a request to a peer or terminal in a new client transaction; returns its key.
@@ -788,17 +788,12 @@ impl Tcf {
         for (name, value) in headers {
             builder = builder.raw_header(name, value);
         }
-        let request = builder.build().ok()?;
+        let request = builder.build_bytes().ok()?;
         let tx_method = TxMethod::from_token(method.as_str());
         let key = TransactionKey::new(&branch, &sent_by, tx_method.clone()).ok()?;
-        let sent = self.layer.send_request(
-            now.instant,
-            key.clone(),
-            tx_method,
-            request.to_bytes(),
-            destination,
-            false,
-        );
+        let sent = self
+            .layer
+            .send_request(now.instant, key.clone(), tx_method, request, destination, false);
         if sent.is_err() {
             return None;
         }

@@ -32,7 +32,7 @@ pub struct Node {
     /// The SIP core.
     pub sip: sip::SipHandle,
     shutdown: tokio::sync::broadcast::Sender<()>,
-    sip_task: tokio::task::JoinHandle<()>,
+    sip_thread: std::thread::JoinHandle<()>,
     store: Store,
 }
 
@@ -163,7 +163,6 @@ pub async fn start(config: &Config) -> anyhow::Result<Node> {
     sip::restore(&mut tcf, &store)?;
     let socket = crate::io::udp::bind(sip_config.listen, sip_config.socket_rcvbuf, 0)
         .with_context(|| format!("sip.listen {}", sip_config.listen))?;
-    let socket = tokio::net::UdpSocket::from_std(socket)?;
     if sip_config.socket_rcvbuf > 0 {
         let effective = socket2::SockRef::from(&socket).recv_buffer_size().unwrap_or(0);
         if effective < sip_config.socket_rcvbuf {
@@ -174,23 +173,23 @@ pub async fn start(config: &Config) -> anyhow::Result<Node> {
             );
         }
     }
-    let listener = tokio::net::TcpListener::bind(sip_config.listen)
-        .await
+    let listener = std::net::TcpListener::bind(sip_config.listen)
         .with_context(|| format!("sip.listen {} (TCP)", sip_config.listen))?;
+    listener.set_nonblocking(true)?;
     let limits = sip::TransportLimits {
         max_message_size: sip_config.max_message_size,
         max_connections: sip_config.max_tcp_connections,
         idle_timeout: std::time::Duration::from_secs(300),
     };
     let (shutdown, shutdown_receiver) = tokio::sync::broadcast::channel(1);
-    let (sip, sip_task) = sip::spawn(socket, listener, limits, tcf, store.clone(), shutdown_receiver)?;
+    let (sip, sip_thread) = sip::spawn_dedicated(socket, listener, limits, tcf, store.clone(), shutdown_receiver)?;
     exporter.attach_sip(sip.clone());
     Ok(Node {
         engine,
         metrics_address,
         sip,
         shutdown,
-        sip_task,
+        sip_thread,
         store,
     })
 }
@@ -199,11 +198,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Node> {
 /// workers.
 pub async fn stop(node: Node) {
     let _ = node.shutdown.send(());
-    let _ = node.sip_task.await;
+    let sip_thread = node.sip_thread;
     let store = node.store;
     let engine = node.engine;
-    // Closing the store and joining worker threads block; do it off the async runtime.
+    // Joining threads and closing the store block; do it off the async runtime.
     let _ = tokio::task::spawn_blocking(move || {
+        let _ = sip_thread.join();
         if let Err(error) = store.close() {
             tracing::error!(%error, "closing the store failed");
         }

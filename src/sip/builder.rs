@@ -122,15 +122,24 @@ impl MessageBuilder {
 
     /// Serialises (adding `Content-Length`) and parses the result back.
     pub fn build(self) -> Result<Message, BuildError> {
+        let bytes = self.build_bytes()?;
+        Message::parse_datagram_unvalidated(bytes).map_err(|rejection| BuildError::Parse(Box::new(rejection)))
+    }
+
+    /// Serialises (adding `Content-Length`) without parsing the result back: for messages that
+    /// are only sent. The builder's own checks (start line, header names, no line breaks in
+    /// values, no hand-written Content-Length) still apply.
+    pub fn build_bytes(self) -> Result<Bytes, BuildError> {
         if let Some(error) = self.error {
             return Err(error);
         }
         let mut out = self.head;
         out.reserve(self.body.len() + 24);
-        out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", self.body.len()).as_bytes());
+        out.extend_from_slice(b"Content-Length: ");
+        out.extend_from_slice(self.body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
         out.extend_from_slice(&self.body);
-        Message::parse_datagram_unvalidated(Bytes::from(out))
-            .map_err(|rejection| BuildError::Parse(Box::new(rejection)))
+        Ok(Bytes::from(out))
     }
 }
 
@@ -194,6 +203,15 @@ mod tests {
         message.validate().expect("valid");
         assert_eq!(message.content_length(), Ok(Some(5)));
         assert_eq!(message.body(), b"hello");
+    }
+
+    #[test]
+    fn build_bytes_is_what_build_parses() {
+        let builder = MessageBuilder::response(200, "OK")
+            .header(HeaderName::Via, "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKabc")
+            .header(HeaderName::CSeq, "1 OPTIONS");
+        let bytes = builder.clone().build_bytes().expect("builds");
+        assert_eq!(&bytes[..], builder.build().expect("parses").as_bytes());
     }
 
     #[test]
