@@ -237,22 +237,30 @@ struct Peer {
     next_at: Instant,
 }
 
+/// A terminal's REGISTER relayed by this V-TCF to the user's H-TCF (one client transaction,
+/// or two when the H-TCF challenges).
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant)] // one per outstanding client transaction; boxing buys nothing
+struct Relay {
+    /// The terminal's server transaction, answered when the H-TCF has answered.
+    server: TransactionKey,
+    /// The terminal's REGISTER.
+    request: Message,
+    user: Number,
+    home: String,
+    expires: u32,
+    /// The binding to record on success (none when deregistering).
+    binding: Option<Binding>,
+    call_id: String,
+    from_tag: String,
+    cseq: u32,
+    /// The H-TCF's challenge was answered already (answer it only once).
+    challenged: bool,
+}
+
+#[derive(Debug)]
 enum Pending {
     /// A REGISTER relayed to the user's home on behalf of a terminal.
-    Relay {
-        server: TransactionKey,
-        request: Message,
-        user: Number,
-        home: String,
-        expires: u32,
-        binding: Option<Binding>,
-        call_id: String,
-        from_tag: String,
-        cseq: u32,
-        challenged: bool,
-    },
+    Relay(Box<Relay>),
     /// A heartbeat.
     Heartbeat { peer: String },
     /// A request whose answer changes nothing (kick-off, location push).
@@ -950,19 +958,19 @@ impl Tcf {
         }
         let call_id = format!("{}@{}", self.token(), self.config.name);
         let from_tag = self.token();
-        let pending = Pending::Relay {
+        let relay = Relay {
             server: key,
             request,
             user: user.clone(),
             home: home.0.clone(),
             expires,
             binding,
-            call_id: call_id.clone(),
-            from_tag: from_tag.clone(),
+            call_id,
+            from_tag,
             cseq: 1,
             challenged: false,
         };
-        self.relay_register(now, pending, home.1, None);
+        self.relay_register(now, Box::new(relay), home.1, None);
     }
 
     fn challenge(&mut self, now: Now, key: &TransactionKey, request: &Message, stale: bool, peer: bool) {
@@ -976,18 +984,8 @@ impl Tcf {
         self.respond(now, key, request, 401, "Unauthorized", &headers);
     }
 
-    fn relay_register(&mut self, now: Now, pending: Pending, home: SocketAddr, authorization: Option<String>) {
-        let Pending::Relay {
-            ref user,
-            expires,
-            ref call_id,
-            ref from_tag,
-            cseq,
-            ..
-        } = pending
-        else {
-            return;
-        };
+    fn relay_register(&mut self, now: Now, relay: Box<Relay>, home: SocketAddr, authorization: Option<String>) {
+        let (user, expires, cseq) = (&relay.user, relay.expires, relay.cseq);
         let me = self.address;
         let uri = format!("sip:{home}");
         let to = format!("<sip:{user}@{home}>");
@@ -1001,7 +999,7 @@ impl Tcf {
         if let Some(authorization) = authorization {
             headers.push(("Authorization", authorization));
         }
-        let (call_id, from_tag) = (call_id.clone(), from_tag.clone());
+        let (call_id, from_tag) = (relay.call_id.clone(), relay.from_tag.clone());
         self.send(
             now,
             Method::Register,
@@ -1013,7 +1011,7 @@ impl Tcf {
             cseq,
             &headers,
             home,
-            pending,
+            Pending::Relay(relay),
         );
     }
 
@@ -1258,97 +1256,91 @@ impl Tcf {
         match pending {
             Pending::Heartbeat { peer } => self.heartbeat_result(&peer, (200..300).contains(&status)),
             Pending::FireAndForget => {}
-            Pending::Relay {
-                server,
-                request,
-                user,
-                home,
-                expires,
-                binding,
-                call_id,
-                from_tag,
-                cseq,
-                challenged,
-            } => {
-                if status == 401 && !challenged {
-                    // The H-TCF requires TC2 authentication: answer its challenge once.
-                    let challenge = response.as_ref().and_then(|response| {
-                        let challenges: Vec<digest::Challenge> = response
-                            .headers_of(HeaderName::WwwAuthenticate)
-                            .filter_map(|header| header.value_str())
-                            .filter_map(|value| digest::parse_challenge(&value).ok())
-                            .collect();
-                        digest::choose(&challenges).cloned()
-                    });
-                    if let (Some(challenge), Some(address)) = (challenge, self.network.tcf(&home).map(|tcf| tcf.sip)) {
-                        self.event(TcfEvent::ChallengedByPeer { peer: home.clone() });
-                        let cnonce = digest::new_cnonce(&mut self.rng);
-                        let authorization = digest::respond(
-                            &challenge,
-                            &self.config.name,
-                            &self.secret,
-                            "REGISTER",
-                            &format!("sip:{address}"),
-                            1,
-                            &cnonce,
-                        );
-                        let retry = Pending::Relay {
-                            server,
-                            request,
-                            user,
-                            home,
-                            expires,
-                            binding,
-                            call_id,
-                            from_tag,
-                            cseq: cseq + 1,
-                            challenged: true,
-                        };
-                        self.relay_register(now, retry, address, Some(authorization));
-                        return;
-                    }
+            Pending::Relay(relay) => self.relay_answered(now, relay, status, response),
+        }
+    }
+
+    /// The H-TCF answered a relayed REGISTER (or did not): answer its challenge once, else
+    /// pass the outcome back to the terminal.
+    fn relay_answered(&mut self, now: Now, mut relay: Box<Relay>, status: u16, response: Option<Message>) {
+        if status == 401 && !relay.challenged {
+            // The H-TCF requires TC2 authentication: answer its challenge once.
+            let challenge = response.as_ref().and_then(|response| {
+                let challenges: Vec<digest::Challenge> = response
+                    .headers_of(HeaderName::WwwAuthenticate)
+                    .filter_map(|header| header.value_str())
+                    .filter_map(|value| digest::parse_challenge(&value).ok())
+                    .collect();
+                digest::choose(&challenges).cloned()
+            });
+            let address = self.network.tcf(&relay.home).map(|tcf| tcf.sip);
+            if let (Some(challenge), Some(address)) = (challenge, address) {
+                self.event(TcfEvent::ChallengedByPeer {
+                    peer: relay.home.clone(),
+                });
+                let cnonce = digest::new_cnonce(&mut self.rng);
+                let uri = format!("sip:{address}");
+                let authorization = digest::respond(
+                    &challenge,
+                    &self.config.name,
+                    &self.secret,
+                    "REGISTER",
+                    &uri,
+                    1,
+                    &cnonce,
+                );
+                relay.cseq += 1;
+                relay.challenged = true;
+                self.relay_register(now, relay, address, Some(authorization));
+                return;
+            }
+        }
+        let Relay {
+            server,
+            request,
+            user,
+            expires,
+            binding,
+            ..
+        } = *relay;
+        match status {
+            200..=299 if expires == 0 => {
+                self.unbind(&user, "deregistered");
+                self.respond(now, &server, &request, 200, "OK", &[("Expires", "0")]);
+            }
+            200..=299 => {
+                let contact = binding
+                    .as_ref()
+                    .map(|binding| binding.contact.clone())
+                    .unwrap_or_default();
+                if let Some(binding) = binding {
+                    self.bind(binding, expires);
                 }
-                match status {
-                    200..=299 => {
-                        if expires == 0 {
-                            self.unbind(&user, "deregistered");
-                            self.respond(now, &server, &request, 200, "OK", &[("Expires", "0")]);
-                        } else {
-                            let contact = binding
-                                .as_ref()
-                                .map(|binding| binding.contact.clone())
-                                .unwrap_or_default();
-                            if let Some(binding) = binding {
-                                self.bind(binding, expires);
-                            }
-                            self.registered(now, &server, &request, &contact, expires);
-                        }
-                    }
-                    408 => self.respond(
-                        now,
-                        &server,
-                        &request,
-                        408,
-                        "Request Timeout (home TCF did not answer)",
-                        &[],
-                    ),
-                    401 | 407 => self.respond(
-                        now,
-                        &server,
-                        &request,
-                        403,
-                        "Forbidden (home TCF refused this TCF)",
-                        &[],
-                    ),
-                    status => {
-                        let reason = response
-                            .as_ref()
-                            .and_then(|response| response.reason_phrase())
-                            .map(|reason| String::from_utf8_lossy(reason).into_owned())
-                            .unwrap_or_else(|| "Refused by home TCF".to_owned());
-                        self.respond(now, &server, &request, status, &reason, &[]);
-                    }
-                }
+                self.registered(now, &server, &request, &contact, expires);
+            }
+            408 => self.respond(
+                now,
+                &server,
+                &request,
+                408,
+                "Request Timeout (home TCF did not answer)",
+                &[],
+            ),
+            401 | 407 => self.respond(
+                now,
+                &server,
+                &request,
+                403,
+                "Forbidden (home TCF refused this TCF)",
+                &[],
+            ),
+            status => {
+                let reason = response
+                    .as_ref()
+                    .and_then(|response| response.reason_phrase())
+                    .map(|reason| String::from_utf8_lossy(reason).into_owned())
+                    .unwrap_or_else(|| "Refused by home TCF".to_owned());
+                self.respond(now, &server, &request, status, &reason, &[]);
             }
         }
     }
