@@ -596,7 +596,8 @@ impl Tcf {
             return;
         }
         let bytes = message.to_bytes();
-        self.incoming = Some(message.clone());
+        // Kept for the transaction user, so the request is not parsed twice.
+        self.incoming = Some(message);
         let input = crate::sip::transaction::Input::Request {
             key,
             method,
@@ -606,7 +607,9 @@ impl Tcf {
         };
         if self.layer.handle_input(now.instant, input).is_err() {
             // Overloaded (or a caller bug): answer statelessly.
-            self.stateless(&message, from, 503, "Service Unavailable");
+            if let Some(message) = self.incoming.take() {
+                self.stateless(&message, from, 503, "Service Unavailable");
+            }
         }
     }
 
@@ -1623,15 +1626,14 @@ fn request_user(request: &Message) -> Option<Number> {
 /// The expiry a REGISTER asks for: the first Contact's `expires`, else the Expires header.
 /// `Err` when a value is malformed.
 fn requested_expires(request: &Message) -> Result<Option<u32>, ()> {
-    if let Ok(ContactList::Addresses(contacts)) = request.contacts() {
-        if let Some(expires) = contacts.first().and_then(|contact| contact.expires()) {
-            return expires.map(Some).map_err(|_| ());
-        }
-    }
     match request.contacts() {
         Ok(ContactList::Star) => return Ok(Some(0)),
+        Ok(ContactList::Addresses(contacts)) => {
+            if let Some(expires) = contacts.first().and_then(|contact| contact.expires()) {
+                return expires.map(Some).map_err(|_| ());
+            }
+        }
         Err(_) => return Err(()),
-        Ok(_) => {}
     }
     request.expires().map_err(|_| ())
 }
