@@ -245,6 +245,8 @@ struct Relay {
     server: TransactionKey,
     /// The terminal's REGISTER.
     request: Message,
+    /// Where the terminal's REGISTER came from (for the response's Via).
+    source: SocketAddr,
     user: Number,
     home: String,
     expires: u32,
@@ -753,7 +755,12 @@ impl Tcf {
         headers: &[(&str, &str)],
     ) {
         let tag = self.token();
-        let Ok(mut builder) = crate::sip::response_to(request, status, reason, Some(&tag)) else {
+        // The top Via records where the request really came from (RFC 3261 §18.2.1, RFC 3581).
+        let built = match self.current_source {
+            Some(source) => crate::sip::response_to_from(request, status, reason, Some(&tag), source),
+            None => crate::sip::response_to(request, status, reason, Some(&tag)),
+        };
+        let Ok(mut builder) = built else {
             return;
         };
         builder = builder.raw_header("Server", SERVER);
@@ -964,6 +971,7 @@ impl Tcf {
         let relay = Relay {
             server: key,
             request,
+            source,
             user: user.clone(),
             home: home.0.clone(),
             expires,
@@ -1301,15 +1309,44 @@ impl Tcf {
         let Relay {
             server,
             request,
+            source,
             user,
             expires,
             binding,
             ..
         } = *relay;
+        // Responses below answer the terminal's request, which came from `source`, not from
+        // the H-TCF whose answer is being handled.
+        let handling = self.current_source.replace(source);
+        self.relay_outcome(
+            now,
+            &server,
+            &request,
+            &user,
+            expires,
+            binding,
+            status,
+            response.as_ref(),
+        );
+        self.current_source = handling;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn relay_outcome(
+        &mut self,
+        now: Now,
+        server: &TransactionKey,
+        request: &Message,
+        user: &Number,
+        expires: u32,
+        binding: Option<Binding>,
+        status: u16,
+        response: Option<&Message>,
+    ) {
         match status {
             200..=299 if expires == 0 => {
-                self.unbind(&user, "deregistered");
-                self.respond(now, &server, &request, 200, "OK", &[("Expires", "0")]);
+                self.unbind(user, "deregistered");
+                self.respond(now, server, request, 200, "OK", &[("Expires", "0")]);
             }
             200..=299 => {
                 let contact = binding
@@ -1319,31 +1356,23 @@ impl Tcf {
                 if let Some(binding) = binding {
                     self.bind(binding, expires);
                 }
-                self.registered(now, &server, &request, &contact, expires);
+                self.registered(now, server, request, &contact, expires);
             }
             408 => self.respond(
                 now,
-                &server,
-                &request,
+                server,
+                request,
                 408,
                 "Request Timeout (home TCF did not answer)",
                 &[],
             ),
-            401 | 407 => self.respond(
-                now,
-                &server,
-                &request,
-                403,
-                "Forbidden (home TCF refused this TCF)",
-                &[],
-            ),
+            401 | 407 => self.respond(now, server, request, 403, "Forbidden (home TCF refused this TCF)", &[]),
             status => {
                 let reason = response
-                    .as_ref()
                     .and_then(|response| response.reason_phrase())
                     .map(|reason| String::from_utf8_lossy(reason).into_owned())
                     .unwrap_or_else(|| "Refused by home TCF".to_owned());
-                self.respond(now, &server, &request, status, &reason, &[]);
+                self.respond(now, server, request, status, &reason, &[]);
             }
         }
     }

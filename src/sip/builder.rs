@@ -157,12 +157,84 @@ pub fn response_to(
     reason: &str,
     to_tag: Option<&str>,
 ) -> Result<MessageBuilder, BuildError> {
+    build_response(request, status, reason, to_tag, None)
+}
+
+/// Like [`response_to`], for a request that arrived from `source`: the top Via gets
+/// `received=<source IP>` when its sent-by host differs (RFC 3261 §18.2.1), and a valueless
+/// `rport` is filled with the source port, `received` then always added (RFC 3581 §4), so a
+/// client behind NAT learns its public address.
+pub fn response_to_from(
+    request: &Message,
+    status: u16,
+    reason: &str,
+    to_tag: Option<&str>,
+    source: std::net::SocketAddr,
+) -> Result<MessageBuilder, BuildError> {
+    build_response(request, status, reason, to_tag, Some(source))
+}
+
+/// The top Via of a response to a request from `source` (see [`response_to_from`]); `None`
+/// when the Via does not parse (it is then echoed unchanged).
+fn stamped_via(raw: &[u8], source: std::net::SocketAddr) -> Option<Vec<u8>> {
+    let via = crate::sip::headers::Via::parse(raw).ok()?;
+    let mut out = Vec::with_capacity(raw.len() + 40);
+    out.extend_from_slice(
+        format!(
+            "{}/{}/{} {}",
+            via.protocol_name(),
+            via.protocol_version(),
+            via.transport(),
+            via.host_raw()
+        )
+        .as_bytes(),
+    );
+    if let Some(port) = via.port() {
+        out.extend_from_slice(format!(":{port}").as_bytes());
+    }
+    let mut rport = false;
+    for param in via.params().iter() {
+        if param.name.eq_ignore_ascii_case("received") {
+            continue;
+        }
+        out.push(b';');
+        if param.name.eq_ignore_ascii_case("rport") && param.value.is_none() {
+            rport = true;
+            out.extend_from_slice(format!("rport={}", source.port()).as_bytes());
+            continue;
+        }
+        out.extend_from_slice(param.name.as_bytes());
+        if let Some(value) = param.value {
+            out.push(b'=');
+            out.extend_from_slice(value);
+        }
+    }
+    if rport || via.host().ip() != Some(source.ip()) {
+        out.extend_from_slice(format!(";received={}", source.ip()).as_bytes());
+    }
+    Some(out)
+}
+
+fn build_response(
+    request: &Message,
+    status: u16,
+    reason: &str,
+    to_tag: Option<&str>,
+    source: Option<std::net::SocketAddr>,
+) -> Result<MessageBuilder, BuildError> {
     if !request.can_address_response() {
         return Err(BuildError::Unaddressable);
     }
     let mut builder = MessageBuilder::response(status, reason);
-    for via in request.headers_of(HeaderName::Via) {
-        builder = builder.header(HeaderName::Via, via.unfolded());
+    for (index, via) in request.headers_of(HeaderName::Via).enumerate() {
+        let stamped = match source {
+            Some(source) if index == 0 => stamped_via(&via.unfolded(), source),
+            _ => None,
+        };
+        match stamped {
+            Some(value) => builder = builder.header(HeaderName::Via, value),
+            None => builder = builder.header(HeaderName::Via, via.unfolded()),
+        }
     }
     for name in [HeaderName::From, HeaderName::To, HeaderName::CallId, HeaderName::CSeq] {
         let Some(header) = request.header(name) else {
@@ -203,6 +275,53 @@ mod tests {
         message.validate().expect("valid");
         assert_eq!(message.content_length(), Ok(Some(5)));
         assert_eq!(message.body(), b"hello");
+    }
+
+    #[test]
+    fn response_to_from_fills_received_and_rport() {
+        let request = MessageBuilder::request(Method::Options, "sip:tcf@127.0.0.1")
+            .header(HeaderName::Via, "SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bKnat;rport")
+            .header(HeaderName::Via, "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKsecond")
+            .header(HeaderName::From, "<sip:1001@x>;tag=1")
+            .header(HeaderName::To, "<sip:tcf@x>")
+            .header(HeaderName::CallId, "c")
+            .header(HeaderName::CSeq, "1 OPTIONS")
+            .build()
+            .expect("builds");
+        let source: std::net::SocketAddr = "127.0.0.9:40123".parse().expect("address");
+        let response = response_to_from(&request, 200, "OK", Some("t"), source)
+            .expect("builds")
+            .build()
+            .expect("ok");
+        let vias: Vec<String> = response
+            .headers_of(HeaderName::Via)
+            .map(|via| String::from_utf8_lossy(&via.unfolded()).into_owned())
+            .collect();
+        assert_eq!(
+            vias[0],
+            "SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bKnat;rport=40123;received=127.0.0.9"
+        );
+        assert_eq!(
+            vias[1], "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKsecond",
+            "only the top Via is ours to stamp"
+        );
+        let top = response.top_via().expect("parses");
+        assert_eq!(top.rport(), Some(Some(40123)));
+        // Same host, no rport: nothing to add.
+        let plain = MessageBuilder::request(Method::Options, "sip:tcf@127.0.0.1")
+            .header(HeaderName::Via, "SIP/2.0/TCP 127.0.0.9:40123;branch=z9hG4bKplain")
+            .header(HeaderName::From, "<sip:1001@x>;tag=1")
+            .header(HeaderName::To, "<sip:tcf@x>")
+            .header(HeaderName::CallId, "c")
+            .header(HeaderName::CSeq, "1 OPTIONS")
+            .build()
+            .expect("builds");
+        let response = response_to_from(&plain, 200, "OK", None, source)
+            .expect("builds")
+            .build()
+            .expect("ok");
+        let via = response.header(HeaderName::Via).expect("via");
+        assert_eq!(&via.unfolded()[..], b"SIP/2.0/TCP 127.0.0.9:40123;branch=z9hG4bKplain");
     }
 
     #[test]

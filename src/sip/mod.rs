@@ -41,7 +41,7 @@ mod syntax;
 pub mod transaction;
 pub mod uri;
 
-pub use builder::{response_to, BuildError, MessageBuilder};
+pub use builder::{response_to, response_to_from, BuildError, MessageBuilder};
 pub use framing::{Frame, FramingError, StreamFramer, DEFAULT_MAX_MESSAGE_SIZE};
 pub use headers::{
     AuthHeader, CSeq, Contact, ContactList, HeaderError, HeaderName, MediaType, NameAddr, Param, Params, PttExtension,
