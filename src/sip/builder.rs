@@ -297,14 +297,12 @@ mod tests {
             .headers_of(HeaderName::Via)
             .map(|via| String::from_utf8_lossy(&via.unfolded()).into_owned())
             .collect();
-        assert_eq!(
-            vias[0],
-            "SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bKnat;rport=40123;received=127.0.0.9"
-        );
-        assert_eq!(
-            vias[1], "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKsecond",
-            "only the top Via is ours to stamp"
-        );
+        let expected = [
+            "SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bKnat;rport=40123;received=127.0.0.9",
+            // Only the top Via is ours to stamp.
+            "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKsecond",
+        ];
+        assert_eq!(vias, expected);
         let top = response.top_via().expect("parses");
         assert_eq!(top.rport(), Some(Some(40123)));
         // Same host, no rport: nothing to add.
