@@ -420,3 +420,54 @@ async fn f_reg_01_register_over_tcp() {
     assert_eq!(binding.address, me);
     cluster.shutdown().await;
 }
+
+/// TCP limits: beyond `sip.max_tcp_connections` a new connection is closed at once, while the
+/// open ones keep working; a message larger than `sip.max_message_size` closes its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_tcp_connection_and_size_limits() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let cluster = Cluster::start_with(16300, "max_tcp_connections = 2\nmax_message_size = 2000").await;
+    let server = cluster.address(B);
+    let first = tokio::net::TcpStream::connect(server).await.unwrap();
+    let second = tokio::net::TcpStream::connect(server).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = tokio::net::TcpStream::connect(server).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(WAIT, third.read(&mut byte))
+        .await
+        .expect("closed, not left hanging");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the third connection is refused: {read:?}"
+    );
+
+    // An open connection still works: OPTIONS answered.
+    let mut stream = first;
+    let me = stream.local_addr().unwrap();
+    let options = format!(
+        "OPTIONS sip:{server} SIP/2.0\r\nVia: SIP/2.0/TCP {me};branch=z9hG4bKlimit1\r\nMax-Forwards: 70\r\n\
+         From: <sip:x@{me}>;tag=1\r\nTo: <sip:{server}>\r\nCall-ID: limit1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    stream.write_all(options.as_bytes()).await.unwrap();
+    let mut response = vec![0u8; 4096];
+    let read = tokio::time::timeout(WAIT, stream.read(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&response[..read]).starts_with("SIP/2.0 200"));
+
+    // An oversized message closes its connection.
+    let mut big = second;
+    let header = format!(
+        "MESSAGE sip:{server} SIP/2.0\r\nVia: SIP/2.0/TCP {me};branch=z9hG4bKbig\r\nContent-Length: 5000\r\n\r\n"
+    );
+    big.write_all(header.as_bytes()).await.unwrap();
+    let _ = big.write_all(&[b'x'; 5000]).await;
+    let read = tokio::time::timeout(WAIT, big.read(&mut byte)).await.expect("closed");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "oversized message closes the connection: {read:?}"
+    );
+    cluster.shutdown().await;
+}

@@ -1944,4 +1944,41 @@ mod tests {
         assert!(writes.contains(&StoreWrite::RemoveBinding(user.clone())), "{writes:?}");
         assert!(writes.contains(&StoreWrite::RemoveRegistration(user)), "{writes:?}");
     }
+
+    proptest::proptest! {
+        /// Whatever arrives — arbitrary bytes, or a valid REGISTER with bytes flipped,
+        /// truncated or spliced — the core never panics, and anything it sends goes to the
+        /// datagram's source or a configured TCF, never to an address named in the message.
+        #[test]
+        fn hostile_datagrams_never_panic_nor_misroute(
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            flips in proptest::collection::vec((0usize..400, proptest::prelude::any::<u8>()), 0..8),
+            cut in 0usize..400,
+        ) {
+            let (start, wall) = (Instant::now(), SystemTime::now());
+            let now = at(start, wall, 0.0);
+            let mut a = core("a", start);
+            let from: SocketAddr = "127.0.0.77:5999".parse().unwrap();
+            let mut register = register_text("1000", a.address(), 1, 300, None).into_bytes();
+            for (position, byte) in flips {
+                if let Some(slot) = register.get_mut(position) {
+                    *slot = byte;
+                }
+            }
+            let truncated = register.get(..cut.min(register.len())).unwrap_or(&[]).to_vec();
+            for datagram in [garbage, register, truncated] {
+                a.handle_datagram(now, from, Bytes::from(datagram));
+                a.handle_timeout(at(start, wall, 40.0));
+                while let Some(output) = a.poll_output() {
+                    if let Output::Transmit { destination, .. } = output {
+                        let peer = "127.0.0.1:5602".parse::<SocketAddr>().unwrap();
+                        proptest::prop_assert!(
+                            destination.ip() == from.ip() || destination == peer,
+                            "sent to {destination}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
