@@ -547,7 +547,7 @@ impl Tcf {
             ErrorAction::Respond { .. } => {
                 let tag = self.token();
                 if let (Some(response), Some(request)) = (rejection.response(&tag), rejection.message()) {
-                    let destination = response_destination(request, from);
+                    let destination = response_destination_of(request, from);
                     self.counters.rejected += 1;
                     self.outputs.push_back(Output::Transmit {
                         destination,
@@ -562,32 +562,40 @@ impl Tcf {
     }
 
     fn handle_request(&mut self, now: Now, from: SocketAddr, message: Message, reliable: bool) {
-        let Some(key) = transaction_key(&message) else {
+        // The top Via is parsed once here for the transaction key and the response address.
+        let Ok(via) = message.top_via() else {
             self.counters.dropped += 1;
             return;
         };
-        let method = match message.method() {
-            Some(method) => TxMethod::from_token(method.as_str()),
-            None => return,
+        let Some(key) = transaction_key(&message, &via) else {
+            self.counters.dropped += 1;
+            return;
         };
+        let destination = response_destination(&via, from);
+        let Some(request_method) = message.method() else { return };
+        let is_ack = request_method == Method::Ack;
         // RFC 3261 §8.2.2/§16.3: Max-Forwards 0 and loops are refused before anything else.
-        if message.max_forwards().ok().flatten() == Some(0) && method != TxMethod::Ack {
+        if message.max_forwards().ok().flatten() == Some(0) && !is_ack {
             self.stateless(&message, from, 483, "Too Many Hops");
             return;
         }
-        let looped =
-            message.vias().skip(1).flatten().any(|via| {
+        // Only a request with more than one Via can have looped through us.
+        let several_vias = message.headers_of(HeaderName::Via).take(2).count() > 1
+            || message
+                .header(HeaderName::Via)
+                .is_some_and(|header| header.value.contains(&b','));
+        let looped = several_vias
+            && message.vias().skip(1).flatten().any(|via| {
                 via.host().ip() == Some(self.address.ip()) && via.port().unwrap_or(5060) == self.address.port()
             });
-        if looped && method != TxMethod::Ack {
+        if looped && !is_ack {
             self.stateless(&message, from, 482, "Loop Detected");
             return;
         }
-        let destination = response_destination(&message, from);
         // A REGISTER without credentials from a terminal can only get a final error or a
         // challenge: answer it statelessly (a retransmission just gets a fresh challenge), so
         // half of every authenticated registration holds no transaction for 64·T1.
-        let unauthenticated_register = method == TxMethod::Other("REGISTER".into())
+        let unauthenticated_register = request_method == Method::Register
             && message.header(HeaderName::Authorization).is_none()
             && self.network.tcf_at(from).is_none();
         if unauthenticated_register {
@@ -597,6 +605,7 @@ impl Tcf {
             self.stateless_to = None;
             return;
         }
+        let method = TxMethod::from_token(request_method.as_str());
         let bytes = message.to_bytes();
         // Kept for the transaction user, so the request is not parsed twice.
         self.incoming = Some(message);
@@ -617,7 +626,10 @@ impl Tcf {
 
     fn handle_response(&mut self, now: Now, message: Message) {
         self.counters.responses += 1;
-        let Some(key) = transaction_key(&message) else { return };
+        let Ok(via) = message.top_via() else { return };
+        let Some(key) = transaction_key(&message, &via) else {
+            return;
+        };
         let Some(status) = message.status() else { return };
         let input = crate::sip::transaction::Input::Response {
             key,
@@ -634,7 +646,7 @@ impl Tcf {
         let tag = self.token();
         if let Ok(builder) = crate::sip::response_to(request, status, reason, Some(&tag)) {
             if let Ok(response) = builder.build() {
-                let destination = response_destination(request, from);
+                let destination = response_destination_of(request, from);
                 self.outputs.push_back(Output::Transmit {
                     destination,
                     bytes: response.to_bytes(),
@@ -1604,8 +1616,7 @@ fn restore_live<T>(
 const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, MESSAGE, SUBSCRIBE, NOTIFY";
 
 /// The transaction key of a message (RFC 3261 branch, or the RFC 2543 fallback).
-fn transaction_key(message: &Message) -> Option<TransactionKey> {
-    let via = message.top_via().ok()?;
+fn transaction_key(message: &Message, via: &crate::sip::Via<'_>) -> Option<TransactionKey> {
     let cseq = message.cseq().ok()?;
     let method = TxMethod::from_token(cseq.method.as_str());
     let sent_by = match via.port() {
@@ -1631,12 +1642,17 @@ fn transaction_key(message: &Message) -> Option<TransactionKey> {
 /// Where a response goes (RFC 3261 §18.2.2 with RFC 3581): always the source IP the request
 /// came from (never an address merely named in a header); the source port with `rport`,
 /// else the sent-by port.
-fn response_destination(request: &Message, from: SocketAddr) -> SocketAddr {
-    match request.top_via() {
-        Ok(via) if via.rport().is_some() => from,
-        Ok(via) => SocketAddr::new(from.ip(), via.port().unwrap_or(5060)),
-        Err(_) => from,
+fn response_destination(via: &crate::sip::Via<'_>, from: SocketAddr) -> SocketAddr {
+    if via.rport().is_some() {
+        from
+    } else {
+        SocketAddr::new(from.ip(), via.port().unwrap_or(5060))
     }
+}
+
+/// [`response_destination`] for a request whose top Via may not parse (then: the source).
+fn response_destination_of(request: &Message, from: SocketAddr) -> SocketAddr {
+    request.top_via().map_or(from, |via| response_destination(&via, from))
 }
 
 /// The user number in the To URI.
