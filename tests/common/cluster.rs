@@ -37,7 +37,7 @@ impl Cluster {
             "[node]\nname = \"{name}\"\n\
              [media]\nport_min = {media_min}\nport_max = {media_max}\nworkers = 1\n\
              [sip]\nlisten = \"{listen}\"\nrealm = \"example\"\nmin_expires = 1\nt1_ms = 100\n\
-             heartbeat_interval_ms = 200\nheartbeat_failures = 2\n{extra}\n\
+             heartbeat_interval_ms = 400\nheartbeat_failures = 3\n{extra}\n\
              [provisioning]\nnetwork = \"{network}\"\nsubscribers = \"{subscribers}\"\n\
              [store]\npath = \"{store}\"\n",
             name = NAMES[index],
