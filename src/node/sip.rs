@@ -102,6 +102,9 @@ pub fn restore(tcf: &mut Tcf, store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Most datagrams handled per wake-up before the answers go out (bounds the added latency).
+const RECEIVE_BURST: usize = 32;
+
 /// What connection tasks tell the core task.
 enum Inbound {
     /// A connection opened: frames to send to `peer` go to `writer`.
@@ -204,8 +207,16 @@ fn spawn(
             tokio::select! {
                 received = socket.recv_from(&mut buffer) => match received {
                     Ok((length, from)) => {
+                        let now = now();
                         let datagram = Bytes::copy_from_slice(&buffer[..length]);
-                        tcf.handle_datagram(now(), from, datagram);
+                        tcf.handle_datagram(now, from, datagram);
+                        // Take what else is already queued (bounded) before sending anything:
+                        // one wake-up then serves a burst instead of one datagram.
+                        for _ in 1..RECEIVE_BURST {
+                            let Ok((length, from)) = socket.try_recv_from(&mut buffer) else { break };
+                            let datagram = Bytes::copy_from_slice(&buffer[..length]);
+                            tcf.handle_datagram(now, from, datagram);
+                        }
                     }
                     Err(error) => tracing::debug!(%error, "SIP receive failed"),
                 },
@@ -324,7 +335,14 @@ async fn carry_out(
                         continue;
                     }
                 }
-                if let Err(error) = socket.send_to(&bytes, destination).await {
+                // Non-blocking first; only a full socket buffer waits.
+                let sent = match socket.try_send_to(&bytes, destination) {
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        socket.send_to(&bytes, destination).await.map(|_| ())
+                    }
+                    other => other.map(|_| ()),
+                };
+                if let Err(error) = sent {
                     tracing::debug!(%error, %destination, "SIP send failed");
                 }
             }
