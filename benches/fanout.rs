@@ -454,7 +454,6 @@ impl System {
 
 struct Run {
     output_pps: f64,
-    input_sent: u64,
     cpu_ns_per_output: f64,
     loss: f64,
     histogram: Option<Histogram<u64>>,
@@ -523,7 +522,6 @@ fn measure(system: System, listeners: usize, rate: u64, record_latency: bool) ->
     let expected = sent * listeners as u64;
     Run {
         output_pps: received as f64 / elapsed.as_secs_f64(),
-        input_sent: sent,
         cpu_ns_per_output: cpu as f64 / received.max(1) as f64,
         loss: 1.0 - received as f64 / expected.max(1) as f64,
         histogram,
@@ -539,6 +537,30 @@ fn direct_latency(rate: u64) -> Histogram<u64> {
     std::thread::sleep(Duration::from_millis(100));
     receivers.record.store(false, Ordering::Relaxed);
     receivers.take_histogram()
+}
+
+/// Prints one latency table row: the relay's percentiles next to the direct path's at the same
+/// input rate, and their difference.
+fn latency_row(shape: &str, fraction: f64, run: Run, rate: u64) {
+    let relay = run.histogram.expect("latency was recorded");
+    let direct = direct_latency(rate);
+    let added: Vec<String> = [0.5, 0.99, 0.999]
+        .iter()
+        .map(|&q| format!("{:.0}", micros(&relay, q) - micros(&direct, q)))
+        .collect();
+    println!(
+        "| {shape} | {:.0}% | {:.0} | {:.3}% | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {} µs |",
+        fraction * 100.0,
+        run.output_pps,
+        run.loss.max(0.0) * 100.0,
+        micros(&relay, 0.5),
+        micros(&direct, 0.5),
+        micros(&relay, 0.99),
+        micros(&direct, 0.99),
+        micros(&relay, 0.999),
+        micros(&direct, 0.999),
+        added.join(" / ")
+    );
 }
 
 fn micros(histogram: &Histogram<u64>, quantile: f64) -> f64 {
@@ -589,27 +611,7 @@ fn throughput_and_latency() {
         for fraction in [0.25, 0.5, 0.8, 0.9] {
             let rate = ((maximum * fraction) / listeners as f64).max(50.0) as u64;
             let run = measure(System::FloorcastMmsg, listeners, rate, true);
-            let relay = run.histogram.unwrap();
-            let direct = direct_latency(rate);
-            let quantiles = [0.5, 0.99, 0.999];
-            let added: Vec<String> = quantiles
-                .iter()
-                .map(|&q| format!("{:.0}", micros(&relay, q) - micros(&direct, q)))
-                .collect();
-            println!(
-                "| 1→{listeners} | {:.0}% | {:.0} | {:.3}% | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {} µs |",
-                fraction * 100.0,
-                run.output_pps,
-                run.loss.max(0.0) * 100.0,
-                micros(&relay, 0.5),
-                micros(&direct, 0.5),
-                micros(&relay, 0.99),
-                micros(&direct, 0.99),
-                micros(&relay, 0.999),
-                micros(&direct, 0.999),
-                added.join(" / ")
-            );
-            let _ = run.input_sent;
+            latency_row(&format!("1→{listeners}"), fraction, run, rate);
         }
     }
     println!();
@@ -797,25 +799,7 @@ fn pinned_latency() {
         for fraction in [0.25, 0.5, 0.9] {
             let rate = ((maximum * fraction) / listeners as f64).max(50.0) as u64;
             let run = measure(System::FloorcastMmsg, listeners, rate, true);
-            let relay = run.histogram.unwrap();
-            let direct = direct_latency(rate);
-            let added: Vec<String> = [0.5, 0.99, 0.999]
-                .iter()
-                .map(|&q| format!("{:.0}", micros(&relay, q) - micros(&direct, q)))
-                .collect();
-            println!(
-                "| 1→{listeners} (max {maximum:.0}) | {:.0}% | {:.0} | {:.3}% | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {} µs |",
-                fraction * 100.0,
-                run.output_pps,
-                run.loss.max(0.0) * 100.0,
-                micros(&relay, 0.5),
-                micros(&direct, 0.5),
-                micros(&relay, 0.99),
-                micros(&direct, 0.99),
-                micros(&relay, 0.999),
-                micros(&direct, 0.999),
-                added.join(" / ")
-            );
+            latency_row(&format!("1→{listeners} (max {maximum:.0})"), fraction, run, rate);
         }
     }
     println!();
