@@ -19,44 +19,40 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::config::SipConfig;
 use crate::control::provisioning::{Network, Subscribers};
 use crate::proto::Number;
 use crate::sip::digest::{self, Verdict, Verifier, VerifierConfig};
 use crate::sip::transaction::{
-    LayerConfig, Method as TxMethod, Output as TxOutput, TimerConfig, TransactionKey, TransactionLayer,
-    TransactionUserEvent,
+    LayerConfig, Method as TxMethod, Output as TxOutput, TimerConfig, TimerConfigError, TransactionKey,
+    TransactionLayer, TransactionUserEvent,
 };
 use crate::sip::{ContactList, ErrorAction, HeaderName, Message, MessageBuilder, Method};
 
-/// Settings of the SIP core.
+/// Settings of the SIP core: the node's `[sip]` section plus what the node derives for it.
 #[derive(Debug, Clone)]
 pub struct TcfConfig {
     /// This node's name (its entry in the network).
     pub name: String,
-    /// Digest realm for terminals.
-    pub realm: String,
-    /// T1/T2/T4.
+    /// The `[sip]` settings (realm, expiry bounds, heartbeats, digest, limits).
+    pub sip: SipConfig,
+    /// T1/T2/T4, from `sip`.
     pub timers: TimerConfig,
-    /// Registration bounds and default, seconds.
-    pub min_expires: u32,
-    /// Longest registration granted.
-    pub max_expires: u32,
-    /// Registration period when the REGISTER names none.
-    pub default_expires: u32,
-    /// OPTIONS heartbeat interval.
-    pub heartbeat_interval: Duration,
-    /// Consecutive failures before a peer is down.
-    pub heartbeat_failures: u32,
-    /// Digest nonce lifetime.
-    pub nonce_lifetime: Duration,
-    /// Largest message accepted.
-    pub max_message_size: usize,
     /// Key for stateless nonces (keep it across restarts).
     pub nonce_key: [u8; 32],
-    /// Digest algorithms offered to terminals and peers, preferred first.
-    pub digest_algorithms: Vec<digest::Algorithm>,
-    /// Most live SIP transactions (beyond: 503).
-    pub max_transactions: usize,
+}
+
+impl TcfConfig {
+    /// The core's settings for node `name`.
+    pub fn new(name: &str, sip: SipConfig, nonce_key: [u8; 32]) -> Result<TcfConfig, TimerConfigError> {
+        let timers = TimerConfig::new(sip.t1, sip.t2, sip.t4)?;
+        Ok(TcfConfig {
+            name: name.to_owned(),
+            sip,
+            timers,
+            nonce_key,
+        })
+    }
 }
 
 /// The time of an input: monotonic for timers, wall clock for expiry and nonces.
@@ -346,17 +342,17 @@ impl Tcf {
                 next_at: now.instant,
             })
             .collect();
-        let mut verifier_config = VerifierConfig::new(&config.realm);
-        verifier_config.nonce_lifetime = config.nonce_lifetime;
-        verifier_config.algorithms = config.digest_algorithms.clone();
+        let mut verifier_config = VerifierConfig::new(&config.sip.realm);
+        verifier_config.nonce_lifetime = config.sip.nonce_lifetime;
+        verifier_config.algorithms = config.sip.digest_algorithms.clone();
         let verifier = Verifier::new(verifier_config, config.nonce_key);
         let mut peer_config = VerifierConfig::new(&config.name);
-        peer_config.nonce_lifetime = config.nonce_lifetime;
-        peer_config.algorithms = config.digest_algorithms.clone();
+        peer_config.nonce_lifetime = config.sip.nonce_lifetime;
+        peer_config.algorithms = config.sip.digest_algorithms.clone();
         let peer_verifier = Verifier::new(peer_config, config.nonce_key);
         let layer = TransactionLayer::new(LayerConfig {
             timers: config.timers,
-            max_transactions: config.max_transactions,
+            max_transactions: config.sip.max_transactions,
         });
         Ok(Tcf {
             config,
@@ -500,7 +496,7 @@ impl Tcf {
 
     /// Handles one received datagram.
     pub fn handle_datagram(&mut self, now: Now, from: SocketAddr, datagram: Bytes) {
-        if datagram.len() > self.config.max_message_size {
+        if datagram.len() > self.config.sip.max_message_size {
             // RFC 3261 §18.1.1/§21.5.14: 513 when the message can be addressed, else dropped.
             // The driver may pass only the first bytes of an oversize datagram: answer from its
             // complete lines, whether or not the header block ends among them.
@@ -860,18 +856,18 @@ impl Tcf {
             return;
         };
         let expires = match requested_expires(&request) {
-            Ok(expires) => expires.unwrap_or(self.config.default_expires),
+            Ok(expires) => expires.unwrap_or(self.config.sip.default_expires),
             Err(()) => {
                 self.respond(now, &key, &request, 400, "Bad Request (Expires)", &[]);
                 return;
             }
         };
-        if expires != 0 && expires < self.config.min_expires {
-            let min = self.config.min_expires.to_string();
+        if expires != 0 && expires < self.config.sip.min_expires {
+            let min = self.config.sip.min_expires.to_string();
             self.respond(now, &key, &request, 423, "Interval Too Brief", &[("Min-Expires", &min)]);
             return;
         }
-        let expires = expires.min(self.config.max_expires);
+        let expires = expires.min(self.config.sip.max_expires);
         let peer = source
             .and_then(|address| self.network.tcf_at(address))
             .map(|tcf| tcf.name.clone());
@@ -1484,7 +1480,7 @@ impl Tcf {
                     self.respond(now, &key, &request, 400, "Bad Request (UDN)", &[]);
                     return;
                 };
-                let expires = expires.unwrap_or(0).min(self.config.max_expires);
+                let expires = expires.unwrap_or(0).min(self.config.sip.max_expires);
                 self.set_location(now, &user, serving, expires);
                 self.respond(now, &key, &request, 200, "OK", &[]);
             }
@@ -1505,7 +1501,7 @@ impl Tcf {
                 self.heartbeat_result(&name, false);
             }
             let (name, address) = (self.peers[index].name.clone(), self.peers[index].address);
-            self.peers[index].next_at = now.instant + self.config.heartbeat_interval;
+            self.peers[index].next_at = now.instant + self.config.sip.heartbeat_interval;
             let me = self.address;
             let call_id = format!("{}@{}", self.token(), self.config.name);
             let tag = self.token();
@@ -1528,7 +1524,7 @@ impl Tcf {
     }
 
     fn heartbeat_result(&mut self, name: &str, success: bool) {
-        let threshold = self.config.heartbeat_failures;
+        let threshold = self.config.sip.heartbeat_failures;
         let Some(peer) = self.peers.iter_mut().find(|peer| peer.name == name) else {
             return;
         };
@@ -1705,21 +1701,13 @@ mod tests {
     fn core(name: &str, start: Instant) -> Tcf {
         let network = Arc::new(Network::from_toml("n", NETWORK).unwrap());
         let subscribers = Arc::new(Subscribers::from_toml("s", SUBSCRIBERS).unwrap());
-        let config = TcfConfig {
-            name: name.to_owned(),
-            realm: "test".to_owned(),
-            timers: TimerConfig::default(),
-            min_expires: 1,
-            max_expires: 3600,
-            default_expires: 600,
-            heartbeat_interval: Duration::from_secs(1),
-            heartbeat_failures: 2,
-            nonce_lifetime: Duration::from_secs(60),
-            max_message_size: 65_535,
-            nonce_key: [7; 32],
-            digest_algorithms: vec![digest::Algorithm::Sha256, digest::Algorithm::Md5],
-            max_transactions: 1024,
-        };
+        let sip = crate::config::Config::from_toml(
+            "[sip]\nrealm = \"test\"\nmin_expires = 1\nmax_expires = 3600\ndefault_expires = 600\n\
+             heartbeat_interval_ms = 1000\nheartbeat_failures = 2\nnonce_lifetime_s = 60\nmax_transactions = 1024\n",
+        )
+        .unwrap()
+        .sip;
+        let config = TcfConfig::new(name, sip, [7; 32]).unwrap();
         Tcf::new(
             config,
             network,

@@ -17,7 +17,6 @@ use crate::control::provisioning::{Network, Subscribers, DEMO_NETWORK, DEMO_SUBS
 use crate::control::tcf::{Tcf, TcfConfig};
 use crate::io::Engine;
 use crate::node::store::{Store, StoreOptions, Table};
-use crate::sip::transaction::TimerConfig;
 
 /// Secrets that must survive restarts (the digest nonce key).
 const SECRETS: Table<String> = Table::new("secrets");
@@ -125,22 +124,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Node> {
     )
     .with_context(|| format!("store.path {}", config.store.path.display()))?;
     let sip_config = &config.sip;
-    let tcf_config = TcfConfig {
-        name: config.node.name.clone(),
-        realm: sip_config.realm.clone(),
-        timers: TimerConfig::new(sip_config.t1, sip_config.t2, sip_config.t4)
-            .map_err(|error| anyhow::anyhow!("sip timers: {error}"))?,
-        min_expires: sip_config.min_expires,
-        max_expires: sip_config.max_expires,
-        default_expires: sip_config.default_expires,
-        heartbeat_interval: sip_config.heartbeat_interval,
-        heartbeat_failures: sip_config.heartbeat_failures,
-        nonce_lifetime: sip_config.nonce_lifetime,
-        max_message_size: sip_config.max_message_size,
-        nonce_key: nonce_key(&store)?,
-        digest_algorithms: sip_config.digest_algorithms.clone(),
-        max_transactions: sip_config.max_transactions,
-    };
+    let tcf_config = TcfConfig::new(&config.node.name, sip_config.clone(), nonce_key(&store)?)
+        .map_err(|error| anyhow::anyhow!("sip timers: {error}"))?;
     let now = crate::control::tcf::Now {
         instant: std::time::Instant::now(),
         wall: std::time::SystemTime::now(),
