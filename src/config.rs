@@ -58,6 +58,33 @@ pub struct Config {
     pub provisioning: ProvisioningConfig,
     /// Durable state.
     pub store: StoreConfig,
+    /// Call control.
+    pub calls: CallsConfig,
+}
+
+/// Where a call's media is anchored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Anchoring {
+    /// The TCFs serving the two terminals relay the media; home TCFs in the middle pass the
+    /// SDP through unchanged.
+    Edge,
+    /// Every TCF on the path relays the media.
+    Always,
+}
+
+/// Call-control settings (`[calls]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallsConfig {
+    /// Which hops anchor media.
+    pub anchoring: Anchoring,
+    /// The caller's H-TCF cancels a call not answered within this time (F-SC-05).
+    pub ring_timeout: Duration,
+    /// The callee's H-TCF forwards a call not answered within this time to the user's
+    /// `forward_no_answer` number (F-SC-09).
+    pub no_answer_timeout: Duration,
+    /// Most calls (B2BUA hops) alive on this node; more are refused with 503.
+    pub max_calls: usize,
 }
 
 /// SIP control-plane settings.
@@ -233,6 +260,56 @@ struct RawConfig {
     provisioning: RawProvisioning,
     #[serde(default)]
     store: RawStore,
+    #[serde(default)]
+    calls: RawCalls,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCalls {
+    anchoring: Anchoring,
+    ring_timeout_s: u64,
+    no_answer_timeout_s: u64,
+    max_calls: usize,
+}
+
+impl Default for RawCalls {
+    fn default() -> Self {
+        Self {
+            anchoring: Anchoring::Edge,
+            ring_timeout_s: 60,
+            no_answer_timeout_s: 20,
+            max_calls: 100_000,
+        }
+    }
+}
+
+impl RawCalls {
+    fn validate(self) -> Result<CallsConfig, ConfigError> {
+        if !(1..=600).contains(&self.ring_timeout_s) {
+            return Err(invalid("calls.ring_timeout_s", "must be 1 to 600"));
+        }
+        if !(1..=600).contains(&self.no_answer_timeout_s) {
+            return Err(invalid("calls.no_answer_timeout_s", "must be 1 to 600"));
+        }
+        if self.max_calls == 0 {
+            return Err(invalid("calls.max_calls", "must be greater than 0"));
+        }
+        Ok(CallsConfig {
+            anchoring: self.anchoring,
+            ring_timeout: Duration::from_secs(self.ring_timeout_s),
+            no_answer_timeout: Duration::from_secs(self.no_answer_timeout_s),
+            max_calls: self.max_calls,
+        })
+    }
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        // The raw defaults are valid by construction; a failure here is a bug in this file.
+        #[allow(clippy::expect_used)]
+        RawCalls::default().validate().expect("default calls config is valid")
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -463,6 +540,7 @@ impl RawConfig {
         let media = self.media.validate()?;
         let metrics = self.metrics.validate()?;
         let sip = self.sip.validate()?;
+        let calls = self.calls.validate()?;
         let source = |text: &str, field: &str| -> Result<Source, ConfigError> {
             match text.trim() {
                 "" => Err(invalid(field, "must be `builtin:demo` or a file path")),
@@ -495,6 +573,7 @@ impl RawConfig {
             sip,
             provisioning,
             store,
+            calls,
         })
     }
 }

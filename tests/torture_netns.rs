@@ -233,14 +233,14 @@ const RFC4475: &[((&str, &[u8]), Expect)] = &[
     (torture!("wsinv"), Expect::Answer(481, At::ViaPort(5060))),
     // Extension method: 501.
     (torture!("intmeth"), Expect::Answer(501, At::ViaPort(5060))),
-    // INVITE: calls are not implemented yet, 501.
-    (torture!("esc01"), Expect::Answer(501, At::ViaPort(5060))),
+    // INVITE from a source that is neither a registered terminal nor a peer TCF: 403.
+    (torture!("esc01"), Expect::Answer(403, At::ViaPort(5060))),
     // REGISTER whose To user (`null-%00-null`) is no user number of this node.
     (torture!("escnull"), Expect::Answer(404, At::ViaPort(5060))),
     // `RE%47IST%45R` is an extension method, not REGISTER: 501.
     (torture!("esc02"), Expect::Answer(501, At::ViaPort(5060))),
     (torture!("lwsdisp"), Expect::Answer(200, At::ViaPort(5060))),
-    (torture!("longreq"), Expect::Answer(501, At::ViaPort(5060))),
+    (torture!("longreq"), Expect::Answer(403, At::ViaPort(5060))),
     // The datagram's first REGISTER counts (Content-Length 0); its AOR is unknown here.
     (torture!("dblreq"), Expect::Answer(404, At::ViaPort(5060))),
     (torture!("semiuri"), Expect::Answer(200, At::ViaPort(5060))),
@@ -264,8 +264,8 @@ const RFC4475: &[((&str, &[u8]), Expect)] = &[
     (torture!("lwsstart"), Expect::Answer(400, At::ViaPort(5060))),
     (torture!("trws"), Expect::Answer(400, At::ViaPort(5060))),
     (torture!("escruri"), Expect::Answer(400, At::ViaPort(5060))),
-    // The Date does not matter to the node: an INVITE like any other, 501.
-    (torture!("baddate"), Expect::Answer(501, At::ViaPort(5060))),
+    // The Date does not matter to the node: an INVITE like any other, 403 (unregistered source).
+    (torture!("baddate"), Expect::Answer(403, At::ViaPort(5060))),
     (torture!("regbadct"), Expect::Answer(400, At::ViaPort(5060))),
     (torture!("badaspec"), Expect::Answer(400, At::ViaPort(5060))),
     (torture!("baddn"), Expect::Answer(400, At::ViaPort(5060))),
@@ -284,8 +284,8 @@ const RFC4475: &[((&str, &[u8]), Expect)] = &[
     // To is not a SIP address of record: 400.
     (torture!("unksm2"), Expect::Answer(400, At::ViaPort(5060))),
     (torture!("bext01"), Expect::Answer(420, At::ViaPort(5060))),
-    // INVITE: 501 (415 would come first once calls exist).
-    (torture!("invut"), Expect::Answer(501, At::ViaPort(5060))),
+    // INVITE from an unregistered source: 403 before its body is looked at.
+    (torture!("invut"), Expect::Answer(403, At::ViaPort(5060))),
     // The AOR is unknown here, which decides before the (ignored) credentials.
     (torture!("regaut01"), Expect::Answer(404, At::ViaPort(5060))),
     (torture!("multi01"), Expect::Answer(400, At::ViaPort(5060))),
@@ -299,9 +299,9 @@ const RFC4475: &[((&str, &[u8]), Expect)] = &[
     // statelessly (no transaction to absorb it): a fresh, identical decision.
     (torture!("cparam02"), Expect::Answer(404, At::ViaPort(5060))),
     (torture!("regescrt"), Expect::Answer(404, At::ViaPort(5060))),
-    (torture!("sdp01"), Expect::Answer(501, At::ViaPort(5060))),
-    // 3.4 RFC 2543 syntax: no branch, no Max-Forwards, no Content-Length; an INVITE, 501.
-    (torture!("inv2543"), Expect::Answer(501, At::ViaPort(5060))),
+    (torture!("sdp01"), Expect::Answer(403, At::ViaPort(5060))),
+    // 3.4 RFC 2543 syntax: no branch, no Max-Forwards, no Content-Length; an INVITE, 403.
+    (torture!("inv2543"), Expect::Answer(403, At::ViaPort(5060))),
 ];
 
 #[test]

@@ -19,8 +19,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::config::SipConfig;
-use crate::control::provisioning::{Network, Subscribers};
+use crate::config::{CallsConfig, SipConfig};
+use crate::control::media::{MediaPlane, NoMedia};
+use crate::control::provisioning::{AnswerMode, Network, Subscribers};
 use crate::proto::Number;
 use crate::sip::digest::{self, Verdict, Verifier, VerifierConfig};
 use crate::sip::transaction::{
@@ -40,6 +41,8 @@ pub struct TcfConfig {
     pub timers: TimerConfig,
     /// Key for stateless nonces (keep it across restarts).
     pub nonce_key: [u8; 32],
+    /// The `[calls]` settings.
+    pub calls: CallsConfig,
 }
 
 impl TcfConfig {
@@ -51,6 +54,7 @@ impl TcfConfig {
             sip,
             timers,
             nonce_key,
+            calls: CallsConfig::default(),
         })
     }
 }
@@ -175,6 +179,29 @@ pub enum TcfEvent {
         /// Up or down.
         up: bool,
     },
+    /// A call through this node was answered.
+    CallAnswered {
+        /// The caller.
+        caller: Number,
+        /// Who answered (the forward target after forwarding).
+        callee: Number,
+    },
+    /// A call through this node was forwarded (F-SC-09).
+    CallForwarded {
+        /// The dialed user.
+        callee: Number,
+        /// The forward target.
+        to: Number,
+    },
+    /// A call through this node ended (answered or not).
+    CallEnded {
+        /// The caller.
+        caller: Number,
+        /// The dialed user.
+        callee: Number,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// What the driver must do.
@@ -219,6 +246,12 @@ pub struct SipStats {
     pub locations: usize,
     /// Live SIP transactions.
     pub transactions: usize,
+    /// Calls alive on this node.
+    pub calls: usize,
+    /// Calls answered since start.
+    pub calls_answered: u64,
+    /// Calls ended since start.
+    pub calls_ended: u64,
     /// Peer TCFs and whether they are up (`None`: not yet known).
     pub peers: Vec<(String, Option<bool>)>,
 }
@@ -286,12 +319,16 @@ pub struct Tcf {
     /// Source address of the datagram being handled (requests are dispatched synchronously
     /// within `handle_datagram`).
     current_source: Option<SocketAddr>,
+    /// Whether the message being handled came over a stream (TCP).
+    current_reliable: bool,
     /// Set while a request is answered statelessly (no server transaction): where to.
     stateless_to: Option<SocketAddr>,
     outputs: VecDeque<Output>,
     next_housekeeping: Instant,
     next_expiry: Instant,
     counters: SipCounters,
+    calls: call::Calls,
+    media: Box<dyn MediaPlane>,
 }
 
 impl std::fmt::Debug for Tcf {
@@ -313,6 +350,8 @@ pub enum TcfError {
 }
 
 const SERVER: &str = "floorcast";
+
+mod call;
 
 impl Tcf {
     /// A core for node `config.name` of `network`.
@@ -372,12 +411,20 @@ impl Tcf {
             pending: HashMap::new(),
             incoming: None,
             current_source: None,
+            current_reliable: false,
             stateless_to: None,
             outputs: VecDeque::new(),
             next_housekeeping: now.instant,
             next_expiry: now.instant,
             counters: SipCounters::default(),
+            calls: call::Calls::default(),
+            media: Box::new(NoMedia),
         })
+    }
+
+    /// Gives the core its user plane (without one, calls that need media get 503).
+    pub fn set_media(&mut self, media: Box<dyn MediaPlane>) {
+        self.media = media;
     }
 
     /// This node's SIP address.
@@ -458,6 +505,9 @@ impl Tcf {
             registrations: self.registrations.len(),
             locations: self.locations.len(),
             transactions: self.layer.len(),
+            calls: self.calls.len(),
+            calls_answered: self.calls.answered_total,
+            calls_ended: self.calls.ended_total,
             peers: self.peers.iter().map(|peer| (peer.name.clone(), peer.up)).collect(),
         }
     }
@@ -470,15 +520,21 @@ impl Tcf {
     /// When to call [`Tcf::handle_timeout`] next.
     #[must_use]
     pub fn poll_timeout(&self) -> Instant {
-        match self.layer.poll_timeout() {
-            Some(deadline) => deadline.min(self.next_housekeeping),
-            None => self.next_housekeeping,
+        let mut deadline = self.next_housekeeping;
+        if let Some(at) = self.layer.poll_timeout() {
+            deadline = deadline.min(at);
         }
+        if let Some(at) = self.calls.next_deadline() {
+            deadline = deadline.min(at);
+        }
+        deadline
     }
 
     /// Runs due timers: transactions, heartbeats, expiry.
     pub fn handle_timeout(&mut self, now: Now) {
         self.layer.handle_timeout(now.instant);
+        self.drain_layer(now);
+        self.call_timers(now);
         self.drain_layer(now);
         if now.instant >= self.next_housekeeping {
             // Heartbeats are checked every 100 ms (each peer has its own due time); expiry,
@@ -527,6 +583,7 @@ impl Tcf {
     /// retransmissions) or a datagram.
     pub fn handle_message(&mut self, now: Now, from: SocketAddr, message: Message, reliable: bool) {
         self.current_source = Some(from);
+        self.current_reliable = reliable;
         if message.is_request() {
             self.handle_request(now, from, message, reliable);
         } else {
@@ -658,8 +715,19 @@ impl Tcf {
                 TxOutput::Transmit { bytes, destination, .. } => {
                     self.outputs.push_back(Output::Transmit { destination, bytes })
                 }
-                TxOutput::NeedAck { .. } | TxOutput::NeedTrying { .. } => {
-                    // No INVITE transactions yet (calls come with the call-control issues).
+                TxOutput::NeedAck { key, request, response } => {
+                    if let Some(ack) = call::ack_for_failure(&request, &response) {
+                        let _ = self.layer.send_ack(&key, ack);
+                    }
+                }
+                TxOutput::NeedTrying { key, request } => {
+                    if let Ok(request) = Message::parse_datagram(request) {
+                        if let Ok(trying) = crate::sip::response_to(&request, 100, "Trying", None)
+                            .and_then(|builder| builder.build_bytes())
+                        {
+                            let _ = self.layer.respond(now.instant, &key, 100, trying);
+                        }
+                    }
                 }
                 TxOutput::ToTransactionUser(event) => self.transaction_user(now, event),
             }
@@ -679,6 +747,17 @@ impl Tcf {
                 };
                 self.dispatch(now, key, message);
             }
+            TransactionUserEvent::Response { key, status, bytes } if self.calls.owns(&key) => {
+                let response = Message::parse_datagram(bytes).ok();
+                self.call_response(now, key, status, response);
+            }
+            TransactionUserEvent::Timeout { key, .. } | TransactionUserEvent::TransportError { key, .. }
+                if self.calls.owns(&key) =>
+            {
+                self.call_response(now, key, 408, None);
+            }
+            TransactionUserEvent::Terminated { key, .. } => self.call_transaction_ended(&key),
+            TransactionUserEvent::Ack { bytes, .. } => self.ack(bytes),
             TransactionUserEvent::Response { key, status, bytes } => {
                 if status < 200 {
                     return;
@@ -693,7 +772,6 @@ impl Tcf {
                     self.completed(now, pending, 408, None);
                 }
             }
-            _ => {}
         }
     }
 
@@ -731,17 +809,23 @@ impl Tcf {
                 return;
             }
         }
+        let in_dialog = !matches!(method, Method::Register | Method::Ack | Method::Cancel)
+            && request.to().ok().is_some_and(|to| to.tag().is_some());
+        if in_dialog {
+            if let Some(unmatched) = self.in_dialog(now, key.clone(), request) {
+                self.respond(now, &key, &unmatched, 481, "Call/Transaction Does Not Exist", &[]);
+            }
+            return;
+        }
         match method {
             Method::Register => self.register(now, key, request),
             Method::Options => self.options(now, key, request, from),
             Method::Message => self.message(now, key, request),
-            Method::Cancel => {
-                // No INVITE server transactions exist yet: nothing to cancel.
-                self.respond(now, &key, &request, 481, "Call/Transaction Does Not Exist", &[]);
-            }
+            Method::Cancel => self.cancel(now, key, request),
             Method::Ack => {}
-            _ if request.to().ok().and_then(|to| to.tag().map(str::to_owned)).is_some() => {
-                self.respond(now, &key, &request, 481, "Call/Transaction Does Not Exist", &[]);
+            Method::Invite => {
+                let reliable = self.current_reliable;
+                self.invite(now, key, request, reliable);
             }
             _ => self.respond(now, &key, &request, 501, "Not Implemented", &[("Allow", ALLOW)]),
         }
@@ -1546,6 +1630,7 @@ impl Tcf {
                     tracing::info!(peer = name, "peer TCF up");
                 } else {
                     tracing::warn!(peer = name, "peer TCF down: only heartbeats go to it until it answers");
+                    self.calls.peers_down.push(name.to_owned());
                 }
                 self.event(TcfEvent::PeerState {
                     peer: name.to_owned(),

@@ -124,8 +124,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Node> {
     )
     .with_context(|| format!("store.path {}", config.store.path.display()))?;
     let sip_config = &config.sip;
-    let tcf_config = TcfConfig::new(&config.node.name, sip_config.clone(), nonce_key(&store)?)
+    let mut tcf_config = TcfConfig::new(&config.node.name, sip_config.clone(), nonce_key(&store)?)
         .map_err(|error| anyhow::anyhow!("sip timers: {error}"))?;
+    tcf_config.calls = config.calls.clone();
     let now = crate::control::tcf::Now {
         instant: std::time::Instant::now(),
         wall: std::time::SystemTime::now(),
@@ -145,6 +146,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Node> {
             tcf.address()
         );
     }
+    tcf.set_media(Box::new(engine.clone()));
     sip::restore(&mut tcf, &store)?;
     let socket = crate::io::udp::bind(sip_config.listen, sip_config.socket_rcvbuf, 0)
         .with_context(|| format!("sip.listen {}", sip_config.listen))?;

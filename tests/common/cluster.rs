@@ -32,7 +32,7 @@ impl Cluster {
 
     fn config_text(&self, index: usize) -> String {
         let directory = self.directory.path();
-        let media_min = 30_000 + (self.base % 1000) * 20 + index as u16 * 6;
+        let media_min = 30_000 + (self.base % 1000) * 20 + index as u16 * 40;
         format!(
             "[node]\nname = \"{name}\"\n\
              [media]\nport_min = {media_min}\nport_max = {media_max}\nworkers = 1\n\
@@ -41,7 +41,7 @@ impl Cluster {
              [provisioning]\nnetwork = \"{network}\"\nsubscribers = \"{subscribers}\"\n\
              [store]\npath = \"{store}\"\n",
             name = NAMES[index],
-            media_max = media_min + 5,
+            media_max = media_min + 39,
             listen = self.address(index),
             extra = self.extra,
             network = directory.join("network.toml").display(),

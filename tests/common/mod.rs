@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod phone;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};

@@ -1,0 +1,1669 @@
+//! Single calls (F-SC-01 … F-SC-09): each TCF hop is a stateful back-to-back user agent.
+//!
+//! # Shape
+//!
+//! A call at this node has an inbound side `A` (we are its UAS: the INVITE came from a terminal
+//! or a peer TCF) and an outbound side `B` (we are its UAC: our own INVITE to a peer TCF or to
+//! the callee's terminal). Each side has its own Call-ID, tags, CSeq, transactions and dialog;
+//! messages are translated between them, never forwarded as they are.
+//!
+//! # Routing
+//!
+//! A call travels caller V-TCF → caller H-TCF → callee H-TCF → callee V-TCF; adjacent stages
+//! on one node collapse into one hop. The stage the next node plays travels in the
+//! `Ptt-Extension: pttcall;...;stage=` parameter (`caller-home`, `callee-home`,
+//! `callee-serving`), so a node never guesses its role from addresses (a node may play several
+//! roles in one call, e.g. caller home and callee serving). Requests only ever go to configured
+//! peers and to registered terminals' source addresses, never to a host named in a header.
+//!
+//! - **Caller home**: the caller must be a provisioned user; it is marked busy here; the ring
+//!   timer (`calls.ring_timeout`) runs here (F-SC-05: on expiry CANCEL towards the callee and
+//!   480 to the caller).
+//! - **Callee home**: unknown user 404; a user in a call known here is busy (486, or forwarded
+//!   to `forward_busy`, F-SC-09); not registered 480; else towards its serving TCF. A callee
+//!   with `forward_no_answer` is forwarded when the no-answer timer (`calls.no_answer_timeout`)
+//!   runs out (CANCEL of the first attempt, 487, then a new INVITE); a `486` from the callee
+//!   is forwarded to `forward_busy`. A forwarded call is not forwarded again.
+//! - **Callee serving**: the terminal's binding (its REGISTER's source address).
+//!
+//! # Media
+//!
+//! With `calls.anchoring = "edge"` a hop anchors media when one of its sides is a terminal;
+//! with `"always"` every hop does. An anchoring hop creates a relay bridge with one leg per
+//! side, checks the offer (488 when no codec is acceptable), forwards the offer re-anchored at
+//! the B leg and the answer re-anchored at the A leg; RTP and RTCP are relayed byte for byte.
+//! Other hops pass SDP through unchanged.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use crate::config::Anchoring;
+use crate::media::api::{BridgeId, BridgeKind, LegInfo, LegSpec};
+use crate::sdp::{self, Sdp};
+use crate::sip::dialog::{Dialog, DialogId, DialogState};
+
+use super::*;
+
+/// Which side of a call at this hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Side {
+    /// Inbound: we answer (UAS).
+    A,
+    /// Outbound: we call (UAC).
+    B,
+}
+
+/// The role the receiving node plays (the `stage` parameter of `pttcall`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// The caller's serving TCF (a request from a terminal).
+    CallerServing,
+    /// The caller's home TCF.
+    CallerHome,
+    /// The callee's home TCF.
+    CalleeHome,
+    /// The callee's serving TCF.
+    CalleeServing,
+}
+
+impl Stage {
+    fn param(self) -> &'static str {
+        match self {
+            Stage::CallerServing => "caller-serving",
+            Stage::CallerHome => "caller-home",
+            Stage::CalleeHome => "callee-home",
+            Stage::CalleeServing => "callee-serving",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Stage> {
+        [Stage::CallerHome, Stage::CalleeHome, Stage::CalleeServing]
+            .into_iter()
+            .find(|stage| stage.param().eq_ignore_ascii_case(text))
+    }
+}
+
+/// Where the outbound side goes.
+#[derive(Debug, Clone)]
+enum Next {
+    Terminal(Binding),
+    Peer {
+        name: String,
+        address: SocketAddr,
+        stage: Stage,
+    },
+}
+
+/// What routing decided besides the next hop.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Users this node (their home) marks busy for the call.
+    busy: Vec<Number>,
+    /// This node is the caller's home: run the ring timer.
+    ring: bool,
+    /// The callee at the next hop (differs from the dialed number after forwarding).
+    target: Option<Number>,
+    /// Forwarding already happened (the call is not forwarded again).
+    forwarded: bool,
+    /// Callee home: forward a 486 to this number.
+    forward_busy: Option<Number>,
+    /// Callee home: forward to this number when unanswered.
+    forward_no_answer: Option<Number>,
+}
+
+#[derive(Debug)]
+struct Inbound {
+    server: TransactionKey,
+    invite: Message,
+    source: SocketAddr,
+    /// Where in-dialog requests to this side go.
+    destination: SocketAddr,
+    peer: Option<String>,
+    tag: String,
+    contact: String,
+    dialog: Option<Dialog>,
+    /// A final response was sent to the INVITE.
+    answered: bool,
+    reliable: bool,
+}
+
+#[derive(Debug)]
+struct Outbound {
+    client: TransactionKey,
+    invite: Message,
+    destination: SocketAddr,
+    peer: Option<String>,
+    dialog: Option<Dialog>,
+    provisional: bool,
+    cancel_wanted: bool,
+    cancel_sent: bool,
+    /// Final response received.
+    finished: bool,
+    /// The ACK we sent for its 2xx (sent again for a retransmitted 2xx).
+    ack: Option<Bytes>,
+    /// The offer we sent (re-anchored or passed through).
+    offer: Option<Sdp>,
+    /// The callee at that hop.
+    target: Number,
+}
+
+#[derive(Debug)]
+struct Anchor {
+    bridge: BridgeId,
+    a: LegInfo,
+    b: LegInfo,
+}
+
+/// Our 2xx to an INVITE, sent again until its ACK comes (RFC 3261 §13.3.1.4).
+#[derive(Debug)]
+struct Retransmit {
+    side: Side,
+    key: TransactionKey,
+    bytes: Bytes,
+    cseq: u32,
+    next: Instant,
+    interval: Duration,
+    give_up: Instant,
+}
+
+#[derive(Debug)]
+struct Call {
+    id: u64,
+    caller: Number,
+    dialed: Number,
+    priority: u8,
+    a: Inbound,
+    b: Option<Outbound>,
+    anchor: Option<Anchor>,
+    busy: Vec<Number>,
+    answered: bool,
+    ring_deadline: Option<Instant>,
+    no_answer: Option<(Instant, Number)>,
+    forward_busy: Option<Number>,
+    forwarded: bool,
+    /// Why we gave up on B before it answered: the status the caller then gets.
+    give_up_status: Option<(u16, &'static str)>,
+    retransmit: Option<Retransmit>,
+    /// A re-INVITE is in progress (a second one gets 491).
+    reinvite: bool,
+    /// The body forwarded to B with the INVITE.
+    b_body: Option<Bytes>,
+    /// The stage B plays, for forwarding restarts.
+    started: Instant,
+}
+
+/// What one of our client transactions belongs to.
+#[derive(Debug)]
+enum Sent {
+    /// A call's outbound INVITE.
+    Invite { call: u64 },
+    /// An outbound INVITE we gave up on (cancelled, replaced by forwarding, or its call ended):
+    /// a 2xx to it is ACKed and ended with BYE.
+    Abandoned(Box<Outbound>),
+    /// A re-INVITE sent on behalf of the other side.
+    Reinvite(Box<Reinvite>),
+    /// An in-dialog request (INFO, MESSAGE, OPTIONS) passed on from the other side.
+    Passed(Box<Passed>),
+    /// BYE or CANCEL: its answer changes nothing.
+    Other,
+}
+
+/// A re-INVITE in progress: the sender's transaction and the offers.
+#[derive(Debug)]
+struct Reinvite {
+    call: u64,
+    from: Side,
+    server: TransactionKey,
+    request: Message,
+    source: SocketAddr,
+    sent_offer: Option<Sdp>,
+}
+
+/// An in-dialog request passed on: the sender's transaction.
+#[derive(Debug)]
+struct Passed {
+    server: TransactionKey,
+    request: Message,
+    source: SocketAddr,
+}
+
+/// All calls of this node.
+#[derive(Debug, Default)]
+pub(super) struct Calls {
+    calls: HashMap<u64, Call>,
+    by_invite: HashMap<TransactionKey, u64>,
+    by_dialog: HashMap<DialogId, (u64, Side)>,
+    sent: HashMap<TransactionKey, Sent>,
+    busy: HashMap<Number, u64>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    next_id: u64,
+    /// Peers that went down since the last timeout (their calls are torn down).
+    pub(super) peers_down: Vec<String>,
+    /// Calls set up and ended since start.
+    pub(super) answered_total: u64,
+    pub(super) ended_total: u64,
+}
+
+impl Calls {
+    pub(super) fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Whether a client transaction is one of ours.
+    pub(super) fn owns(&self, key: &TransactionKey) -> bool {
+        self.sent.contains_key(key)
+    }
+}
+
+const SDP: &str = "application/sdp";
+
+/// A relay leg sending to `remote` (RTCP to `remote_rtcp`, or multiplexed).
+fn leg_spec(remote: Option<SocketAddr>, remote_rtcp: Option<SocketAddr>, rtcp_mux: bool) -> LegSpec {
+    LegSpec {
+        remote,
+        remote_rtcp,
+        rtcp_mux,
+        ..LegSpec::default()
+    }
+}
+
+fn is_sdp(message: &Message) -> bool {
+    !message.body().is_empty()
+        && message
+            .content_type()
+            .ok()
+            .flatten()
+            .is_some_and(|media_type| media_type.is("application", "sdp"))
+}
+
+fn ptt_param(message: &Message, name: &str) -> Option<String> {
+    let extension = message.ptt_extension().ok().flatten()?;
+    let value = extension.param(name)?;
+    Some(String::from_utf8_lossy(&value).into_owned())
+}
+
+fn user_of(address: Result<crate::sip::NameAddr<'_>, crate::sip::HeaderError>) -> Option<Number> {
+    let address = address.ok()?;
+    Number::parse(address.uri().as_sip()?.user()?).ok()
+}
+
+fn asserted_user(message: &Message) -> Option<Number> {
+    let header = message.headers_named("P-Asserted-Identity").next()?;
+    let value = header.value_str()?;
+    let address = crate::sip::NameAddr::parse(value.as_bytes()).ok()?;
+    Number::parse(address.uri().as_sip()?.user()?).ok()
+}
+
+/// The CANCEL for an INVITE we sent (RFC 3261 §9.1): same Request-URI, top Via, From, To,
+/// Call-ID, CSeq number and Route.
+fn cancel_for(invite: &Message) -> Option<Bytes> {
+    let uri = std::str::from_utf8(invite.request_uri_raw()?).ok()?;
+    let mut builder = MessageBuilder::request(Method::Cancel, uri)
+        .header(HeaderName::Via, invite.header(HeaderName::Via)?.value)
+        .header(HeaderName::MaxForwards, "70")
+        .header(HeaderName::From, invite.header(HeaderName::From)?.value)
+        .header(HeaderName::To, invite.header(HeaderName::To)?.value)
+        .header(HeaderName::CallId, invite.call_id().ok()?)
+        .header(HeaderName::CSeq, format!("{} CANCEL", invite.cseq().ok()?.number));
+    for route in invite.headers_of(HeaderName::Route) {
+        builder = builder.header(HeaderName::Route, route.value);
+    }
+    builder.build_bytes().ok()
+}
+
+/// The ACK for a non-2xx final response to an INVITE we sent (RFC 3261 §17.1.1.3).
+pub(super) fn ack_for_failure(invite: &[u8], response: &[u8]) -> Option<Bytes> {
+    let invite = Message::parse_datagram(Bytes::copy_from_slice(invite)).ok()?;
+    let response = Message::parse_datagram(Bytes::copy_from_slice(response)).ok()?;
+    let uri = std::str::from_utf8(invite.request_uri_raw()?).ok()?;
+    let mut builder = MessageBuilder::request(Method::Ack, uri)
+        .header(HeaderName::Via, invite.header(HeaderName::Via)?.value)
+        .header(HeaderName::MaxForwards, "70")
+        .header(HeaderName::From, invite.header(HeaderName::From)?.value)
+        .header(HeaderName::To, response.header(HeaderName::To)?.value)
+        .header(HeaderName::CallId, invite.call_id().ok()?)
+        .header(HeaderName::CSeq, format!("{} ACK", invite.cseq().ok()?.number));
+    for route in invite.headers_of(HeaderName::Route) {
+        builder = builder.header(HeaderName::Route, route.value);
+    }
+    builder.build_bytes().ok()
+}
+
+impl Tcf {
+    fn media_ip(&self) -> std::net::IpAddr {
+        self.address.ip()
+    }
+
+    // ---- a new INVITE ---------------------------------------------------------------------
+
+    /// An INVITE outside any dialog: a new call through this node.
+    pub(super) fn invite(&mut self, now: Now, key: TransactionKey, request: Message, reliable: bool) {
+        let Some(source) = self.current_source else { return };
+        if self.calls.len() >= self.config.calls.max_calls {
+            self.respond(now, &key, &request, 503, "Service Unavailable (call limit)", &[]);
+            return;
+        }
+        let peer = self.network.tcf_at(source).map(|tcf| tcf.name.clone());
+        // Who calls is checked first: a stranger learns nothing about our users.
+        let (caller, stage) = match &peer {
+            Some(_) => {
+                let Some(caller) = asserted_user(&request).or_else(|| user_of(request.from())) else {
+                    self.respond(now, &key, &request, 400, "Bad Request (no caller identity)", &[]);
+                    return;
+                };
+                let Some(stage) = ptt_param(&request, "stage").and_then(|stage| Stage::parse(&stage)) else {
+                    self.respond(now, &key, &request, 400, "Bad Request (pttcall stage)", &[]);
+                    return;
+                };
+                (caller, stage)
+            }
+            None => {
+                let caller = user_of(request.from());
+                let registered = caller
+                    .as_ref()
+                    .and_then(|caller| self.bindings.get(caller))
+                    .is_some_and(|binding| binding.address == source);
+                let (Some(caller), true) = (caller, registered) else {
+                    self.respond(now, &key, &request, 403, "Forbidden (not registered here)", &[]);
+                    return;
+                };
+                (caller, Stage::CallerServing)
+            }
+        };
+        let Some(callee) = request_user(&request) else {
+            self.respond(now, &key, &request, 404, "Not Found", &[]);
+            return;
+        };
+        // The offer: every call carries one in its INVITE.
+        let offer = if is_sdp(&request) {
+            match sdp::parse(request.body()) {
+                Ok(offer) => offer,
+                Err(_) => {
+                    self.respond(now, &key, &request, 488, "Not Acceptable Here (malformed SDP)", &[]);
+                    return;
+                }
+            }
+        } else if !request.body().is_empty() {
+            // RFC 3261 §21.4.13 / RFC 4475 3.3.7: a body we cannot read.
+            self.respond(now, &key, &request, 415, "Unsupported Media Type", &[("Accept", SDP)]);
+            return;
+        } else {
+            self.respond(
+                now,
+                &key,
+                &request,
+                488,
+                "Not Acceptable Here (SDP offer required)",
+                &[],
+            );
+            return;
+        };
+        let forwarded = ptt_param(&request, "forwarded").is_some();
+        let mut plan = Plan {
+            forwarded,
+            ..Plan::default()
+        };
+        let next = match self.route_call(stage, &caller, &callee, &mut plan) {
+            Ok(next) => next,
+            Err((status, reason)) => {
+                self.respond(now, &key, &request, status, reason, &[]);
+                return;
+            }
+        };
+        // This hop is going to work on the call: 100 at once (hop by hop).
+        self.respond(now, &key, &request, 100, "Trying", &[]);
+        let from_terminal = peer.is_none();
+        let to_terminal = matches!(next, Next::Terminal(_));
+        let anchoring = self.config.calls.anchoring == Anchoring::Always || from_terminal || to_terminal;
+        let (anchor, body) = if anchoring {
+            match self.anchor(&offer) {
+                Ok((anchor, body)) => (Some(anchor), body),
+                Err((status, reason)) => {
+                    self.respond(now, &key, &request, status, reason, &[]);
+                    return;
+                }
+            }
+        } else {
+            (None, Bytes::copy_from_slice(request.body()))
+        };
+        let destination = if from_terminal {
+            source
+        } else {
+            self.network.tcf_at(source).map_or(source, |tcf| tcf.sip)
+        };
+        let id = self.calls.next_id;
+        self.calls.next_id += 1;
+        let tag = self.token();
+        let contact = format!("<sip:{callee}@{}>", self.address);
+        let priority = self.subscribers.user(&caller).map_or(1, |user| user.priority);
+        let mut call = Call {
+            id,
+            caller: caller.clone(),
+            dialed: callee.clone(),
+            priority,
+            a: Inbound {
+                server: key.clone(),
+                invite: request,
+                source,
+                destination,
+                peer,
+                tag,
+                contact,
+                dialog: None,
+                answered: false,
+                reliable,
+            },
+            b: None,
+            anchor,
+            busy: Vec::new(),
+            answered: false,
+            ring_deadline: None,
+            no_answer: None,
+            forward_busy: plan.forward_busy.take(),
+            forwarded: plan.forwarded,
+            give_up_status: None,
+            retransmit: None,
+            reinvite: false,
+            b_body: Some(body),
+            started: now.instant,
+        };
+        for user in std::mem::take(&mut plan.busy) {
+            self.calls.busy.insert(user.clone(), id);
+            call.busy.push(user);
+        }
+        if plan.ring {
+            let at = now.instant + self.config.calls.ring_timeout;
+            call.ring_deadline = Some(at);
+            self.calls.timers.push(Reverse((at, id)));
+        }
+        if let Some(target) = plan.forward_no_answer.take() {
+            let at = now.instant + self.config.calls.no_answer_timeout;
+            call.no_answer = Some((at, target));
+            self.calls.timers.push(Reverse((at, id)));
+        }
+        let target = plan.target.clone().unwrap_or(callee);
+        self.calls.by_invite.insert(key, id);
+        match self.start_outbound(now, &mut call, next, target) {
+            Ok(()) => {
+                self.calls.calls.insert(id, call);
+            }
+            Err((status, reason)) => {
+                self.calls.calls.insert(id, call);
+                self.end_call(now, id, None, (status, reason), "could not reach the next hop");
+            }
+        }
+    }
+
+    /// Decides the next hop of a call arriving at `stage`, collapsing the stages this node
+    /// plays. `Err`: the status to answer.
+    fn route_call(
+        &self,
+        mut stage: Stage,
+        caller: &Number,
+        callee: &Number,
+        plan: &mut Plan,
+    ) -> Result<Next, (u16, &'static str)> {
+        let me = self.config.name.as_str();
+        let mut callee = callee.clone();
+        // Each stage advances at most once per call, plus one forwarding: a bounded loop.
+        for _ in 0..8 {
+            match stage {
+                Stage::CallerServing => {
+                    let home = self
+                        .network
+                        .home_of_user(caller)
+                        .ok_or((403, "Forbidden (caller has no home TCF)"))?;
+                    if home.name == me {
+                        stage = Stage::CallerHome;
+                        continue;
+                    }
+                    return self.to_peer(&home.name, Stage::CallerHome);
+                }
+                Stage::CallerHome => {
+                    if !self.network.home_of_user(caller).is_some_and(|home| home.name == me) {
+                        return Err((403, "Forbidden (caller not homed here)"));
+                    }
+                    if self.subscribers.user(caller).is_none() {
+                        return Err((403, "Forbidden (unknown caller)"));
+                    }
+                    plan.ring = true;
+                    plan.busy.push(caller.clone());
+                    let home = self.network.home_of_user(&callee).ok_or((404, "Not Found"))?;
+                    if home.name == me {
+                        stage = Stage::CalleeHome;
+                        continue;
+                    }
+                    plan.target = Some(callee.clone());
+                    return self.to_peer(&home.name, Stage::CalleeHome);
+                }
+                Stage::CalleeHome => {
+                    if !self.network.home_of_user(&callee).is_some_and(|home| home.name == me) {
+                        return Err((404, "Not Found (not homed here)"));
+                    }
+                    let user = self.subscribers.user(&callee).ok_or((404, "Not Found"))?;
+                    if self.calls.busy.contains_key(&callee) || plan.busy.contains(&callee) {
+                        match user.forward_busy.clone() {
+                            Some(target) if !plan.forwarded => {
+                                plan.forwarded = true;
+                                callee = target;
+                                plan.target = Some(callee.clone());
+                                let home = self.network.home_of_user(&callee).ok_or((486, "Busy Here"))?;
+                                if home.name == me {
+                                    continue;
+                                }
+                                return self.to_peer(&home.name, Stage::CalleeHome);
+                            }
+                            _ => return Err((486, "Busy Here")),
+                        }
+                    }
+                    if !plan.forwarded {
+                        plan.forward_busy = user.forward_busy.clone();
+                        plan.forward_no_answer = user.forward_no_answer.clone();
+                    }
+                    plan.busy.push(callee.clone());
+                    plan.target = Some(callee.clone());
+                    let registration = self
+                        .registrations
+                        .get(&callee)
+                        .ok_or((480, "Temporarily Unavailable (not registered)"))?;
+                    if registration.serving == me {
+                        stage = Stage::CalleeServing;
+                        continue;
+                    }
+                    let serving = registration.serving.clone();
+                    return self.to_peer(&serving, Stage::CalleeServing);
+                }
+                Stage::CalleeServing => {
+                    let binding = self
+                        .bindings
+                        .get(&callee)
+                        .ok_or((480, "Temporarily Unavailable (not registered here)"))?;
+                    plan.target = Some(callee.clone());
+                    return Ok(Next::Terminal(binding.clone()));
+                }
+            }
+        }
+        Err((500, "Server Internal Error (routing loop)"))
+    }
+
+    fn to_peer(&self, name: &str, stage: Stage) -> Result<Next, (u16, &'static str)> {
+        let tcf = self
+            .network
+            .tcf(name)
+            .ok_or((500, "Server Internal Error (unknown TCF)"))?;
+        if self.peer_is_down(name) {
+            return Err((503, "Service Unavailable (next TCF unreachable)"));
+        }
+        Ok(Next::Peer {
+            name: name.to_owned(),
+            address: tcf.sip,
+            stage,
+        })
+    }
+
+    /// Creates the relay bridge of an anchoring hop for `offer`; returns it and the offer
+    /// re-anchored at the B leg.
+    fn anchor(&mut self, offer: &Sdp) -> Result<(Anchor, Bytes), (u16, &'static str)> {
+        let preferences = sdp::default_preferences();
+        let local = sdp::LocalMedia::new(self.media_ip(), 9, &preferences);
+        let answer = sdp::answer(offer, &local).map_err(|_| (488, "Not Acceptable Here (no acceptable codec)"))?;
+        let spec_a = leg_spec(answer.negotiated.remote_rtp, answer.negotiated.remote_rtcp, false);
+        let no_media = (503, "Service Unavailable (no media resources)");
+        let bridge = self.media.create_bridge(BridgeKind::Relay).map_err(|_| no_media)?;
+        let legs = self
+            .media
+            .add_leg(bridge, spec_a)
+            .and_then(|a| Ok((a, self.media.add_leg(bridge, LegSpec::default())?)));
+        let (a, b) = match legs {
+            Ok(legs) => legs,
+            Err(_) => {
+                self.media.remove_bridge(bridge);
+                return Err(no_media);
+            }
+        };
+        let body = sdp::rewrite_connection(offer, b.local_rtp.ip(), b.local_rtp.port(), Some(b.local_rtcp.port()));
+        Ok((Anchor { bridge, a, b }, Bytes::from(body.to_bytes())))
+    }
+
+    /// Sends the call's outbound INVITE to `next`.
+    fn start_outbound(
+        &mut self,
+        now: Now,
+        call: &mut Call,
+        next: Next,
+        target: Number,
+    ) -> Result<(), (u16, &'static str)> {
+        let me = self.address;
+        let (uri, to, destination, peer, stage, answer_mode) = match &next {
+            Next::Terminal(binding) => {
+                let uri = binding.contact.trim_matches(|c| c == '<' || c == '>').to_owned();
+                let mode = match self.subscribers.user(&target).map(|user| user.answer) {
+                    Some(AnswerMode::Direct) => "direct",
+                    _ => "hook",
+                };
+                (uri.clone(), format!("<{uri}>"), binding.address, None, None, Some(mode))
+            }
+            Next::Peer { name, address, stage } => (
+                format!("sip:{target}@{address}"),
+                format!("<sip:{target}@{address}>"),
+                *address,
+                Some(name.clone()),
+                Some(*stage),
+                None,
+            ),
+        };
+        let branch = format!("z9hG4bK{}", self.token());
+        let from_tag = self.token();
+        let call_id = format!("{}@{}", self.token(), self.config.name);
+        let caller = &call.caller;
+        let mut extension = format!(
+            "pttcall;calltype=1;duplex=1;priority={};callerUDN={caller};calleeUDN={target}",
+            call.priority
+        );
+        if let Some(stage) = stage {
+            extension.push_str(";stage=");
+            extension.push_str(stage.param());
+        }
+        if call.forwarded {
+            extension.push_str(&format!(";forwarded={}", call.dialed));
+        }
+        if let Some(mode) = answer_mode {
+            extension.push_str(";answermode=");
+            extension.push_str(mode);
+        }
+        let body = call.b_body.clone().unwrap_or_default();
+        let request = MessageBuilder::request(Method::Invite, &uri)
+            .header(HeaderName::Via, format!("SIP/2.0/UDP {me};branch={branch};rport"))
+            .header(HeaderName::MaxForwards, "70")
+            .header(HeaderName::From, format!("<sip:{caller}@{me}>;tag={from_tag}"))
+            .header(HeaderName::To, to)
+            .header(HeaderName::CallId, call_id)
+            .header(HeaderName::CSeq, "1 INVITE")
+            .header(HeaderName::Contact, format!("<sip:{caller}@{me}>"))
+            .raw_header("P-Asserted-Identity", format!("<sip:{caller}@{me}>"))
+            .raw_header("Ptt-Extension", extension)
+            .header(HeaderName::Allow, ALLOW)
+            .body(SDP, body)
+            .build()
+            .map_err(|_| (500, "Server Internal Error (building INVITE)"))?;
+        let offer = sdp::parse(request.body()).ok();
+        let key = TransactionKey::new(&branch, &me.to_string(), TxMethod::Invite)
+            .map_err(|_| (500, "Server Internal Error"))?;
+        self.layer
+            .send_request(
+                now.instant,
+                key.clone(),
+                TxMethod::Invite,
+                request.to_bytes(),
+                destination,
+                false,
+            )
+            .map_err(|_| (503, "Service Unavailable (overloaded)"))?;
+        self.calls.sent.insert(key.clone(), Sent::Invite { call: call.id });
+        call.b = Some(Outbound {
+            client: key,
+            invite: request,
+            destination,
+            peer,
+            dialog: None,
+            provisional: false,
+            cancel_wanted: false,
+            cancel_sent: false,
+            finished: false,
+            ack: None,
+            offer,
+            target,
+        });
+        Ok(())
+    }
+
+    // ---- responses to our requests ----------------------------------------------------------
+
+    /// A response (or a timeout, `response` = `None`) for one of our call transactions.
+    pub(super) fn call_response(&mut self, now: Now, key: TransactionKey, status: u16, response: Option<Message>) {
+        let Some(sent) = self.calls.sent.get(&key) else { return };
+        match sent {
+            Sent::Invite { call } => {
+                let call = *call;
+                self.outbound_response(now, call, status, response);
+            }
+            Sent::Abandoned(_) => self.abandoned_response(now, &key, status, response),
+            Sent::Reinvite(_) | Sent::Passed(_) => {
+                if status < 200 {
+                    return;
+                }
+                if let Some(sent) = self.calls.sent.insert(key, Sent::Other) {
+                    self.relayed_response(now, sent, status, response);
+                }
+            }
+            Sent::Other => {}
+        }
+    }
+
+    /// The transaction is gone: forget it.
+    pub(super) fn call_transaction_ended(&mut self, key: &TransactionKey) {
+        self.calls.sent.remove(key);
+        self.calls.by_invite.remove(key);
+    }
+
+    fn outbound_response(&mut self, now: Now, id: u64, status: u16, response: Option<Message>) {
+        let Some(mut call) = self.calls.calls.remove(&id) else {
+            return;
+        };
+        let Some(mut b) = call.b.take() else {
+            self.calls.calls.insert(id, call);
+            return;
+        };
+        match (status, response) {
+            (100, _) => {
+                call.b = Some(b);
+                self.calls.calls.insert(id, call);
+            }
+            (101..=199, Some(response)) => {
+                b.provisional = true;
+                if b.cancel_wanted && !b.cancel_sent {
+                    self.send_cancel(now, &mut b);
+                } else {
+                    if b.dialog.is_none() && response.to().ok().and_then(|to| to.tag().map(str::to_owned)).is_some() {
+                        b.dialog = Dialog::uac(&b.invite, &response).ok();
+                    }
+                    // Pass 180/183 back (183 only because the callee sent one).
+                    let body = self.answer_body(&mut call, &b, &response);
+                    let reason = String::from_utf8_lossy(response.reason_phrase().unwrap_or(b"")).into_owned();
+                    self.answer_a(now, &mut call, status, &reason, body);
+                }
+                call.b = Some(b);
+                self.calls.calls.insert(id, call);
+            }
+            (200..=299, Some(response)) => {
+                b.provisional = true;
+                b.finished = true;
+                match b.dialog.as_mut() {
+                    Some(dialog) => {
+                        let _ = dialog.confirm(&response);
+                    }
+                    None => b.dialog = Dialog::uac(&b.invite, &response).ok(),
+                }
+                self.ack_2xx(&mut b, &response);
+                if call.a.answered || b.cancel_wanted {
+                    // Too late: the caller side is gone.
+                    call.b = Some(b);
+                    self.calls.calls.insert(id, call);
+                    self.end_call(
+                        now,
+                        id,
+                        Some(Side::A),
+                        (487, "Request Terminated"),
+                        "answered after cancel",
+                    );
+                    return;
+                }
+                let body = self.answer_body(&mut call, &b, &response);
+                if body.is_none() && call.anchor.is_some() {
+                    call.b = Some(b);
+                    self.calls.calls.insert(id, call);
+                    self.end_call(
+                        now,
+                        id,
+                        None,
+                        (488, "Not Acceptable Here (bad SDP answer)"),
+                        "bad SDP answer",
+                    );
+                    return;
+                }
+                if let Some(dialog) = &b.dialog {
+                    self.calls.by_dialog.insert(dialog.id().clone(), (id, Side::B));
+                }
+                call.answered = true;
+                call.ring_deadline = None;
+                call.no_answer = None;
+                self.calls.answered_total += 1;
+                self.answer_a(now, &mut call, status, "OK", body);
+                self.event(TcfEvent::CallAnswered {
+                    caller: call.caller.clone(),
+                    callee: b.target.clone(),
+                });
+                call.b = Some(b);
+                self.calls.calls.insert(id, call);
+            }
+            (_, response) => {
+                b.finished = true;
+                // Forward a busy callee when provisioned (F-SC-09).
+                if status == 486 && !call.forwarded && call.give_up_status.is_none() {
+                    if let Some(target) = call.forward_busy.clone() {
+                        call.b = Some(b);
+                        self.calls.calls.insert(id, call);
+                        self.forward(now, id, target);
+                        return;
+                    }
+                }
+                let (status, reason) = match call.give_up_status {
+                    Some(given) => (given.0, given.1.to_owned()),
+                    None => (
+                        status,
+                        response
+                            .as_ref()
+                            .and_then(|response| response.reason_phrase())
+                            .map(|reason| String::from_utf8_lossy(reason).into_owned())
+                            .unwrap_or_else(|| "Request Timeout".to_owned()),
+                    ),
+                };
+                call.b = Some(b);
+                self.calls.calls.insert(id, call);
+                self.end_call_with(now, id, None, status, &reason, "call failed");
+            }
+        }
+    }
+
+    fn abandoned_response(&mut self, now: Now, key: &TransactionKey, status: u16, response: Option<Message>) {
+        let Some(Sent::Abandoned(mut b)) = self.calls.sent.remove(key) else {
+            return;
+        };
+        match (status, response) {
+            (101..=199, Some(_)) => {
+                b.provisional = true;
+                if !b.cancel_sent {
+                    self.send_cancel(now, &mut b);
+                }
+            }
+            (200..=299, Some(response)) => {
+                if b.dialog.is_none() {
+                    b.dialog = Dialog::uac(&b.invite, &response).ok();
+                } else if let Some(dialog) = b.dialog.as_mut() {
+                    let _ = dialog.confirm(&response);
+                }
+                self.ack_2xx(&mut b, &response);
+                if !b.finished {
+                    b.finished = true;
+                    let destination = b.destination;
+                    if let Some(dialog) = b.dialog.as_mut() {
+                        self.send_in_dialog(now, dialog, Method::Bye, destination, &[], None, Sent::Other);
+                    }
+                }
+            }
+            _ => b.finished = true,
+        }
+        self.calls.sent.insert(key.clone(), Sent::Abandoned(b));
+    }
+
+    /// ACKs a 2xx to our INVITE (a retransmitted 2xx gets the same ACK again).
+    fn ack_2xx(&mut self, b: &mut Outbound, response: &Message) {
+        if b.ack.is_none() {
+            let cseq = response.cseq().map_or(1, |cseq| cseq.number);
+            let branch = format!("z9hG4bK{}", self.token());
+            let sent_by = self.address.to_string();
+            b.ack = b
+                .dialog
+                .as_ref()
+                .and_then(|dialog| dialog.ack_for(cseq, &branch, &sent_by, "UDP").build_bytes().ok());
+        }
+        if let Some(ack) = &b.ack {
+            self.outputs.push_back(Output::Transmit {
+                destination: b.destination,
+                bytes: ack.clone(),
+            });
+        }
+    }
+
+    fn send_cancel(&mut self, now: Now, b: &mut Outbound) {
+        b.cancel_wanted = true;
+        if !b.provisional || b.cancel_sent || b.finished {
+            return;
+        }
+        if let Some(cancel) = cancel_for(&b.invite) {
+            if let Ok(key) = self.layer.send_cancel(now.instant, &b.client, cancel) {
+                b.cancel_sent = true;
+                self.calls.sent.insert(key, Sent::Other);
+            }
+        }
+    }
+
+    /// The SDP body of a response from B for A: re-anchored at the A leg when this hop anchors
+    /// (and the B leg learns where to send), else unchanged. `None`: no body, or an answer that
+    /// does not fit our offer.
+    fn answer_body(&mut self, call: &mut Call, b: &Outbound, response: &Message) -> Option<Bytes> {
+        if !is_sdp(response) {
+            return None;
+        }
+        let Some(anchor) = &call.anchor else {
+            return Some(Bytes::copy_from_slice(response.body()));
+        };
+        let answer = sdp::parse(response.body()).ok()?;
+        let offer = b.offer.as_ref()?;
+        let negotiated = sdp::parse_answer(offer, &answer).ok()?;
+        let spec_b = leg_spec(negotiated.remote_rtp, negotiated.remote_rtcp, negotiated.rtcp_mux);
+        let _ = self.media.update_leg(anchor.b.id, spec_b);
+        let body = sdp::rewrite_connection(
+            &answer,
+            anchor.a.local_rtp.ip(),
+            anchor.a.local_rtp.port(),
+            Some(anchor.a.local_rtcp.port()),
+        );
+        Some(Bytes::from(body.to_bytes()))
+    }
+
+    /// Answers A's initial INVITE (provisional or final) with our tag and Contact.
+    fn answer_a(&mut self, now: Now, call: &mut Call, status: u16, reason: &str, body: Option<Bytes>) {
+        if call.a.answered {
+            return;
+        }
+        let tag = (status > 100).then_some(call.a.tag.as_str());
+        let Ok(mut builder) = crate::sip::response_to_from(&call.a.invite, status, reason, tag, call.a.source) else {
+            return;
+        };
+        builder = builder.raw_header("Server", SERVER);
+        if status < 300 {
+            builder = builder.header(HeaderName::Contact, &call.a.contact);
+        }
+        if (200..300).contains(&status) {
+            builder = builder.header(HeaderName::Allow, ALLOW);
+        }
+        if let Some(body) = body {
+            builder = builder.body(SDP, body);
+        }
+        let Ok(response) = builder.build() else { return };
+        if (101..300).contains(&status) && call.a.dialog.is_none() {
+            if let Ok(dialog) = Dialog::uas(&call.a.invite, &call.a.tag, &call.a.contact) {
+                self.calls.by_dialog.insert(dialog.id().clone(), (call.id, Side::A));
+                call.a.dialog = Some(dialog);
+            }
+        }
+        if (200..300).contains(&status) {
+            if let Some(dialog) = call.a.dialog.as_mut() {
+                let _ = dialog.confirm(&response);
+            }
+        }
+        if status >= 200 {
+            call.a.answered = true;
+        }
+        let bytes = response.to_bytes();
+        let _ = self.layer.respond(now.instant, &call.a.server, status, bytes.clone());
+        if (200..300).contains(&status) && !call.a.reliable {
+            self.retransmit_2xx(call, Side::A, call.a.server.clone(), bytes, 1, now);
+        }
+    }
+
+    fn retransmit_2xx(&mut self, call: &mut Call, side: Side, key: TransactionKey, bytes: Bytes, cseq: u32, now: Now) {
+        let t1 = self.config.timers.t1();
+        let next = now.instant + t1;
+        call.retransmit = Some(Retransmit {
+            side,
+            key,
+            bytes,
+            cseq,
+            next,
+            interval: t1,
+            give_up: now.instant + t1 * 64,
+        });
+        self.calls.timers.push(Reverse((next, call.id)));
+    }
+
+    // ---- ending -----------------------------------------------------------------------------
+
+    fn end_call(&mut self, now: Now, id: u64, initiator: Option<Side>, a_status: (u16, &str), reason: &str) {
+        self.end_call_with(now, id, initiator, a_status.0, a_status.1, reason);
+    }
+
+    /// Ends a call whichever way: the side that did not end it gets a BYE (answered calls),
+    /// a final response (A, unanswered) or a CANCEL (B, unanswered); every resource is freed.
+    fn end_call_with(
+        &mut self,
+        now: Now,
+        id: u64,
+        initiator: Option<Side>,
+        status: u16,
+        status_reason: &str,
+        reason: &str,
+    ) {
+        let Some(mut call) = self.calls.calls.remove(&id) else {
+            return;
+        };
+        // Side A.
+        if !call.a.answered {
+            self.answer_a(now, &mut call, status, status_reason, None);
+        } else if initiator != Some(Side::A) && call.answered {
+            let destination = call.a.destination;
+            if let Some(dialog) = call.a.dialog.as_mut() {
+                if dialog.state() == DialogState::Confirmed {
+                    self.send_in_dialog(now, dialog, Method::Bye, destination, &[], None, Sent::Other);
+                }
+            }
+        }
+        // Side B.
+        if let Some(mut b) = call.b.take() {
+            let confirmed = b
+                .dialog
+                .as_ref()
+                .is_some_and(|dialog| dialog.state() == DialogState::Confirmed);
+            if confirmed && b.finished {
+                if initiator != Some(Side::B) {
+                    let destination = b.destination;
+                    if let Some(dialog) = b.dialog.as_mut() {
+                        self.send_in_dialog(now, dialog, Method::Bye, destination, &[], None, Sent::Other);
+                    }
+                }
+                self.calls.sent.remove(&b.client);
+            } else if !b.finished {
+                self.abandon(now, b);
+            }
+        }
+        self.release(&mut call);
+        self.calls.ended_total += 1;
+        tracing::debug!(call = id, caller = %call.caller, callee = %call.dialed, reason, "call ended");
+        self.event(TcfEvent::CallEnded {
+            caller: call.caller.clone(),
+            callee: call.dialed.clone(),
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// Gives up on an unanswered outbound INVITE: CANCEL (now or once it has a provisional
+    /// response); a 2xx that still comes is ACKed and ended with BYE.
+    fn abandon(&mut self, now: Now, mut b: Outbound) {
+        self.send_cancel(now, &mut b);
+        let key = b.client.clone();
+        self.calls.sent.insert(key, Sent::Abandoned(Box::new(b)));
+    }
+
+    /// Frees what a call holds (media, busy marks, indexes).
+    fn release(&mut self, call: &mut Call) {
+        if let Some(anchor) = call.anchor.take() {
+            self.media.remove_bridge(anchor.bridge);
+        }
+        for user in call.busy.drain(..) {
+            if self.calls.busy.get(&user) == Some(&call.id) {
+                self.calls.busy.remove(&user);
+            }
+        }
+        let id = call.id;
+        self.calls.by_dialog.retain(|_, (call, _)| *call != id);
+        self.calls.by_invite.retain(|_, call| *call != id);
+    }
+
+    /// Replaces the outbound side with a call to `target` (forwarding, F-SC-09).
+    fn forward(&mut self, now: Now, id: u64, target: Number) {
+        let Some(mut call) = self.calls.calls.remove(&id) else {
+            return;
+        };
+        if let Some(old) = call.b.take() {
+            if !old.finished {
+                self.abandon(now, old);
+            } else {
+                self.calls.sent.remove(&old.client);
+            }
+        }
+        call.forwarded = true;
+        call.no_answer = None;
+        call.forward_busy = None;
+        let mut plan = Plan {
+            forwarded: true,
+            ..Plan::default()
+        };
+        let routed = self
+            .route_call(Stage::CalleeHome, &call.caller, &target, &mut plan)
+            .or_else(|error| {
+                // The target is not homed here: send the call to its home.
+                match self.network.home_of_user(&target) {
+                    Some(home) if home.name != self.config.name => self.to_peer(&home.name.clone(), Stage::CalleeHome),
+                    _ => Err(error),
+                }
+            });
+        let next = match routed {
+            Ok(next) => next,
+            Err((status, reason)) => {
+                self.calls.calls.insert(id, call);
+                self.end_call(now, id, None, (status, reason), "forwarding failed");
+                return;
+            }
+        };
+        for user in plan.busy {
+            if !call.busy.contains(&user) {
+                self.calls.busy.insert(user.clone(), id);
+                call.busy.push(user);
+            }
+        }
+        // An anchored B leg forgets the first callee's address.
+        if let Some(anchor) = &call.anchor {
+            let _ = self.media.update_leg(anchor.b.id, LegSpec::default());
+        }
+        let target = plan.target.unwrap_or(target);
+        tracing::debug!(call = id, to = %target, "call forwarded");
+        self.event(TcfEvent::CallForwarded {
+            callee: call.dialed.clone(),
+            to: target.clone(),
+        });
+        let started = self.start_outbound(now, &mut call, next, target);
+        self.calls.calls.insert(id, call);
+        if let Err((status, reason)) = started {
+            self.end_call(now, id, None, (status, reason), "forwarding failed");
+        }
+    }
+
+    // ---- CANCEL, ACK, in-dialog requests ----------------------------------------------------
+
+    /// A CANCEL (RFC 3261 §9.2): 200 to it, 487 to the INVITE, CANCEL onwards.
+    pub(super) fn cancel(&mut self, now: Now, key: TransactionKey, request: Message) {
+        use crate::sip::transaction::CancelMatch;
+        match self.layer.match_cancel(&key) {
+            CancelMatch::Pending(invite) => {
+                self.respond(now, &key, &request, 200, "OK", &[]);
+                if let Some(&id) = self.calls.by_invite.get(&invite) {
+                    self.end_call(
+                        now,
+                        id,
+                        Some(Side::A),
+                        (487, "Request Terminated"),
+                        "cancelled by caller",
+                    );
+                }
+            }
+            CancelMatch::AlreadyFinal(_) => self.respond(now, &key, &request, 200, "OK", &[]),
+            CancelMatch::NoMatch => self.respond(now, &key, &request, 481, "Call/Transaction Does Not Exist", &[]),
+        }
+    }
+
+    /// An ACK that matched no transaction: the ACK for a 2xx we sent.
+    pub(super) fn ack(&mut self, bytes: Bytes) {
+        let Ok(ack) = Message::parse_datagram(bytes) else {
+            return;
+        };
+        let Some(id) = DialogId::of_received(&ack) else { return };
+        let Some(&(call_id, side)) = self.calls.by_dialog.get(&id) else {
+            return;
+        };
+        let Some(call) = self.calls.calls.get_mut(&call_id) else {
+            return;
+        };
+        let cseq = ack.cseq().map_or(0, |cseq| cseq.number);
+        if call
+            .retransmit
+            .as_ref()
+            .is_some_and(|retransmit| retransmit.side == side && retransmit.cseq == cseq)
+        {
+            call.retransmit = None;
+        }
+    }
+
+    /// A request inside a call's dialog (To tag present).
+    /// Gives the request back when it belongs to no call.
+    pub(super) fn in_dialog(&mut self, now: Now, key: TransactionKey, request: Message) -> Option<Message> {
+        let Some(source) = self.current_source else {
+            return Some(request);
+        };
+        let Some(dialog_id) = DialogId::of_received(&request) else {
+            return Some(request);
+        };
+        let Some(&(id, side)) = self.calls.by_dialog.get(&dialog_id) else {
+            return Some(request);
+        };
+        let Some(mut call) = self.calls.calls.remove(&id) else {
+            return Some(request);
+        };
+        let dialog = match side {
+            Side::A => call.a.dialog.as_mut(),
+            Side::B => call.b.as_mut().and_then(|b| b.dialog.as_mut()),
+        };
+        let checked = match dialog {
+            Some(dialog) => dialog.check_request(&request),
+            None => Err(crate::sip::dialog::InDialogError::Terminated),
+        };
+        if let Err(error) = checked {
+            let (status, reason) = error.status().unwrap_or((481, "Call/Transaction Does Not Exist"));
+            self.calls.calls.insert(id, call);
+            self.respond(now, &key, &request, status, reason, &[]);
+            return None;
+        }
+        let method = request
+            .method()
+            .map(|method| method.as_str().to_owned())
+            .unwrap_or_default();
+        match method.as_str() {
+            "BYE" => {
+                self.respond(now, &key, &request, 200, "OK", &[]);
+                self.calls.calls.insert(id, call);
+                let reason = match side {
+                    Side::A => "hang-up (caller side)",
+                    Side::B => "hang-up (callee side)",
+                };
+                self.end_call(now, id, Some(side), (487, "Request Terminated"), reason);
+            }
+            "INVITE" => {
+                self.reinvite(now, &mut call, side, key, request, source);
+                self.calls.calls.insert(id, call);
+            }
+            "INFO" | "MESSAGE" | "OPTIONS" => {
+                self.pass_on(now, &mut call, side, key, request, source);
+                self.calls.calls.insert(id, call);
+            }
+            _ => {
+                self.calls.calls.insert(id, call);
+                self.respond(now, &key, &request, 501, "Not Implemented", &[("Allow", ALLOW)]);
+            }
+        }
+        None
+    }
+
+    /// The dialog and destination of the side opposite `side`, if it can take requests.
+    fn other_side(call: &mut Call, side: Side) -> Option<(&mut Dialog, SocketAddr)> {
+        match side {
+            Side::A => {
+                let b = call.b.as_mut()?;
+                let destination = b.destination;
+                Some((b.dialog.as_mut()?, destination))
+            }
+            Side::B => {
+                let destination = call.a.destination;
+                Some((call.a.dialog.as_mut()?, destination))
+            }
+        }
+    }
+
+    /// A re-INVITE (F-SC-07): its offer goes on to the other side (re-anchored), the answer
+    /// comes back.
+    fn reinvite(
+        &mut self,
+        now: Now,
+        call: &mut Call,
+        side: Side,
+        key: TransactionKey,
+        request: Message,
+        source: SocketAddr,
+    ) {
+        if !call.answered {
+            self.respond(now, &key, &request, 491, "Request Pending", &[]);
+            return;
+        }
+        if call.reinvite {
+            self.respond(now, &key, &request, 491, "Request Pending", &[]);
+            return;
+        }
+        self.respond(now, &key, &request, 100, "Trying", &[]);
+        let offer = if is_sdp(&request) {
+            match sdp::parse(request.body()) {
+                Ok(offer) => Some(offer),
+                Err(_) => {
+                    self.respond(now, &key, &request, 488, "Not Acceptable Here (malformed SDP)", &[]);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        // Re-anchor the offer at the leg facing the other side.
+        let body = match (&offer, &call.anchor) {
+            (Some(offer), Some(anchor)) => {
+                let preferences = sdp::default_preferences();
+                let local = sdp::LocalMedia::new(self.media_ip(), 9, &preferences);
+                let Ok(checked) = sdp::answer(offer, &local) else {
+                    self.respond(
+                        now,
+                        &key,
+                        &request,
+                        488,
+                        "Not Acceptable Here (no acceptable codec)",
+                        &[],
+                    );
+                    return;
+                };
+                let (own, far) = match side {
+                    Side::A => (&anchor.a, &anchor.b),
+                    Side::B => (&anchor.b, &anchor.a),
+                };
+                let spec = leg_spec(checked.negotiated.remote_rtp, checked.negotiated.remote_rtcp, false);
+                let _ = self.media.update_leg(own.id, spec);
+                let body = sdp::rewrite_connection(
+                    offer,
+                    far.local_rtp.ip(),
+                    far.local_rtp.port(),
+                    Some(far.local_rtcp.port()),
+                );
+                Some(Bytes::from(body.to_bytes()))
+            }
+            (Some(_), None) => Some(Bytes::copy_from_slice(request.body())),
+            (None, _) => None,
+        };
+        let sent_offer = body.as_ref().and_then(|body| sdp::parse(body).ok());
+        let extension = request
+            .headers_named("Ptt-Extension")
+            .next()
+            .and_then(|header| header.value_str().map(|value| value.into_owned()));
+        let mut headers: Vec<(&str, String)> = Vec::new();
+        if let Some(extension) = &extension {
+            headers.push(("Ptt-Extension", extension.clone()));
+        }
+        let call_id = call.id;
+        let Some((dialog, destination)) = Self::other_side(call, side) else {
+            self.respond(now, &key, &request, 500, "Server Internal Error (no dialog)", &[]);
+            return;
+        };
+        let sent = Sent::Reinvite(Box::new(Reinvite {
+            call: call_id,
+            from: side,
+            server: key.clone(),
+            request: request.clone(),
+            source,
+            sent_offer,
+        }));
+        let mut dialog = dialog.clone();
+        let sent_key = self.send_in_dialog(now, &mut dialog, Method::Invite, destination, &headers, body, sent);
+        if let Some((original, _)) = Self::other_side(call, side) {
+            *original = dialog;
+        }
+        if sent_key.is_none() {
+            self.respond(now, &key, &request, 500, "Server Internal Error", &[]);
+            return;
+        }
+        call.reinvite = true;
+    }
+
+    /// An in-dialog INFO / MESSAGE / OPTIONS goes on to the other side; its answer comes back.
+    fn pass_on(
+        &mut self,
+        now: Now,
+        call: &mut Call,
+        side: Side,
+        key: TransactionKey,
+        request: Message,
+        source: SocketAddr,
+    ) {
+        let Some(method) = request.method() else { return };
+        let method_text = method.as_str().to_owned();
+        let mut headers: Vec<(&str, String)> = Vec::new();
+        if let Some(extension) = request
+            .headers_named("Ptt-Extension")
+            .next()
+            .and_then(|header| header.value_str().map(|value| value.into_owned()))
+        {
+            headers.push(("Ptt-Extension", extension));
+        }
+        let body = (!request.body().is_empty()).then(|| {
+            let content_type = request
+                .header(HeaderName::ContentType)
+                .and_then(|header| header.value_str().map(|value| value.into_owned()))
+                .unwrap_or_else(|| "application/octet-stream".to_owned());
+            (content_type, Bytes::copy_from_slice(request.body()))
+        });
+        let Some((dialog, destination)) = Self::other_side(call, side) else {
+            self.respond(now, &key, &request, 481, "Call/Transaction Does Not Exist", &[]);
+            return;
+        };
+        let mut dialog_copy = dialog.clone();
+        let sent = Sent::Passed(Box::new(Passed {
+            server: key.clone(),
+            request: request.clone(),
+            source,
+        }));
+        let method = Method::from_token(&method_text);
+        let sent_key = self.send_in_dialog_typed(now, &mut dialog_copy, method, destination, &headers, body, sent);
+        if let Some((original, _)) = Self::other_side(call, side) {
+            *original = dialog_copy;
+        }
+        if sent_key.is_none() {
+            self.respond(now, &key, &request, 500, "Server Internal Error", &[]);
+        }
+    }
+
+    /// The final answer to a re-INVITE or passed-on request goes back to its sender.
+    fn relayed_response(&mut self, now: Now, sent: Sent, status: u16, response: Option<Message>) {
+        match sent {
+            Sent::Reinvite(reinvite) => {
+                let Reinvite {
+                    call: id,
+                    from,
+                    server,
+                    request,
+                    source,
+                    sent_offer,
+                } = *reinvite;
+                let Some(mut call) = self.calls.calls.remove(&id) else {
+                    return;
+                };
+                call.reinvite = false;
+                let reason = response
+                    .as_ref()
+                    .and_then(|response| response.reason_phrase())
+                    .map(|reason| String::from_utf8_lossy(reason).into_owned())
+                    .unwrap_or_else(|| "Request Timeout".to_owned());
+                let mut body = None;
+                if let (200..=299, Some(response)) = (status, &response) {
+                    // ACK the far side's 2xx.
+                    let cseq = response.cseq().map_or(1, |cseq| cseq.number);
+                    let branch = format!("z9hG4bK{}", self.token());
+                    let sent_by = self.address.to_string();
+                    let far = match from {
+                        Side::A => call.b.as_ref().map(|b| b.destination),
+                        Side::B => Some(call.a.destination),
+                    };
+                    let ack = Self::other_side(&mut call, from)
+                        .and_then(|(dialog, _)| dialog.ack_for(cseq, &branch, &sent_by, "UDP").build_bytes().ok());
+                    if let (Some(ack), Some(destination)) = (ack, far) {
+                        self.outputs.push_back(Output::Transmit {
+                            destination,
+                            bytes: ack,
+                        });
+                    }
+                    body = self.reinvite_answer(&mut call, from, sent_offer.as_ref(), response);
+                }
+                let built = crate::sip::response_to_from(&request, status, &reason, None, source).map(|builder| {
+                    let mut builder = builder.raw_header("Server", SERVER);
+                    let contact = match from {
+                        Side::A => call.a.contact.clone(),
+                        Side::B => format!("<sip:{}@{}>", call.caller, self.address),
+                    };
+                    if status < 300 {
+                        builder = builder.header(HeaderName::Contact, contact);
+                    }
+                    if let Some(body) = body {
+                        builder = builder.body(SDP, body);
+                    }
+                    builder
+                });
+                if let Ok(bytes) = built.and_then(|builder| builder.build_bytes()) {
+                    let _ = self.layer.respond(now.instant, &server, status, bytes.clone());
+                    if (200..300).contains(&status) {
+                        let cseq = request.cseq().map_or(0, |cseq| cseq.number);
+                        self.retransmit_2xx(&mut call, from, server, bytes, cseq, now);
+                    }
+                }
+                self.calls.calls.insert(id, call);
+            }
+            Sent::Passed(passed) => {
+                let Passed {
+                    server,
+                    request,
+                    source,
+                } = *passed;
+                let reason = response
+                    .as_ref()
+                    .and_then(|response| response.reason_phrase())
+                    .map(|reason| String::from_utf8_lossy(reason).into_owned())
+                    .unwrap_or_else(|| "Request Timeout".to_owned());
+                let built = crate::sip::response_to_from(&request, status, &reason, None, source)
+                    .map(|builder| builder.raw_header("Server", SERVER));
+                if let Ok(bytes) = built.and_then(|builder| builder.build_bytes()) {
+                    let _ = self.layer.respond(now.instant, &server, status, bytes);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The answer to a re-INVITE for its sender: re-anchored when this hop anchors (the far
+    /// leg learns the new remote address).
+    fn reinvite_answer(
+        &mut self,
+        call: &mut Call,
+        from: Side,
+        sent_offer: Option<&Sdp>,
+        response: &Message,
+    ) -> Option<Bytes> {
+        if !is_sdp(response) {
+            return None;
+        }
+        let Some(anchor) = &call.anchor else {
+            return Some(Bytes::copy_from_slice(response.body()));
+        };
+        let answer = sdp::parse(response.body()).ok()?;
+        let (own, far) = match from {
+            Side::A => (&anchor.a, &anchor.b),
+            Side::B => (&anchor.b, &anchor.a),
+        };
+        if let Some(negotiated) = sent_offer.and_then(|offer| sdp::parse_answer(offer, &answer).ok()) {
+            let spec = leg_spec(negotiated.remote_rtp, negotiated.remote_rtcp, negotiated.rtcp_mux);
+            let _ = self.media.update_leg(far.id, spec);
+        }
+        let body = sdp::rewrite_connection(
+            &answer,
+            own.local_rtp.ip(),
+            own.local_rtp.port(),
+            Some(own.local_rtcp.port()),
+        );
+        Some(Bytes::from(body.to_bytes()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_in_dialog(
+        &mut self,
+        now: Now,
+        dialog: &mut Dialog,
+        method: Method<'_>,
+        destination: SocketAddr,
+        headers: &[(&str, String)],
+        body: Option<Bytes>,
+        sent: Sent,
+    ) -> Option<TransactionKey> {
+        let body = body.map(|body| (SDP.to_owned(), body));
+        self.send_in_dialog_typed(now, dialog, method, destination, headers, body, sent)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_in_dialog_typed(
+        &mut self,
+        now: Now,
+        dialog: &mut Dialog,
+        method: Method<'_>,
+        destination: SocketAddr,
+        headers: &[(&str, String)],
+        body: Option<(String, Bytes)>,
+        sent: Sent,
+    ) -> Option<TransactionKey> {
+        let branch = format!("z9hG4bK{}", self.token());
+        let sent_by = self.address.to_string();
+        let mut builder = dialog.request(method, &branch, &sent_by, "UDP").ok()?;
+        for (name, value) in headers {
+            builder = builder.raw_header(name, value);
+        }
+        if let Some((content_type, body)) = body {
+            builder = builder.body(&content_type, body);
+        }
+        let bytes = builder.build_bytes().ok()?;
+        let tx_method = TxMethod::from_token(method.as_str());
+        let key = TransactionKey::new(&branch, &sent_by, tx_method.clone()).ok()?;
+        self.layer
+            .send_request(now.instant, key.clone(), tx_method, bytes, destination, false)
+            .ok()?;
+        self.calls.sent.insert(key.clone(), sent);
+        Some(key)
+    }
+
+    // ---- timers and peers -------------------------------------------------------------------
+
+    /// Runs due call timers: 2xx retransmission, ring timeout, no-answer forwarding.
+    pub(super) fn call_timers(&mut self, now: Now) {
+        while let Some(&Reverse((at, id))) = self.calls.timers.peek() {
+            if at > now.instant {
+                break;
+            }
+            self.calls.timers.pop();
+            self.call_timer(now, id);
+        }
+        for peer in std::mem::take(&mut self.calls.peers_down) {
+            let ids: Vec<u64> = self
+                .calls
+                .calls
+                .values()
+                .filter(|call| {
+                    call.a.peer.as_deref() == Some(peer.as_str())
+                        || call
+                            .b
+                            .as_ref()
+                            .is_some_and(|b| b.peer.as_deref() == Some(peer.as_str()))
+                })
+                .map(|call| call.id)
+                .collect();
+            for id in ids {
+                let dead = match self.calls.calls.get(&id) {
+                    Some(call) if call.a.peer.as_deref() == Some(peer.as_str()) => Side::A,
+                    _ => Side::B,
+                };
+                tracing::warn!(call = id, peer = %peer, "peer TCF down: call torn down");
+                self.end_call(
+                    now,
+                    id,
+                    Some(dead),
+                    (503, "Service Unavailable (next TCF unreachable)"),
+                    "peer TCF down",
+                );
+            }
+        }
+    }
+
+    fn call_timer(&mut self, now: Now, id: u64) {
+        let Some(call) = self.calls.calls.get_mut(&id) else {
+            return;
+        };
+        // 2xx retransmission.
+        if let Some(retransmit) = call.retransmit.as_mut() {
+            if retransmit.next <= now.instant {
+                if now.instant >= retransmit.give_up {
+                    call.retransmit = None;
+                    tracing::warn!(call = id, "no ACK for our 2xx: ending the call (RFC 3261 §13.3.1.4)");
+                    self.end_call(now, id, None, (408, "Request Timeout"), "no ACK");
+                    return;
+                }
+                let _ = self
+                    .layer
+                    .respond(now.instant, &retransmit.key, 200, retransmit.bytes.clone());
+                retransmit.interval = (retransmit.interval * 2).min(self.config.timers.t2());
+                retransmit.next = now.instant + retransmit.interval;
+                let next = retransmit.next;
+                self.calls.timers.push(Reverse((next, id)));
+            }
+        }
+        let Some(call) = self.calls.calls.get_mut(&id) else {
+            return;
+        };
+        if call.answered {
+            return;
+        }
+        if call.ring_deadline.is_some_and(|at| at <= now.instant) {
+            call.ring_deadline = None;
+            call.give_up_status = Some((480, "Temporarily Unavailable (no answer)"));
+            tracing::debug!(call = id, "ring timeout: cancelling");
+            self.end_call(
+                now,
+                id,
+                None,
+                (480, "Temporarily Unavailable (no answer)"),
+                "ring timeout",
+            );
+            return;
+        }
+        if let Some((at, target)) = call.no_answer.clone() {
+            if at <= now.instant {
+                call.no_answer = None;
+                self.forward(now, id, target);
+            }
+        }
+    }
+
+    /// Time since the call began (for logs).
+    #[allow(dead_code)]
+    fn call_age(call: &Call, now: Now) -> Duration {
+        now.instant.saturating_duration_since(call.started)
+    }
+}
