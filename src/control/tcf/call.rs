@@ -105,6 +105,8 @@ struct Plan {
     target: Option<Number>,
     /// Forwarding already happened (the call is not forwarded again).
     forwarded: bool,
+    /// The number first dialed, once forwarded.
+    forwarded_from: Option<Number>,
     /// Callee home: forward a 486 to this number.
     forward_busy: Option<Number>,
     /// Callee home: forward to this number when unanswered.
@@ -181,6 +183,8 @@ struct Call {
     no_answer: Option<(Instant, Number)>,
     forward_busy: Option<Number>,
     forwarded: bool,
+    /// The number first dialed, when the call was forwarded.
+    forwarded_from: Option<Number>,
     /// Why we gave up on B before it answered: the status the caller then gets.
     give_up_status: Option<(u16, &'static str)>,
     retransmit: Option<Retransmit>,
@@ -402,9 +406,11 @@ impl Tcf {
             );
             return;
         };
-        let forwarded = ptt_param(&request, "forwarded").is_some();
+        let forwarded_from = ptt_param(&request, "forwarded").and_then(|number| Number::parse(&number).ok());
+        let arrived_forwarded = forwarded_from.is_some();
         let mut plan = Plan {
-            forwarded,
+            forwarded: forwarded_from.is_some(),
+            forwarded_from,
             ..Plan::default()
         };
         let next = match self.route_call(stage, &caller, &callee, &mut plan) {
@@ -414,6 +420,12 @@ impl Tcf {
                 return;
             }
         };
+        if let (false, Some(from), Some(to)) = (arrived_forwarded, &plan.forwarded_from, &plan.target) {
+            self.event(TcfEvent::CallForwarded {
+                callee: from.clone(),
+                to: to.clone(),
+            });
+        }
         // This hop is going to work on the call: 100 at once (hop by hop).
         self.respond(now, &key, &request, 100, "Trying", &[]);
         let from_terminal = peer.is_none();
@@ -465,6 +477,7 @@ impl Tcf {
             no_answer: None,
             forward_busy: plan.forward_busy.take(),
             forwarded: plan.forwarded,
+            forwarded_from: plan.forwarded_from.take(),
             give_up_status: None,
             retransmit: None,
             reinvite: false,
@@ -549,6 +562,7 @@ impl Tcf {
                         match user.forward_busy.clone() {
                             Some(target) if !plan.forwarded => {
                                 plan.forwarded = true;
+                                plan.forwarded_from = Some(callee.clone());
                                 callee = target;
                                 plan.target = Some(callee.clone());
                                 let home = self.network.home_of_user(&callee).ok_or((486, "Busy Here"))?;
@@ -668,8 +682,8 @@ impl Tcf {
             extension.push_str(";stage=");
             extension.push_str(stage.param());
         }
-        if call.forwarded {
-            extension.push_str(&format!(";forwarded={}", call.dialed));
+        if let Some(from) = &call.forwarded_from {
+            extension.push_str(&format!(";forwarded={from}"));
         }
         if let Some(mode) = answer_mode {
             extension.push_str(";answermode=");
@@ -1097,6 +1111,7 @@ impl Tcf {
             }
         }
         call.forwarded = true;
+        call.forwarded_from.get_or_insert_with(|| call.dialed.clone());
         call.no_answer = None;
         call.forward_busy = None;
         let mut plan = Plan {
