@@ -38,11 +38,14 @@
 //!   holder's rank, leaving the queue if it was waiting. Until it releases the floor, an ordinary
 //!   request cannot pre-empt it (only another insertion, a [`Floor::revoke`] or the floor timers
 //!   end it): a dispatcher who barges in is not thrown out by the next high-priority terminal.
-//!   Whether the participant may insert (is a DC of the group) is the caller's check.
+//!   A holder inserting gets that protection without any other change. Whether the participant
+//!   may insert (is a DC of the group) is the caller's check.
 //! - **Full queue (F-FLR-02).** A request that outranks the lowest-ranked waiting request bumps it
 //!   out ([`DequeueReason::QueueFull`], the newest of the lowest rank goes first); otherwise it is
-//!   rejected. Equal rank never bumps (first come, first served).
-//! - **Repeated requests.** The holder asking again is granted again, without any action. A
+//!   rejected. Equal rank never bumps (first come, first served). Nobody waits on an idle floor:
+//!   a freed floor goes to the head of the queue at once.
+//! - **Repeated requests.** The holder asking again is granted again, without any action (its
+//!   stored number and priority, and its timers, are unchanged). A
 //!   waiting participant asking again keeps its place (and its original rank) and is told its
 //!   position again.
 //! - **Departures.** A participant that releases, cancels or leaves gets no action about itself
@@ -600,7 +603,7 @@ mod tests {
         floor.holder().map(|holder| holder.id.0)
     }
 
-    fn seconds(start: Instant, millis: u64) -> Instant {
+    fn at(start: Instant, millis: u64) -> Instant {
         start + Duration::from_millis(millis)
     }
 
@@ -732,14 +735,11 @@ mod tests {
     fn repeated_request_from_the_holder_is_granted_again() {
         let start = Instant::now();
         let mut floor = busy(FloorConfig::default(), start, terminal(1, 3), &[terminal(2, 3)]);
-        assert_eq!(
-            floor.request(terminal(1, 3), seconds(start, 1000)),
-            RequestOutcome::Granted
-        );
+        assert_eq!(floor.request(terminal(1, 3), at(start, 1000)), RequestOutcome::Granted);
         assert_eq!(drain(&mut floor), vec![]);
         assert_eq!(queue(&floor), vec![2]);
         // The talk time still runs from the first grant.
-        assert_eq!(floor.poll_timeout(), Some(seconds(start, 4000)));
+        assert_eq!(floor.poll_timeout(), Some(at(start, 4000)));
     }
 
     #[test]
@@ -751,13 +751,13 @@ mod tests {
             terminal(1, 3),
             &[terminal(2, 3), terminal(3, 3)],
         );
-        let later = seconds(start, 2000);
+        let later = at(start, 2000);
         assert!(floor.release(id(1), later));
         assert_eq!(drain(&mut floor), vec![granted(2, true), moved(3, 1), notify(2)]);
         assert_eq!(holder(&floor), Some(2));
         assert_eq!(queue(&floor), vec![3]);
         // The new holder's timers start at its grant.
-        assert_eq!(floor.poll_timeout(), Some(seconds(start, 6000)));
+        assert_eq!(floor.poll_timeout(), Some(at(start, 6000)));
     }
 
     #[test]
@@ -784,38 +784,38 @@ mod tests {
         let start = Instant::now();
         let mut floor = busy(FloorConfig::default(), start, terminal(1, 3), &[terminal(2, 3)]);
         for millis in (2000..=30_000).step_by(2000) {
-            floor.media(id(1), seconds(start, millis));
-            floor.handle_timeout(seconds(start, millis - 1));
+            floor.media(id(1), at(start, millis));
+            floor.handle_timeout(at(start, millis - 1));
         }
         assert_eq!(drain(&mut floor), vec![]);
-        assert_eq!(floor.poll_timeout(), Some(seconds(start, 30_000)));
-        floor.handle_timeout(seconds(start, 29_999));
+        assert_eq!(floor.poll_timeout(), Some(at(start, 30_000)));
+        floor.handle_timeout(at(start, 29_999));
         assert_eq!(drain(&mut floor), vec![]);
         assert_eq!(holder(&floor), Some(1));
-        floor.handle_timeout(seconds(start, 30_000));
+        floor.handle_timeout(at(start, 30_000));
         assert_eq!(
             drain(&mut floor),
             vec![revoked(1, RevokeReason::MaxTalkTime), granted(2, true), notify(2)]
         );
         assert_eq!(floor.position(id(1)), None);
-        assert_eq!(floor.poll_timeout(), Some(seconds(start, 34_000)));
+        assert_eq!(floor.poll_timeout(), Some(at(start, 34_000)));
     }
 
     #[test]
     fn f_flr_06_forced_release_on_inactivity() {
         let start = Instant::now();
         let mut floor = busy(FloorConfig::default(), start, terminal(1, 3), &[]);
-        floor.media(id(1), seconds(start, 1000));
-        assert_eq!(floor.poll_timeout(), Some(seconds(start, 5000)));
+        floor.media(id(1), at(start, 1000));
+        assert_eq!(floor.poll_timeout(), Some(at(start, 5000)));
         // Media from anyone else keeps nothing alive.
-        floor.media(id(9), seconds(start, 3000));
-        assert_eq!(floor.poll_timeout(), Some(seconds(start, 5000)));
-        floor.handle_timeout(seconds(start, 4999));
+        floor.media(id(9), at(start, 3000));
+        assert_eq!(floor.poll_timeout(), Some(at(start, 5000)));
+        floor.handle_timeout(at(start, 4999));
         assert_eq!(drain(&mut floor), vec![]);
-        floor.handle_timeout(seconds(start, 5000));
+        floor.handle_timeout(at(start, 5000));
         assert_eq!(drain(&mut floor), vec![revoked(1, RevokeReason::Inactivity), idle()]);
         assert!(floor.is_idle());
-        assert_eq!(floor.poll_timeout(), Some(seconds(start, 15_000)));
+        assert_eq!(floor.poll_timeout(), Some(at(start, 15_000)));
     }
 
     #[test]
@@ -884,9 +884,9 @@ mod tests {
         assert_eq!(notifies(&mut floor), vec![idle()]);
         assert_eq!(floor.request(terminal(6, 1), start), RequestOutcome::Granted);
         assert_eq!(notifies(&mut floor), vec![notify(6)]);
-        floor.handle_timeout(seconds(start, 4000));
+        floor.handle_timeout(at(start, 4000));
         assert_eq!(notifies(&mut floor), vec![idle()]);
-        floor.handle_timeout(seconds(start, 14_000));
+        floor.handle_timeout(at(start, 14_000));
         assert_eq!(notifies(&mut floor), vec![]);
     }
 
@@ -894,7 +894,7 @@ mod tests {
     fn f_flr_08_preemption_by_higher_priority() {
         let start = Instant::now();
         let mut floor = busy(FloorConfig::default(), start, terminal(1, 3), &[terminal(2, 3)]);
-        let later = seconds(start, 1000);
+        let later = at(start, 1000);
         assert_eq!(floor.request(terminal(3, 5), later), RequestOutcome::Granted);
         assert_eq!(
             drain(&mut floor),
@@ -903,7 +903,7 @@ mod tests {
         assert_eq!(holder(&floor), Some(3));
         // The pre-empted holder is released, not queued.
         assert_eq!(queue(&floor), vec![2]);
-        assert_eq!(floor.poll_timeout(), Some(seconds(start, 5000)));
+        assert_eq!(floor.poll_timeout(), Some(at(start, 5000)));
         // Equal priority does not pre-empt.
         assert_eq!(
             floor.request(terminal(4, 5), later),
@@ -998,26 +998,23 @@ mod tests {
     fn hang_time_ends_an_idle_call() {
         let start = Instant::now();
         let mut floor = Floor::new(FloorConfig::default(), start);
-        assert_eq!(floor.poll_timeout(), Some(seconds(start, 10_000)));
-        floor.handle_timeout(seconds(start, 9999));
+        assert_eq!(floor.poll_timeout(), Some(at(start, 10_000)));
+        floor.handle_timeout(at(start, 9999));
         assert_eq!(drain(&mut floor), vec![]);
         // Talking stops the hang timer; falling idle starts it again.
-        assert_eq!(
-            floor.request(terminal(1, 3), seconds(start, 5000)),
-            RequestOutcome::Granted
-        );
-        floor.handle_timeout(seconds(start, 8000));
+        assert_eq!(floor.request(terminal(1, 3), at(start, 5000)), RequestOutcome::Granted);
+        floor.handle_timeout(at(start, 8000));
         assert_eq!(drain(&mut floor), vec![granted(1, false), notify(1)]);
-        assert!(floor.release(id(1), seconds(start, 8000)));
+        assert!(floor.release(id(1), at(start, 8000)));
         assert_eq!(drain(&mut floor), vec![idle()]);
-        assert_eq!(floor.poll_timeout(), Some(seconds(start, 18_000)));
-        floor.handle_timeout(seconds(start, 17_999));
+        assert_eq!(floor.poll_timeout(), Some(at(start, 18_000)));
+        floor.handle_timeout(at(start, 17_999));
         assert_eq!(drain(&mut floor), vec![]);
-        floor.handle_timeout(seconds(start, 18_000));
+        floor.handle_timeout(at(start, 18_000));
         assert_eq!(drain(&mut floor), vec![FloorAction::HangTimeExpired]);
         // Reported once.
         assert_eq!(floor.poll_timeout(), None);
-        floor.handle_timeout(seconds(start, 60_000));
+        floor.handle_timeout(at(start, 60_000));
         assert_eq!(drain(&mut floor), vec![]);
     }
 
@@ -1084,13 +1081,35 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Request { who: u64, priority: u8, dispatcher: bool },
-        Insert { who: u64, priority: u8 },
-        Release { who: u64 },
-        Revoke { who: u64, reason: RevokeReason },
-        Media { who: u64 },
-        Leave { who: u64 },
-        Advance { millis: u64 },
+        Request {
+            who: u64,
+            priority: u8,
+            dispatcher: bool,
+        },
+        Insert {
+            who: u64,
+            priority: u8,
+        },
+        Release {
+            who: u64,
+        },
+        Revoke {
+            who: u64,
+            reason: RevokeReason,
+        },
+        Media {
+            who: u64,
+        },
+        Leave {
+            who: u64,
+        },
+        Advance {
+            millis: u64,
+        },
+        /// Time moves to just before (or at) the next deadline.
+        ToDeadline {
+            early_millis: u64,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1111,6 +1130,7 @@ mod tests {
             3 => who.clone().prop_map(|who| Op::Media { who }),
             1 => who.prop_map(|who| Op::Leave { who }),
             4 => prop_oneof![Just(0u64), 0u64..6000, 0u64..40_000].prop_map(|millis| Op::Advance { millis }),
+            2 => (0u64..3).prop_map(|early_millis| Op::ToDeadline { early_millis }),
         ]
     }
 
@@ -1138,7 +1158,7 @@ mod tests {
         let holder = floor.holder().map(|holder| holder.id);
         let queue: Vec<ParticipantId> = floor.queue().collect();
         // Timer steps may chain several changes (zero durations); other steps make at most one.
-        let timers = matches!(op, Op::Advance { .. });
+        let timers = matches!(op, Op::Advance { .. } | Op::ToDeadline { .. });
 
         // One holder (by type), never also waiting; everyone waits once; bounded queue.
         if let Some(holder) = holder {
@@ -1310,6 +1330,15 @@ mod tests {
                         // Every due timer ran.
                         prop_assert!(floor.poll_timeout().map_or(true, |next| next > now));
                     }
+                    Op::ToDeadline { early_millis } => {
+                        if let Some(deadline) = deadline {
+                            let target = deadline.checked_sub(Duration::from_millis(early_millis)).unwrap_or(deadline);
+                            now = now.max(target);
+                        }
+                        floor.handle_timeout(now);
+                        // Every due timer ran.
+                        prop_assert!(floor.poll_timeout().map_or(true, |next| next > now));
+                    }
                 }
                 let actions = drain(&mut floor);
                 // Timers fire only at or after their deadline.
@@ -1321,7 +1350,7 @@ mod tests {
                     )
                 });
                 if fired && !matches!(op, Op::Revoke { .. }) {
-                    let timer_step = matches!(op, Op::Advance { .. });
+                    let timer_step = matches!(op, Op::Advance { .. } | Op::ToDeadline { .. });
                     prop_assert!(timer_step, "{:?}", op);
                     prop_assert!(deadline.is_some_and(|deadline| deadline <= now));
                 }
