@@ -417,3 +417,48 @@ async fn f_sc_06_peer_down_mid_call_releases_survivor() {
     assert_no_calls(&cluster).await;
     cluster.shutdown().await;
 }
+
+/// Media anchoring `always`: every hop relays (here tcf-b, tcf-a and tcf-c each hold a relay
+/// bridge), and RTP still arrives byte-exact both ways; with `edge` the home in the middle
+/// (tcf-a) holds none (checked in `f_sc_01_call_success`'s setting here too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_sc_01_media_anchoring_always_and_edge() {
+    for (base, anchoring, middle_anchors) in [(17300, "always", true), (17400, "edge", false)] {
+        let cluster = Cluster::start_with(base, &format!("[calls]\nanchoring = \"{anchoring}\"\n")).await;
+        cluster.wait_all_up().await;
+        let free_before: Vec<usize> = (0..3)
+            .map(|index| cluster.node(index).engine.ports_available())
+            .collect();
+        let mut caller = Phone::register("1100", "alpha", cluster.address(B)).await;
+        let mut callee = Phone::register("1101", "alpha", cluster.address(C)).await;
+        let mut call = caller.call("1101").await;
+        let incoming = callee.incoming().await;
+        callee.answer(&incoming).await;
+        assert_eq!(caller.final_for(&mut call).await, 200);
+        callee.expect_request("ACK").await;
+        let free_during: Vec<usize> = (0..3)
+            .map(|index| cluster.node(index).engine.ports_available())
+            .collect();
+        assert!(
+            free_during[B] < free_before[B],
+            "{anchoring}: the caller's serving TCF anchors"
+        );
+        assert!(
+            free_during[C] < free_before[C],
+            "{anchoring}: the callee's serving TCF anchors"
+        );
+        assert_eq!(
+            free_during[A] < free_before[A],
+            middle_anchors,
+            "{anchoring}: the home TCF in the middle anchors only with `always`"
+        );
+        check_rtp_flows(&caller, call.remote_rtp.unwrap(), &callee, 10).await;
+        check_rtp_flows(&callee, incoming.remote_rtp.unwrap(), &caller, 11).await;
+        caller.in_dialog(&mut call, "BYE", None).await;
+        caller.expect_response("BYE", 200).await;
+        let bye = callee.expect_request("BYE").await;
+        callee.ok(&bye).await;
+        assert_no_calls(&cluster).await;
+        cluster.shutdown().await;
+    }
+}

@@ -426,8 +426,6 @@ impl Tcf {
                 to: to.clone(),
             });
         }
-        // This hop is going to work on the call: 100 at once (hop by hop).
-        self.respond(now, &key, &request, 100, "Trying", &[]);
         let from_terminal = peer.is_none();
         let to_terminal = matches!(next, Next::Terminal(_));
         let anchoring = self.config.calls.anchoring == Anchoring::Always || from_terminal || to_terminal;
@@ -442,6 +440,8 @@ impl Tcf {
         } else {
             (None, Bytes::copy_from_slice(request.body()))
         };
+        // This hop is going to work on the call: 100 at once (hop by hop).
+        self.respond(now, &key, &request, 100, "Trying", &[]);
         let destination = if from_terminal {
             source
         } else {
@@ -1633,19 +1633,19 @@ impl Tcf {
         };
         // 2xx retransmission.
         if let Some(retransmit) = call.retransmit.as_mut() {
+            if now.instant >= retransmit.give_up {
+                call.retransmit = None;
+                tracing::warn!(call = id, "no ACK for our 2xx: ending the call (RFC 3261 §13.3.1.4)");
+                self.end_call(now, id, None, (408, "Request Timeout"), "no ACK");
+                return;
+            }
             if retransmit.next <= now.instant {
-                if now.instant >= retransmit.give_up {
-                    call.retransmit = None;
-                    tracing::warn!(call = id, "no ACK for our 2xx: ending the call (RFC 3261 §13.3.1.4)");
-                    self.end_call(now, id, None, (408, "Request Timeout"), "no ACK");
-                    return;
-                }
                 let _ = self
                     .layer
                     .respond(now.instant, &retransmit.key, 200, retransmit.bytes.clone());
                 retransmit.interval = (retransmit.interval * 2).min(self.config.timers.t2());
                 retransmit.next = now.instant + retransmit.interval;
-                let next = retransmit.next;
+                let next = retransmit.next.min(retransmit.give_up);
                 self.calls.timers.push(Reverse((next, id)));
             }
         }
@@ -1680,5 +1680,268 @@ impl Tcf {
     #[allow(dead_code)]
     fn call_age(call: &Call, now: Now) -> Duration {
         now.instant.saturating_duration_since(call.started)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The call core alone, in simulated time: one node, two terminals, no sockets.
+    use super::*;
+    use crate::control::media::FakeMedia;
+
+    const NETWORK: &str = "[[tcf]]\nname = \"a\"\nsip = \"127.0.0.1:5601\"\nusers = [\"1000-1099\"]\nsecret = \"s\"\n";
+    const SUBSCRIBERS: &str = "[[user]]\nnumber = \"1000-1009\"\npassword = \"pw\"\n";
+    const CALLER: &str = "127.0.0.1:7000";
+    const CALLEE: &str = "127.0.0.1:7002";
+
+    struct Rig {
+        tcf: Tcf,
+        media: FakeMedia,
+        start: Instant,
+        wall: SystemTime,
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            let start = Instant::now();
+            let wall = SystemTime::now();
+            let network = Arc::new(Network::from_toml("n", NETWORK).unwrap());
+            let subscribers = Arc::new(Subscribers::from_toml("s", SUBSCRIBERS).unwrap());
+            let sip = crate::config::Config::from_toml("[sip]\nrealm = \"test\"\nt1_ms = 100\n")
+                .unwrap()
+                .sip;
+            let config = TcfConfig::new("a", sip, [7; 32]).unwrap();
+            let now = Now { instant: start, wall };
+            let mut tcf = Tcf::new(config, network, subscribers, now, 1).unwrap();
+            let media = FakeMedia::new();
+            tcf.set_media(Box::new(media.clone()));
+            let unix = wall.duration_since(UNIX_EPOCH).unwrap().as_secs();
+            let binding = |user: &str, address: &str| Binding {
+                user: Number::parse(user).unwrap(),
+                contact: format!("<sip:{user}@{address}>"),
+                address: address.parse().unwrap(),
+                expires_at: unix + 3600,
+            };
+            let registration = |user: &str| Registration {
+                user: Number::parse(user).unwrap(),
+                serving: "a".to_owned(),
+                expires_at: unix + 3600,
+            };
+            tcf.restore(
+                vec![binding("1000", CALLER), binding("1001", CALLEE)],
+                vec![registration("1000"), registration("1001")],
+                Vec::new(),
+                now,
+            );
+            Rig {
+                tcf,
+                media,
+                start,
+                wall,
+            }
+        }
+
+        fn at(&self, millis: u64) -> Now {
+            Now {
+                instant: self.start + Duration::from_millis(millis),
+                wall: self.wall + Duration::from_millis(millis),
+            }
+        }
+
+        fn deliver(&mut self, millis: u64, from: &str, text: &str) {
+            let now = self.at(millis);
+            self.tcf
+                .handle_datagram(now, from.parse().unwrap(), Bytes::copy_from_slice(text.as_bytes()));
+        }
+
+        fn tick(&mut self, millis: u64) {
+            let now = self.at(millis);
+            self.tcf.handle_timeout(now);
+        }
+
+        /// Everything sent since the last call, as (destination, message).
+        fn sent(&mut self) -> Vec<(SocketAddr, Message)> {
+            let mut out = Vec::new();
+            while let Some(output) = self.tcf.poll_output() {
+                if let Output::Transmit { destination, bytes } = output {
+                    out.push((destination, Message::parse_datagram(bytes).unwrap()));
+                }
+            }
+            out
+        }
+
+        fn bridges(&self) -> usize {
+            self.media.inspect(|state| state.bridges.len())
+        }
+    }
+
+    fn offer(port: u16) -> String {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        )
+    }
+
+    fn invite() -> String {
+        let body = offer(9000);
+        format!(
+            "INVITE sip:1001@127.0.0.1:5601 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKinv1;rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1000@127.0.0.1:5601>;tag=c1\r\nTo: <sip:1001@127.0.0.1:5601>\r\n\
+             Call-ID: call1@caller\r\nCSeq: 1 INVITE\r\nContact: <sip:1000@{CALLER}>\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn response_to(request: &Message, status: u16, tag: &str, body: Option<String>) -> String {
+        let mut builder = crate::sip::response_to(request, status, "X", Some(tag))
+            .unwrap()
+            .header(HeaderName::Contact, format!("<sip:1001@{CALLEE}>"));
+        if let Some(body) = body {
+            builder = builder.body("application/sdp", Bytes::from(body));
+        }
+        String::from_utf8(builder.build_bytes().unwrap().to_vec()).unwrap()
+    }
+
+    fn statuses(sent: &[(SocketAddr, Message)], to: &str) -> Vec<u16> {
+        let to: SocketAddr = to.parse().unwrap();
+        sent.iter()
+            .filter(|(destination, _)| *destination == to)
+            .filter_map(|(_, message)| message.status())
+            .collect()
+    }
+
+    fn requests<'a>(sent: &'a [(SocketAddr, Message)], to: &str, method: &str) -> Vec<&'a Message> {
+        let to: SocketAddr = to.parse().unwrap();
+        sent.iter()
+            .filter(|(destination, message)| {
+                *destination == to && message.method().is_some_and(|m| m.as_str() == method)
+            })
+            .map(|(_, message)| message)
+            .collect()
+    }
+
+    /// Sets up a call up to the callee's 200; returns the INVITE the callee got.
+    fn answered(rig: &mut Rig) -> Message {
+        rig.deliver(0, CALLER, &invite());
+        let sent = rig.sent();
+        assert_eq!(statuses(&sent, CALLER), vec![100]);
+        let onward = requests(&sent, CALLEE, "INVITE")[0].clone();
+        assert_eq!(rig.bridges(), 1, "one relay bridge for a call with both ends here");
+        rig.deliver(10, CALLEE, &response_to(&onward, 200, "e1", Some(offer(9100))));
+        onward
+    }
+
+    #[test]
+    fn our_2xx_is_retransmitted_until_the_ack_then_the_call_ends_without_one() {
+        let mut rig = Rig::new();
+        answered(&mut rig);
+        let sent = rig.sent();
+        assert_eq!(statuses(&sent, CALLER), vec![200]);
+        assert_eq!(
+            requests(&sent, CALLEE, "ACK").len(),
+            1,
+            "the callee's 2xx is ACKed at once"
+        );
+        // No ACK from the caller: T1, 2·T1, 4·T1, ... capped at T2, for 64·T1.
+        let mut retransmissions = 0;
+        let mut byes = 0;
+        for millis in (20..=7_000).step_by(10) {
+            rig.tick(millis);
+            let sent = rig.sent();
+            retransmissions += statuses(&sent, CALLER).iter().filter(|&&status| status == 200).count();
+            byes += requests(&sent, CALLER, "BYE").len() + requests(&sent, CALLEE, "BYE").len();
+            if byes > 0 {
+                break;
+            }
+        }
+        assert!(retransmissions >= 5, "2xx retransmitted ({retransmissions})");
+        assert_eq!(byes, 2, "after 64·T1 without ACK both sides get BYE");
+        assert_eq!(rig.bridges(), 0, "media freed");
+        assert_eq!(rig.tcf.stats().calls, 0);
+    }
+
+    #[test]
+    fn the_ack_stops_retransmission() {
+        let mut rig = Rig::new();
+        answered(&mut rig);
+        let sent = rig.sent();
+        let ok = sent
+            .iter()
+            .find(|(_, message)| message.status() == Some(200))
+            .map(|(_, message)| message.clone())
+            .unwrap();
+        let to = ok.header(HeaderName::To).unwrap().value_str().unwrap().into_owned();
+        let ack = format!(
+            "ACK sip:1001@127.0.0.1:5601 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKack1;rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1000@127.0.0.1:5601>;tag=c1\r\nTo: {to}\r\n\
+             Call-ID: call1@caller\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+        );
+        rig.deliver(20, CALLER, &ack);
+        for millis in (30..=2_000).step_by(10) {
+            rig.tick(millis);
+        }
+        assert!(
+            statuses(&rig.sent(), CALLER).is_empty(),
+            "nothing retransmitted after the ACK"
+        );
+        assert_eq!(rig.tcf.stats().calls, 1);
+    }
+
+    #[test]
+    fn an_answer_racing_the_cancel_is_acked_and_released_with_bye() {
+        let mut rig = Rig::new();
+        rig.deliver(0, CALLER, &invite());
+        let onward = requests(&rig.sent(), CALLEE, "INVITE")[0].clone();
+        rig.deliver(5, CALLEE, &response_to(&onward, 180, "e1", None));
+        assert_eq!(statuses(&rig.sent(), CALLER), vec![180]);
+        let cancel = invite()
+            .replacen("INVITE sip", "CANCEL sip", 1)
+            .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+        let cancel = cancel.split("Content-Type").next().unwrap().to_owned() + "Content-Length: 0\r\n\r\n";
+        rig.deliver(10, CALLER, &cancel);
+        let sent = rig.sent();
+        assert_eq!(statuses(&sent, CALLER), vec![200, 487]);
+        assert_eq!(requests(&sent, CALLEE, "CANCEL").len(), 1);
+        assert_eq!(rig.bridges(), 0, "media freed at once");
+        // The callee answers anyway.
+        rig.deliver(15, CALLEE, &response_to(&onward, 200, "e1", Some(offer(9100))));
+        let sent = rig.sent();
+        assert_eq!(requests(&sent, CALLEE, "ACK").len(), 1);
+        assert_eq!(requests(&sent, CALLEE, "BYE").len(), 1);
+        assert!(statuses(&sent, CALLER).is_empty(), "the caller hears nothing more");
+    }
+
+    #[test]
+    fn an_offer_without_a_usable_codec_gets_488_and_holds_nothing() {
+        let mut rig = Rig::new();
+        let text = invite().replace(
+            "RTP/AVP 0\r\na=rtpmap:0 PCMU/8000",
+            "RTP/AVP 98\r\na=rtpmap:98 opus/48000",
+        );
+        let text = {
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            let head = head.replace(
+                &format!("Content-Length: {}", offer(9000).len()),
+                &format!("Content-Length: {}", body.len()),
+            );
+            format!("{head}\r\n\r\n{body}")
+        };
+        rig.deliver(0, CALLER, &text);
+        assert_eq!(statuses(&rig.sent(), CALLER), vec![488]);
+        assert_eq!(rig.bridges(), 0);
+        assert_eq!(rig.tcf.stats().calls, 0);
+    }
+
+    #[test]
+    fn an_invite_from_an_unregistered_address_is_refused() {
+        let mut rig = Rig::new();
+        rig.deliver(0, "127.0.0.1:7777", &invite());
+        assert_eq!(
+            statuses(&rig.sent(), "127.0.0.1:7777"),
+            vec![403],
+            "answered where it came from"
+        );
+        assert_eq!(rig.bridges(), 0);
     }
 }
