@@ -60,6 +60,37 @@ pub struct Config {
     pub store: StoreConfig,
     /// Call control.
     pub calls: CallsConfig,
+    /// Group calls and floor control.
+    pub groups: GroupsConfig,
+}
+
+/// Who may end a whole group call by hanging up (F-GRP-05).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseBy {
+    /// The member who set the call up, and the group's dispatchers.
+    Initiator,
+    /// The group's dispatchers only.
+    Dispatchers,
+    /// Any member.
+    Anyone,
+}
+
+/// Group-call settings (`[groups]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupsConfig {
+    /// The floor is taken away after this long (F-FLR-06).
+    pub max_talk_time: Duration,
+    /// The floor is taken away after this long without RTP from the holder.
+    pub inactivity: Duration,
+    /// An idle floor with nobody waiting this long ends the group call.
+    pub hang_time: Duration,
+    /// Most floor requests waiting (0: none wait, a busy floor rejects).
+    pub queue: usize,
+    /// A dispatcher outranks every terminal for the floor.
+    pub dc_outranks: bool,
+    /// Who may end the whole call by hanging up.
+    pub release_by: ReleaseBy,
 }
 
 /// Where a call's media is anchored.
@@ -262,6 +293,65 @@ struct RawConfig {
     store: RawStore,
     #[serde(default)]
     calls: RawCalls,
+    #[serde(default)]
+    groups: RawGroups,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawGroups {
+    max_talk_time_s: u64,
+    inactivity_ms: u64,
+    hang_time_s: u64,
+    queue: usize,
+    dc_outranks: bool,
+    release_by: ReleaseBy,
+}
+
+impl Default for RawGroups {
+    fn default() -> Self {
+        Self {
+            max_talk_time_s: 30,
+            inactivity_ms: 4000,
+            hang_time_s: 10,
+            queue: 8,
+            dc_outranks: true,
+            release_by: ReleaseBy::Initiator,
+        }
+    }
+}
+
+impl RawGroups {
+    fn validate(self) -> Result<GroupsConfig, ConfigError> {
+        if !(1..=3600).contains(&self.max_talk_time_s) {
+            return Err(invalid("groups.max_talk_time_s", "must be 1 to 3600"));
+        }
+        if !(100..=600_000).contains(&self.inactivity_ms) {
+            return Err(invalid("groups.inactivity_ms", "must be 100 to 600000"));
+        }
+        if !(1..=3600).contains(&self.hang_time_s) {
+            return Err(invalid("groups.hang_time_s", "must be 1 to 3600"));
+        }
+        if self.queue > 1000 {
+            return Err(invalid("groups.queue", "must be at most 1000"));
+        }
+        Ok(GroupsConfig {
+            max_talk_time: Duration::from_secs(self.max_talk_time_s),
+            inactivity: Duration::from_millis(self.inactivity_ms),
+            hang_time: Duration::from_secs(self.hang_time_s),
+            queue: self.queue,
+            dc_outranks: self.dc_outranks,
+            release_by: self.release_by,
+        })
+    }
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        // The raw defaults are valid by construction; a failure here is a bug in this file.
+        #[allow(clippy::expect_used)]
+        RawGroups::default().validate().expect("default groups config is valid")
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -541,6 +631,7 @@ impl RawConfig {
         let metrics = self.metrics.validate()?;
         let sip = self.sip.validate()?;
         let calls = self.calls.validate()?;
+        let groups = self.groups.validate()?;
         let source = |text: &str, field: &str| -> Result<Source, ConfigError> {
             match text.trim() {
                 "" => Err(invalid(field, "must be `builtin:demo` or a file path")),
@@ -574,6 +665,7 @@ impl RawConfig {
             provisioning,
             store,
             calls,
+            groups,
         })
     }
 }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::io::Engine;
-use crate::media::api::{BridgeId, BridgeKind, LegId, LegInfo, LegSpec};
+use crate::media::api::{BridgeId, BridgeKind, Event, LegId, LegInfo, LegSpec};
 
 /// The media operations call control needs. Each returns at once (the engine applies them on
 /// its workers for the next packet).
@@ -21,6 +21,12 @@ pub trait MediaPlane: Send {
     fn remove_bridge(&mut self, bridge: BridgeId);
     /// Sets the leg a group bridge forwards (the floor holder), or none.
     fn set_source(&mut self, bridge: BridgeId, leg: Option<LegId>) -> Result<(), String>;
+    /// Removes one leg (its ports go into quarantine).
+    fn remove_leg(&mut self, leg: LegId);
+    /// The next event of the user plane (talker first packet, talker silent), if any.
+    fn poll_event(&mut self) -> Option<Event> {
+        None
+    }
 }
 
 impl MediaPlane for Arc<Engine> {
@@ -44,6 +50,16 @@ impl MediaPlane for Arc<Engine> {
 
     fn set_source(&mut self, bridge: BridgeId, leg: Option<LegId>) -> Result<(), String> {
         Engine::set_source(self, bridge, leg).map_err(|error| error.to_string())
+    }
+
+    fn remove_leg(&mut self, leg: LegId) {
+        if let Err(error) = Engine::remove_leg(self, leg) {
+            tracing::warn!(%leg, %error, "removing a leg failed");
+        }
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        self.events().try_recv().ok()
     }
 }
 
@@ -69,6 +85,8 @@ impl MediaPlane for NoMedia {
     fn set_source(&mut self, _bridge: BridgeId, _leg: Option<LegId>) -> Result<(), String> {
         Err("no media engine".to_owned())
     }
+
+    fn remove_leg(&mut self, _leg: LegId) {}
 }
 
 /// An in-memory user plane for sans-IO tests: hands out port pairs and records every leg's
@@ -176,5 +194,14 @@ impl MediaPlane for FakeMedia {
             state.sources.insert(bridge, leg);
             Ok(())
         })
+    }
+
+    fn remove_leg(&mut self, leg: LegId) {
+        self.with(|state| {
+            state.legs.remove(&leg);
+            for legs in state.bridges.values_mut() {
+                legs.retain(|&other| other != leg);
+            }
+        });
     }
 }

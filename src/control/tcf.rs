@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{CallsConfig, SipConfig};
+use crate::config::{CallsConfig, GroupsConfig, SipConfig};
 use crate::control::media::{MediaPlane, NoMedia};
 use crate::control::provisioning::{AnswerMode, Network, Subscribers};
 use crate::proto::Number;
@@ -43,6 +43,8 @@ pub struct TcfConfig {
     pub nonce_key: [u8; 32],
     /// The `[calls]` settings.
     pub calls: CallsConfig,
+    /// The `[groups]` settings.
+    pub groups: GroupsConfig,
 }
 
 impl TcfConfig {
@@ -55,6 +57,7 @@ impl TcfConfig {
             timers,
             nonce_key,
             calls: CallsConfig::default(),
+            groups: GroupsConfig::default(),
         })
     }
 }
@@ -202,6 +205,43 @@ pub enum TcfEvent {
         /// Why.
         reason: String,
     },
+    /// A group call started at this node (its home).
+    GroupCallStarted {
+        /// The group.
+        group: Number,
+        /// Who set it up.
+        initiator: Number,
+    },
+    /// A member or DC served here joined a group call.
+    GroupMemberJoined {
+        /// The group.
+        group: Number,
+        /// The member.
+        user: Number,
+    },
+    /// The floor of a group call changed (at its home): the new talker or idle.
+    FloorChanged {
+        /// The group.
+        group: Number,
+        /// The holder, `None` when idle.
+        talker: Option<Number>,
+    },
+    /// The home took the floor away from its holder (F-FLR-06).
+    FloorRevoked {
+        /// The group.
+        group: Number,
+        /// The former holder.
+        user: Number,
+        /// Why (`maxtalktime`, `inactivity`, `preempted`, `insertion`, `ordered`).
+        reason: String,
+    },
+    /// A group call ended at this node (home or member TCF).
+    GroupCallEnded {
+        /// The group.
+        group: Number,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// What the driver must do.
@@ -248,6 +288,8 @@ pub struct SipStats {
     pub transactions: usize,
     /// Calls alive on this node.
     pub calls: usize,
+    /// Group calls alive on this node (as home or member TCF).
+    pub group_calls: usize,
     /// Calls answered since start.
     pub calls_answered: u64,
     /// Calls ended since start.
@@ -328,6 +370,7 @@ pub struct Tcf {
     next_expiry: Instant,
     counters: SipCounters,
     calls: call::Calls,
+    groups: group::Groups,
     media: Box<dyn MediaPlane>,
 }
 
@@ -352,6 +395,7 @@ pub enum TcfError {
 const SERVER: &str = "floorcast";
 
 mod call;
+mod group;
 
 impl Tcf {
     /// A core for node `config.name` of `network`.
@@ -418,6 +462,7 @@ impl Tcf {
             next_expiry: now.instant,
             counters: SipCounters::default(),
             calls: call::Calls::default(),
+            groups: group::Groups::default(),
             media: Box::new(NoMedia),
         })
     }
@@ -506,6 +551,7 @@ impl Tcf {
             locations: self.locations.len(),
             transactions: self.layer.len(),
             calls: self.calls.len(),
+            group_calls: self.groups.len(),
             calls_answered: self.calls.answered_total,
             calls_ended: self.calls.ended_total,
             peers: self.peers.iter().map(|peer| (peer.name.clone(), peer.up)).collect(),
@@ -527,6 +573,9 @@ impl Tcf {
         if let Some(at) = self.calls.next_deadline() {
             deadline = deadline.min(at);
         }
+        if let Some(at) = self.groups.next_deadline() {
+            deadline = deadline.min(at);
+        }
         deadline
     }
 
@@ -535,6 +584,7 @@ impl Tcf {
         self.layer.handle_timeout(now.instant);
         self.drain_layer(now);
         self.call_timers(now);
+        self.group_timers(now);
         self.drain_layer(now);
         if now.instant >= self.next_housekeeping {
             // Heartbeats are checked every 100 ms (each peer has its own due time); expiry,
@@ -589,6 +639,8 @@ impl Tcf {
         } else {
             self.handle_response(now, message);
         }
+        self.drain_layer(now);
+        self.group_changes(now);
         self.drain_layer(now);
         self.current_source = None;
     }
@@ -756,7 +808,19 @@ impl Tcf {
             {
                 self.call_response(now, key, 408, None);
             }
-            TransactionUserEvent::Terminated { key, .. } => self.call_transaction_ended(&key),
+            TransactionUserEvent::Response { key, status, bytes } if self.groups.owns(&key) => {
+                let response = Message::parse_datagram(bytes).ok();
+                self.group_response(now, key, status, response);
+            }
+            TransactionUserEvent::Timeout { key, .. } | TransactionUserEvent::TransportError { key, .. }
+                if self.groups.owns(&key) =>
+            {
+                self.group_response(now, key, 408, None);
+            }
+            TransactionUserEvent::Terminated { key, .. } => {
+                self.call_transaction_ended(&key);
+                self.group_transaction_ended(&key);
+            }
             TransactionUserEvent::Ack { bytes, .. } => self.ack(bytes),
             TransactionUserEvent::Response { key, status, bytes } => {
                 if status < 200 {
@@ -812,7 +876,10 @@ impl Tcf {
         let in_dialog = !matches!(method, Method::Register | Method::Ack | Method::Cancel)
             && request.to().ok().is_some_and(|to| to.tag().is_some());
         if in_dialog {
-            if let Some(unmatched) = self.in_dialog(now, key.clone(), request) {
+            let unmatched = self
+                .in_dialog(now, key.clone(), request)
+                .and_then(|request| self.group_in_dialog(now, key.clone(), request));
+            if let Some(unmatched) = unmatched {
                 self.respond(now, &key, &unmatched, 481, "Call/Transaction Does Not Exist", &[]);
             }
             return;
@@ -1197,12 +1264,14 @@ impl Tcf {
     fn bind(&mut self, binding: Binding, expires: u32) {
         let user = binding.user.clone();
         self.bindings.insert(user.clone(), binding.clone());
+        self.groups.changed.push(user.clone());
         self.write(StoreWrite::PutBinding(binding));
         self.event(TcfEvent::Bound { user, expires });
     }
 
     fn unbind(&mut self, user: &Number, reason: &'static str) -> Option<Binding> {
         let binding = self.bindings.remove(user)?;
+        self.groups.changed.push(user.clone());
         self.write(StoreWrite::RemoveBinding(user.clone()));
         self.event(TcfEvent::Unbound {
             user: user.clone(),
@@ -1348,6 +1417,7 @@ impl Tcf {
                 self.write(StoreWrite::RemoveLocation(user.clone()));
             }
         }
+        self.groups.changed.push(user.clone());
         self.event(TcfEvent::LocationUpdated {
             user: user.clone(),
             serving: serving.filter(|_| expires > 0),

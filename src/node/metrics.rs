@@ -92,7 +92,11 @@ pub fn render_sip(out: &mut String, node: &str, stats: &SipStats) {
     out.push_str("# TYPE floorcast_sip_calls gauge\n");
     let _ = writeln!(out, "floorcast_sip_calls{{{labels}}} {}", stats.calls);
     out.push_str("# TYPE floorcast_sip_calls_answered_total counter\n# TYPE floorcast_sip_calls_ended_total counter\n");
-    let _ = writeln!(out, "floorcast_sip_calls_answered_total{{{labels}}} {}", stats.calls_answered);
+    let _ = writeln!(
+        out,
+        "floorcast_sip_calls_answered_total{{{labels}}} {}",
+        stats.calls_answered
+    );
     let _ = writeln!(out, "floorcast_sip_calls_ended_total{{{labels}}} {}", stats.calls_ended);
     out.push_str("# HELP floorcast_peer_up Heartbeat state of each peer TCF (1 up, 0 down, -1 unknown).\n");
     out.push_str("# TYPE floorcast_peer_up gauge\n");

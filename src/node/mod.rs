@@ -127,6 +127,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Node> {
     let mut tcf_config = TcfConfig::new(&config.node.name, sip_config.clone(), nonce_key(&store)?)
         .map_err(|error| anyhow::anyhow!("sip timers: {error}"))?;
     tcf_config.calls = config.calls.clone();
+    tcf_config.groups = config.groups.clone();
     let now = crate::control::tcf::Now {
         instant: std::time::Instant::now(),
         wall: std::time::SystemTime::now(),

@@ -54,6 +54,33 @@ pub fn sdp(port: u16, direction: &str) -> String {
     )
 }
 
+/// An answer to `offer` at `port`: the offered audio formats (with their rtpmap/fmtp lines),
+/// our address, `direction`.
+pub fn answer_sdp(offer: &[u8], port: u16, direction: &str) -> String {
+    let text = String::from_utf8_lossy(offer);
+    let mut formats = String::new();
+    let mut attributes = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("m=audio ") {
+            formats = rest.split_whitespace().skip(2).collect::<Vec<_>>().join(" ");
+        } else if line.starts_with("a=rtpmap:") || line.starts_with("a=fmtp:") || line.starts_with("a=ptime:") {
+            attributes.push_str(line);
+            attributes.push_str("\r\n");
+        }
+    }
+    format!(
+        "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP {formats}\r\n{attributes}a={direction}\r\n"
+    )
+}
+
+/// The first payload type of the audio m-line of an SDP body.
+pub fn first_payload_type(body: &[u8]) -> Option<u8> {
+    let text = std::str::from_utf8(body).ok()?;
+    let line = text.lines().find(|line| line.starts_with("m=audio "))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 /// The RTP address in an SDP body (`c=` + `m=audio`).
 pub fn media_address(body: &[u8]) -> Option<SocketAddr> {
     let text = std::str::from_utf8(body).ok()?;
@@ -276,6 +303,11 @@ impl Phone {
 
     /// A request in the caller's dialog (BYE, re-INVITE with a body).
     pub async fn in_dialog(&mut self, call: &mut Outgoing, method: &str, body: Option<&str>) {
+        self.in_dialog_with(call, method, body, "").await;
+    }
+
+    /// Like [`Phone::in_dialog`], with extra header lines (each ending in CRLF).
+    pub async fn in_dialog_with(&mut self, call: &mut Outgoing, method: &str, body: Option<&str>, extra: &str) {
         self.cseq += 1;
         call.cseq = self.cseq;
         let me = self.sip_address();
@@ -294,7 +326,7 @@ impl Phone {
         let text = format!(
             "{method} sip:x@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={branch};rport\r\nMax-Forwards: 70\r\n\
              From: <sip:{user}@{server}>;tag={from_tag}\r\nTo: {to};tag={to_tag}\r\nCall-ID: {call_id}\r\n\
-             CSeq: {cseq} {method}\r\nContact: <sip:{user}@{me}>\r\n{content_type}Content-Length: {length}\r\n\r\n{body}",
+             CSeq: {cseq} {method}\r\nContact: <sip:{user}@{me}>\r\n{extra}{content_type}Content-Length: {length}\r\n\r\n{body}",
             user = self.user(),
             from_tag = call.from_tag,
             to = call.to,
@@ -334,15 +366,26 @@ impl Phone {
             .unwrap();
     }
 
-    /// Answers with 200 OK and our offer-answer at our RTP port.
+    /// Answers with 200 OK and an answer at our RTP port with the offered formats.
     pub async fn answer(&self, incoming: &Incoming) {
-        let body = sdp(self.rtp_port(), "sendrecv");
+        let body = answer_sdp(incoming.invite.body(), self.rtp_port(), "sendrecv");
         self.respond(&incoming.invite, &incoming.tag, 200, "OK", Some(&body))
             .await;
     }
 
     /// A request in the callee's dialog (BYE).
     pub async fn callee_request(&mut self, incoming: &mut Incoming, method: &str) {
+        self.callee_request_with(incoming, method, None, "").await;
+    }
+
+    /// Like [`Phone::callee_request`], with a body (SDP) and extra header lines.
+    pub async fn callee_request_with(
+        &mut self,
+        incoming: &mut Incoming,
+        method: &str,
+        body: Option<&str>,
+        extra: &str,
+    ) {
         incoming.cseq += 1;
         let me = self.sip_address();
         let server = self.server;
@@ -351,12 +394,20 @@ impl Phone {
         let from = header(invite, HeaderName::From);
         let to = header(invite, HeaderName::To);
         let call_id = invite.call_id().unwrap().to_owned();
+        let body = body.unwrap_or("");
+        let content_type = if body.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        };
         let text = format!(
             "{method} sip:x@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={branch};rport\r\nMax-Forwards: 70\r\n\
              From: {to};tag={tag}\r\nTo: {from}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n\
-             Content-Length: 0\r\n\r\n",
+             Contact: <sip:{user}@{me}>\r\n{extra}{content_type}Content-Length: {length}\r\n\r\n{body}",
             tag = incoming.tag,
             cseq = incoming.cseq,
+            user = self.user(),
+            length = body.len(),
         );
         self.send(&text).await;
     }
@@ -370,9 +421,14 @@ impl Phone {
 
     /// Sends `count` RTP packets (PCMU, 160-byte payloads derived from `seed`) to `to`.
     pub async fn send_rtp(&self, to: SocketAddr, count: u16, seed: u8) -> Vec<Vec<u8>> {
+        self.send_rtp_pt(to, count, seed, 0).await
+    }
+
+    /// Like [`Phone::send_rtp`] with payload type `pt`.
+    pub async fn send_rtp_pt(&self, to: SocketAddr, count: u16, seed: u8, pt: u8) -> Vec<Vec<u8>> {
         let mut sent = Vec::new();
         for index in 0..count {
-            let mut packet = vec![0x80, 0x00];
+            let mut packet = vec![0x80, pt & 0x7f];
             packet.extend_from_slice(&index.to_be_bytes());
             packet.extend_from_slice(&(u32::from(index) * 160).to_be_bytes());
             packet.extend_from_slice(&[0x11, 0x22, 0x33, seed]);
@@ -405,6 +461,35 @@ impl Phone {
         }
         out
     }
+}
+
+/// The `Ptt-Extension` of a message ("" when none).
+pub fn ptt(message: &Message) -> String {
+    message
+        .headers_named("Ptt-Extension")
+        .next()
+        .and_then(|header| header.value_str().map(|value| value.into_owned()))
+        .unwrap_or_default()
+}
+
+/// Checks a listener's packets form one continuous stream: one SSRC, sequence numbers
+/// advancing by exactly one; returns the payloads (after the 12-byte header and CSRCs).
+pub fn continuous_payloads(packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut payloads = Vec::new();
+    let mut last: Option<(u32, u16)> = None;
+    for packet in packets {
+        assert!(packet.len() >= 12, "an RTP packet");
+        let csrcs = usize::from(packet[0] & 0x0f);
+        let seq = u16::from_be_bytes([packet[2], packet[3]]);
+        let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
+        if let Some((last_ssrc, last_seq)) = last {
+            assert_eq!(ssrc, last_ssrc, "one SSRC for the listener's whole stream");
+            assert_eq!(seq, last_seq.wrapping_add(1), "sequence continues by one");
+        }
+        last = Some((ssrc, seq));
+        payloads.push(packet[12 + 4 * csrcs..].to_vec());
+    }
+    payloads
 }
 
 /// Sends RTP from `from` to `to_address` and checks `receiver` gets every packet unchanged.

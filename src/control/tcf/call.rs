@@ -64,6 +64,8 @@ enum Stage {
     CalleeHome,
     /// The callee's serving TCF.
     CalleeServing,
+    /// The group's home (a group set-up relayed by the caller's home).
+    GroupHome,
 }
 
 impl Stage {
@@ -73,6 +75,7 @@ impl Stage {
             Stage::CallerHome => "caller-home",
             Stage::CalleeHome => "callee-home",
             Stage::CalleeServing => "callee-serving",
+            Stage::GroupHome => "group-home",
         }
     }
 
@@ -185,6 +188,10 @@ struct Call {
     forwarded: bool,
     /// The number first dialed, when the call was forwarded.
     forwarded_from: Option<Number>,
+    /// `pttcall` call type (1: single call; 4: a group session relayed like a call).
+    calltype: String,
+    /// The group of a group session relayed like a call.
+    gdn: Option<String>,
     /// Why we gave up on B before it answered: the status the caller then gets.
     give_up_status: Option<(u16, &'static str)>,
     retransmit: Option<Retransmit>,
@@ -304,7 +311,7 @@ fn asserted_user(message: &Message) -> Option<Number> {
 
 /// The CANCEL for an INVITE we sent (RFC 3261 §9.1): same Request-URI, top Via, From, To,
 /// Call-ID, CSeq number and Route.
-fn cancel_for(invite: &Message) -> Option<Bytes> {
+pub(super) fn cancel_for(invite: &Message) -> Option<Bytes> {
     let uri = std::str::from_utf8(invite.request_uri_raw()?).ok()?;
     let mut builder = MessageBuilder::request(Method::Cancel, uri)
         .header(HeaderName::Via, invite.header(HeaderName::Via)?.value)
@@ -345,7 +352,7 @@ impl Tcf {
     // ---- a new INVITE ---------------------------------------------------------------------
 
     /// An INVITE outside any dialog: a new call through this node.
-    pub(super) fn invite(&mut self, now: Now, key: TransactionKey, request: Message, reliable: bool) {
+    pub(super) fn invite(&mut self, now: Now, key: TransactionKey, mut request: Message, reliable: bool) {
         let Some(source) = self.current_source else { return };
         if self.calls.len() >= self.config.calls.max_calls {
             self.respond(now, &key, &request, 503, "Service Unavailable (call limit)", &[]);
@@ -353,13 +360,30 @@ impl Tcf {
         }
         let peer = self.network.tcf_at(source).map(|tcf| tcf.name.clone());
         // Who calls is checked first: a stranger learns nothing about our users.
+        let stage_text = ptt_param(&request, "stage").map(|stage| stage.to_ascii_lowercase());
         let (caller, stage) = match &peer {
             Some(_) => {
                 let Some(caller) = asserted_user(&request).or_else(|| user_of(request.from())) else {
                     self.respond(now, &key, &request, 400, "Bad Request (no caller identity)", &[]);
                     return;
                 };
-                let Some(stage) = ptt_param(&request, "stage").and_then(|stage| Stage::parse(&stage)) else {
+                // Group sessions (set-up at the home, floor requests, downlinks).
+                if matches!(stage_text.as_deref(), Some("group-home" | "group-member")) {
+                    let gdn = request_user(&request)
+                        .or_else(|| ptt_param(&request, "GDN").and_then(|gdn| Number::parse(&gdn).ok()));
+                    if let Some(gdn) = gdn {
+                        let stage = stage_text.clone();
+                        if let Some(request) =
+                            self.group_invite(now, key.clone(), request, &caller, &gdn, false, stage.as_deref())
+                        {
+                            self.respond(now, &key, &request, 404, "Not Found (not the group's home)", &[]);
+                        }
+                    } else {
+                        self.respond(now, &key, &request, 404, "Not Found", &[]);
+                    }
+                    return;
+                }
+                let Some(stage) = stage_text.as_deref().and_then(Stage::parse) else {
                     self.respond(now, &key, &request, 400, "Bad Request (pttcall stage)", &[]);
                     return;
                 };
@@ -382,6 +406,16 @@ impl Tcf {
             self.respond(now, &key, &request, 404, "Not Found", &[]);
             return;
         };
+        // A group number: group set-up (from a terminal, or at the caller's home when that is
+        // the group home too); a caller home elsewhere relays it like a call (below).
+        if self.subscribers.group(&callee).is_some() {
+            let from_terminal = peer.is_none();
+            let stage_name = if from_terminal { None } else { Some(stage.param()) };
+            match self.group_invite(now, key.clone(), request, &caller, &callee, from_terminal, stage_name) {
+                Some(returned) => request = returned,
+                None => return,
+            }
+        }
         // The offer: every call carries one in its INVITE.
         let offer = if is_sdp(&request) {
             match sdp::parse(request.body()) {
@@ -449,6 +483,13 @@ impl Tcf {
         };
         let id = self.calls.next_id;
         self.calls.next_id += 1;
+        let calltype = ptt_param(&request, "calltype")
+            .filter(|calltype| calltype.len() <= 4 && calltype.bytes().all(|byte| byte.is_ascii_digit()))
+            .unwrap_or_else(|| "1".to_owned());
+        let gdn = ptt_param(&request, "GDN")
+            .and_then(|gdn| Number::parse(&gdn).ok())
+            .map(|gdn| gdn.to_string())
+            .or_else(|| self.subscribers.group(&callee).map(|group| group.number.to_string()));
         let tag = self.token();
         let contact = format!("<sip:{callee}@{}>", self.address);
         let priority = self.subscribers.user(&caller).map_or(1, |user| user.priority);
@@ -478,6 +519,8 @@ impl Tcf {
             forward_busy: plan.forward_busy.take(),
             forwarded: plan.forwarded,
             forwarded_from: plan.forwarded_from.take(),
+            calltype,
+            gdn,
             give_up_status: None,
             retransmit: None,
             reinvite: false,
@@ -543,6 +586,12 @@ impl Tcf {
                     if self.subscribers.user(caller).is_none() {
                         return Err((403, "Forbidden (unknown caller)"));
                     }
+                    if let Some(home) = self.network.home_of_group(&callee) {
+                        // A group set-up passing through the caller's home (F-GRP-01).
+                        plan.target = Some(callee.clone());
+                        let home = home.name.clone();
+                        return self.to_peer(&home, Stage::GroupHome);
+                    }
                     plan.ring = true;
                     plan.busy.push(caller.clone());
                     let home = self.network.home_of_user(&callee).ok_or((404, "Not Found"))?;
@@ -591,6 +640,7 @@ impl Tcf {
                     let serving = registration.serving.clone();
                     return self.to_peer(&serving, Stage::CalleeServing);
                 }
+                Stage::GroupHome => return Err((404, "Not Found (not the group's home)")),
                 Stage::CalleeServing => {
                     let binding = self
                         .bindings
@@ -674,10 +724,16 @@ impl Tcf {
         let from_tag = self.token();
         let call_id = format!("{}@{}", self.token(), self.config.name);
         let caller = &call.caller;
-        let mut extension = format!(
-            "pttcall;calltype=1;duplex=1;priority={};callerUDN={caller};calleeUDN={target}",
-            call.priority
-        );
+        let mut extension = match &call.gdn {
+            Some(gdn) => format!(
+                "pttcall;calltype={};priority={};GDN={gdn};callerUDN={caller};calleeUDN={target}",
+                call.calltype, call.priority
+            ),
+            None => format!(
+                "pttcall;calltype={};duplex=1;priority={};callerUDN={caller};calleeUDN={target}",
+                call.calltype, call.priority
+            ),
+        };
         if let Some(stage) = stage {
             extension.push_str(";stage=");
             extension.push_str(stage.param());
@@ -836,7 +892,11 @@ impl Tcf {
                 call.ring_deadline = None;
                 call.no_answer = None;
                 self.calls.answered_total += 1;
-                self.answer_a(now, &mut call, status, "OK", body);
+                let extension = response
+                    .headers_named("Ptt-Extension")
+                    .next()
+                    .and_then(|header| header.value_str().map(|value| value.into_owned()));
+                self.answer_a_with(now, &mut call, status, "OK", body, extension);
                 self.event(TcfEvent::CallAnswered {
                     caller: call.caller.clone(),
                     callee: b.target.clone(),
@@ -962,6 +1022,19 @@ impl Tcf {
 
     /// Answers A's initial INVITE (provisional or final) with our tag and Contact.
     fn answer_a(&mut self, now: Now, call: &mut Call, status: u16, reason: &str, body: Option<Bytes>) {
+        self.answer_a_with(now, call, status, reason, body, None);
+    }
+
+    /// Like `answer_a`, passing on the far side's `Ptt-Extension` (a floor outcome).
+    fn answer_a_with(
+        &mut self,
+        now: Now,
+        call: &mut Call,
+        status: u16,
+        reason: &str,
+        body: Option<Bytes>,
+        extension: Option<String>,
+    ) {
         if call.a.answered {
             return;
         }
@@ -975,6 +1048,9 @@ impl Tcf {
         }
         if (200..300).contains(&status) {
             builder = builder.header(HeaderName::Allow, ALLOW);
+        }
+        if let Some(extension) = extension {
+            builder = builder.raw_header("Ptt-Extension", extension);
         }
         if let Some(body) = body {
             builder = builder.body(SDP, body);
@@ -1472,6 +1548,13 @@ impl Tcf {
                     if status < 300 {
                         builder = builder.header(HeaderName::Contact, contact);
                     }
+                    if let Some(extension) = response
+                        .as_ref()
+                        .and_then(|response| response.headers_named("Ptt-Extension").next())
+                        .and_then(|header| header.value_str().map(|value| value.into_owned()))
+                    {
+                        builder = builder.raw_header("Ptt-Extension", extension);
+                    }
                     if let Some(body) = body {
                         builder = builder.body(SDP, body);
                     }
@@ -1596,7 +1679,9 @@ impl Tcf {
             self.calls.timers.pop();
             self.call_timer(now, id);
         }
-        for peer in std::mem::take(&mut self.calls.peers_down) {
+        let peers = std::mem::take(&mut self.calls.peers_down);
+        self.groups.peers_down.extend(peers.iter().cloned());
+        for peer in peers {
             let ids: Vec<u64> = self
                 .calls
                 .calls
