@@ -13,7 +13,6 @@ use std::time::Duration;
 use common::cluster::*;
 use common::phone::*;
 use floorcast::control::tcf::TcfEvent;
-use floorcast::sip::Message;
 
 const A: usize = 0;
 const B: usize = 1;
@@ -246,6 +245,423 @@ async fn f_grp_01_group_call_setup_through_caller_home_and_floor_handover() {
     })
     .await;
     assert_all_released(&cluster).await;
-    let _ = Message::parse_datagram;
     cluster.shutdown().await;
+}
+
+/// The standard scene: 1300 at tcf-b sets up group 2100 and holds the floor; 1100 (at the
+/// home), 1101 (tcf-b), 1301 (tcf-c) and the DC 9200 (tcf-c) have joined and know 1300 talks.
+struct Scene {
+    cluster: Cluster,
+    caller: Phone,
+    call: Outgoing,
+    pt: u8,
+    l1100: Listener,
+    l1101: Listener,
+    l1301: Listener,
+    dc: Listener,
+}
+
+impl Scene {
+    async fn start(base: u16, extra: &str) -> Scene {
+        let cluster = Cluster::start_with(base, extra).await;
+        cluster.wait_all_up().await;
+        let m1100 = Phone::register("1100", "alpha", cluster.address(A)).await;
+        let m1101 = Phone::register("1101", "alpha", cluster.address(B)).await;
+        let mut caller = Phone::register("1300", "charlie", cluster.address(B)).await;
+        let m1301 = Phone::register("1301", "charlie", cluster.address(C)).await;
+        let dc = Phone::register("9200", "dispatch-b", cluster.address(C)).await;
+        wait_located(&cluster, &["1100", "1101", "1300", "1301", "9200"]).await;
+        let mut call = caller.call("2100").await;
+        assert_eq!(caller.final_for(&mut call).await, 200);
+        let ok = caller
+            .seen
+            .iter()
+            .rev()
+            .find(|m| m.status() == Some(200))
+            .cloned()
+            .unwrap();
+        let pt = first_payload_type(ok.body()).unwrap();
+        let mut scene = Scene {
+            l1100: Listener::join(m1100).await,
+            l1101: Listener::join(m1101).await,
+            l1301: Listener::join(m1301).await,
+            dc: Listener::join(dc).await,
+            cluster,
+            caller,
+            call,
+            pt,
+        };
+        for listener in scene.listeners() {
+            listener.expect_talker("1300").await;
+        }
+        scene
+    }
+
+    fn listeners(&mut self) -> [&mut Listener; 4] {
+        [&mut self.l1100, &mut self.l1101, &mut self.l1301, &mut self.dc]
+    }
+
+    /// The caller releases the floor; everyone hears "idle".
+    async fn caller_releases(&mut self) {
+        let release = sdp(self.caller.rtp_port(), "recvonly");
+        self.caller
+            .in_dialog_with(
+                &mut self.call,
+                "INVITE",
+                Some(&release),
+                "Ptt-Extension: pttreleasefloor\r\n",
+            )
+            .await;
+        self.caller.expect_response("INVITE", 200).await;
+        self.caller.ack(&self.call).await;
+    }
+
+    /// The caller hangs up and everyone is released.
+    async fn end(mut self) {
+        self.caller.in_dialog(&mut self.call, "BYE", None).await;
+        self.caller.expect_response("BYE", 200).await;
+        for listener in self.listeners() {
+            let bye = listener.phone.expect_request("BYE").await;
+            listener.phone.ok(&bye).await;
+        }
+        assert_all_released(&self.cluster).await;
+        self.cluster.shutdown().await;
+    }
+}
+
+impl Listener {
+    /// Asks for the floor (`pttrequest` or `pttinsert`) with a re-INVITE; returns the response.
+    async fn request_floor(&mut self, token: &str) -> floorcast::sip::Message {
+        let offer = sdp(self.phone.rtp_port(), "sendonly");
+        let extra = format!("Ptt-Extension: {token}\r\n");
+        self.phone
+            .callee_request_with(&mut self.session, "INVITE", Some(&offer), &extra)
+            .await;
+        self.phone.expect_response("INVITE", 200).await
+    }
+
+    /// Gives the floor back with a re-INVITE.
+    async fn release_floor(&mut self) {
+        let offer = sdp(self.phone.rtp_port(), "recvonly");
+        self.phone
+            .callee_request_with(
+                &mut self.session,
+                "INVITE",
+                Some(&offer),
+                "Ptt-Extension: pttreleasefloor\r\n",
+            )
+            .await;
+        assert_eq!(self.phone.expect_response("INVITE", 200).await.status(), Some(200));
+    }
+
+    /// Waits for an in-dialog INVITE from the TCF carrying `token`, answers 200.
+    async fn expect_floor_invite(&mut self, token: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} expected {token}",
+                self.phone.user()
+            );
+            let message = self.phone.next(WAIT).await.expect("a message");
+            match message.method().map(|m| m.as_str().to_owned()).as_deref() {
+                Some("INVITE") => {
+                    let answer = answer_sdp(message.body(), self.phone.rtp_port(), "sendrecv");
+                    self.phone
+                        .respond(&message, &self.session.tag, 200, "OK", Some(&answer))
+                        .await;
+                    if ptt(&message).contains(token) {
+                        return;
+                    }
+                }
+                Some("INFO") => self.phone.ok(&message).await,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// F-GRP-02: an unknown group gets 404, a caller who is no member of the group 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_grp_02_setup_rejected() {
+    let cluster = Cluster::start(18200).await;
+    cluster.wait_all_up().await;
+    // 1105 is a member of 2200 only.
+    let mut outsider = Phone::register("1105", "alpha", cluster.address(B)).await;
+    let mut call = outsider.call("2100").await;
+    assert_eq!(outsider.final_for(&mut call).await, 403);
+    // 2199 is in tcf-a's group range but not provisioned.
+    let mut call = outsider.call("2199").await;
+    assert_eq!(outsider.final_for(&mut call).await, 404);
+    assert_all_released(&cluster).await;
+    cluster.shutdown().await;
+}
+
+/// F-FLR-03 and F-FLR-04: 1301 asks while 1300 talks and is queued (200 with `pttwaiting` and
+/// its position); when 1300 releases, the home grants the floor to 1301 with an INVITE in its
+/// session (relayed to the terminal as an in-dialog INVITE with `pttaccept`); everyone is told
+/// 1301 talks, and hears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_flr_03_floor_queued_then_f_flr_04_granted_from_queue() {
+    let mut scene = Scene::start(18300, "").await;
+    let queued = scene.l1301.request_floor("pttrequest").await;
+    assert!(ptt(&queued).contains("pttwaiting"), "{}", ptt(&queued));
+    assert!(ptt(&queued).contains("position=1"), "{}", ptt(&queued));
+    scene.caller_releases().await;
+    scene.l1301.expect_floor_invite("pttaccept").await;
+    for listener in [&mut scene.l1100, &mut scene.l1101, &mut scene.dc] {
+        listener.expect_talker("1301").await;
+    }
+    let to = scene.l1301.media();
+    talk_and_check(
+        &scene.l1301.phone,
+        to,
+        scene.pt,
+        &[&scene.l1100.phone, &scene.caller],
+        3,
+    )
+    .await;
+    scene.end().await;
+}
+
+/// F-FLR-02: with no queue (`groups.queue = 0`), a request while the floor is taken is
+/// rejected with 480.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_flr_02_request_rejected() {
+    let mut scene = Scene::start(18400, "[groups]\nqueue = 0\n").await;
+    let offer = sdp(scene.l1301.phone.rtp_port(), "sendonly");
+    scene
+        .l1301
+        .phone
+        .callee_request_with(
+            &mut scene.l1301.session,
+            "INVITE",
+            Some(&offer),
+            "Ptt-Extension: pttrequest\r\n",
+        )
+        .await;
+    let response = scene.l1301.phone.expect_response("INVITE", 300).await;
+    assert_eq!(response.status(), Some(480));
+    scene.end().await;
+}
+
+/// F-FLR-06: the holder talks past `groups.max_talk_time_s`: the home takes the floor away
+/// (BYE on the talker session, told to the terminal as `pttreleasefloor`) and the floor is idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_flr_06_network_forced_release_after_max_talk_time() {
+    let mut scene = Scene::start(18500, "[groups]\nmax_talk_time_s = 1\nhang_time_s = 60\n").await;
+    let mut events = scene.cluster.node(A).sip.subscribe();
+    // The caller keeps talking.
+    let to = scene.call.remote_rtp.unwrap();
+    let talker = scene.caller.send_rtp_pt(to, 10, 4, scene.pt);
+    let _ = talker.await;
+    expect_event(
+        &mut events,
+        WAIT,
+        |event| matches!(event, TcfEvent::FloorRevoked { reason, .. } if reason == "maxtalktime"),
+    )
+    .await;
+    // The caller is told (an in-dialog INVITE with pttreleasefloor).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the caller is told the floor is gone"
+        );
+        let message = scene.caller.next(WAIT).await.expect("a message");
+        if message.method().is_some_and(|m| m.as_str() == "INVITE") {
+            let answer = answer_sdp(message.body(), scene.caller.rtp_port(), "recvonly");
+            let tag = scene.call.from_tag.clone();
+            scene.caller.respond(&message, &tag, 200, "OK", Some(&answer)).await;
+            assert!(ptt(&message).contains("pttreleasefloor"), "{}", ptt(&message));
+            break;
+        }
+        if message.method().is_some_and(|m| m.as_str() == "INFO") {
+            scene.caller.ok(&message).await;
+        }
+    }
+    for listener in scene.listeners() {
+        listener.expect_talker("idle").await;
+    }
+    scene.end().await;
+}
+
+/// F-FLR-08: the DC (priority 12, dispatchers outrank terminals) asks while 1300 talks: it
+/// pre-empts 1300 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_flr_08_preemption_by_dispatcher() {
+    let mut scene = Scene::start(18600, "").await;
+    let granted = scene.dc.request_floor("pttrequest").await;
+    assert!(ptt(&granted).contains("pttaccept"), "{}", ptt(&granted));
+    for listener in [&mut scene.l1100, &mut scene.l1101, &mut scene.l1301] {
+        listener.expect_talker("9200").await;
+    }
+    let to = scene.dc.media();
+    talk_and_check(
+        &scene.dc.phone,
+        to,
+        scene.pt,
+        &[&scene.l1100.phone, &scene.l1301.phone, &scene.caller],
+        5,
+    )
+    .await;
+    scene.end().await;
+}
+
+/// F-FLR-09: with pre-emption by rank off (`dc_outranks = false`, the DC's priority 12 still
+/// beats 1300's 3 — so use forced insertion explicitly): `pttinsert` takes the floor at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_flr_09_forced_insertion() {
+    let mut scene = Scene::start(18700, "[groups]\ndc_outranks = false\n").await;
+    let granted = scene.dc.request_floor("pttinsert").await;
+    assert!(ptt(&granted).contains("pttaccept"), "{}", ptt(&granted));
+    for listener in [&mut scene.l1100, &mut scene.l1301] {
+        listener.expect_talker("9200").await;
+    }
+    // An ordinary request cannot take it back while the DC holds it: 1301 waits.
+    let queued = scene.l1301.request_floor("pttrequest").await;
+    assert!(ptt(&queued).contains("pttwaiting"), "{}", ptt(&queued));
+    scene.end().await;
+}
+
+/// F-FLR-10 / F-GRP-05: a DC hangs up its downlink session: a DC may end the group call, so the
+/// home releases it everywhere. A plain member hanging up only leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_flr_10_dc_forced_teardown_and_f_grp_05_member_leaves() {
+    let mut scene = Scene::start(18800, "").await;
+    // 1101 (not the initiator) hangs up: only it leaves.
+    scene.l1101.phone.callee_request(&mut scene.l1101.session, "BYE").await;
+    scene.l1101.phone.expect_response("BYE", 200).await;
+    let to = scene.call.remote_rtp.unwrap();
+    talk_and_check(
+        &scene.caller,
+        to,
+        scene.pt,
+        &[&scene.l1100.phone, &scene.l1301.phone],
+        6,
+    )
+    .await;
+    assert!(scene
+        .l1101
+        .phone
+        .receive_rtp(Duration::from_millis(200))
+        .await
+        .is_empty());
+    // The DC hangs up: the call ends everywhere.
+    scene.dc.phone.callee_request(&mut scene.dc.session, "BYE").await;
+    scene.dc.phone.expect_response("BYE", 200).await;
+    for listener in [&mut scene.l1100, &mut scene.l1301] {
+        let bye = listener.phone.expect_request("BYE").await;
+        listener.phone.ok(&bye).await;
+    }
+    let bye = scene.caller.expect_request("BYE").await;
+    scene.caller.ok(&bye).await;
+    assert_all_released(&scene.cluster).await;
+    scene.cluster.shutdown().await;
+}
+
+/// F-GRP-07 and F-REG-09: a member registering during the call joins it (1302 at tcf-c, where a
+/// downlink exists), and a member moving to a TCF without a downlink (1301 to tcf-a... here
+/// 1102 registering at tcf-c... ) gets the call through the new V-TCF.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_grp_07_late_entry_and_f_reg_09_move_rebuilds_downlink() {
+    let cluster = Cluster::start(18900).await;
+    cluster.wait_all_up().await;
+    let mut caller = Phone::register("1100", "alpha", cluster.address(A)).await;
+    let m1101 = Phone::register("1101", "alpha", cluster.address(B)).await;
+    wait_located(&cluster, &["1100", "1101"]).await;
+    let mut call = caller.call("2100").await;
+    assert_eq!(caller.final_for(&mut call).await, 200);
+    let mut l1101 = Listener::join(m1101).await;
+    l1101.expect_talker("1100").await;
+    // Late entry at tcf-b, which has a downlink already.
+    let late = Phone::register("1102", "alpha", cluster.address(B)).await;
+    let mut l1102 = Listener::join(late).await;
+    l1102.expect_talker("1100").await;
+    // 1101 moves to tcf-c, which has no downlink yet: the home builds one (F-REG-09).
+    let moved = Phone::register("1101", "alpha", cluster.address(C)).await;
+    let mut moved = Listener::join(moved).await;
+    moved.expect_talker("1100").await;
+    let ok = caller
+        .seen
+        .iter()
+        .rev()
+        .find(|m| m.status() == Some(200))
+        .cloned()
+        .unwrap();
+    let pt = first_payload_type(ok.body()).unwrap();
+    let to = call.remote_rtp.unwrap();
+    talk_and_check(&caller, to, pt, &[&l1102.phone, &moved.phone], 7).await;
+    caller.in_dialog(&mut call, "BYE", None).await;
+    caller.expect_response("BYE", 200).await;
+    for listener in [&mut l1102, &mut moved] {
+        let bye = listener.phone.expect_request("BYE").await;
+        listener.phone.ok(&bye).await;
+    }
+    assert_all_released(&cluster).await;
+    cluster.shutdown().await;
+}
+
+/// Group hang time: an idle floor for `groups.hang_time_s` ends the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_grp_06_release_after_hang_time() {
+    let mut scene = Scene::start(19000, "[groups]\nhang_time_s = 1\n").await;
+    let mut events = scene.cluster.node(A).sip.subscribe();
+    scene.caller_releases().await;
+    expect_event(
+        &mut events,
+        Duration::from_secs(5),
+        |event| matches!(event, TcfEvent::GroupCallEnded { reason, .. } if reason == "hang time"),
+    )
+    .await;
+    for listener in scene.listeners() {
+        let bye = listener.phone.expect_request("BYE").await;
+        listener.phone.ok(&bye).await;
+    }
+    let bye = scene.caller.expect_request("BYE").await;
+    scene.caller.ok(&bye).await;
+    assert_all_released(&scene.cluster).await;
+    scene.cluster.shutdown().await;
+}
+
+/// The race: after the caller releases, three members ask for the floor in the same instant,
+/// several rounds. Exactly one is granted each round, the others are queued with distinct
+/// positions, and the INFO everyone gets names the one granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_flr_race_many_requests_one_holder() {
+    let mut scene = Scene::start(19100, "").await;
+    scene.caller_releases().await;
+    for listener in scene.listeners() {
+        listener.expect_talker("idle").await;
+    }
+    // Send the three requests back to back, then collect the answers.
+    for listener in [&mut scene.l1100, &mut scene.l1101, &mut scene.l1301] {
+        let offer = sdp(listener.phone.rtp_port(), "sendonly");
+        listener
+            .phone
+            .callee_request_with(
+                &mut listener.session,
+                "INVITE",
+                Some(&offer),
+                "Ptt-Extension: pttrequest\r\n",
+            )
+            .await;
+    }
+    let mut granted = Vec::new();
+    let mut positions = Vec::new();
+    for listener in [&mut scene.l1100, &mut scene.l1101, &mut scene.l1301] {
+        let response = listener.phone.expect_response("INVITE", 200).await;
+        let extension = ptt(&response);
+        if extension.contains("pttaccept") {
+            granted.push(listener.phone.user().to_owned());
+        } else {
+            assert!(extension.contains("pttwaiting"), "{extension}");
+            positions.push(extension);
+        }
+    }
+    assert_eq!(granted.len(), 1, "exactly one holder: {granted:?} {positions:?}");
+    assert!(positions.iter().any(|p| p.contains("position=1")), "{positions:?}");
+    assert!(positions.iter().any(|p| p.contains("position=2")), "{positions:?}");
+    scene.dc.expect_talker(&granted[0]).await;
+    scene.end().await;
 }
