@@ -251,6 +251,90 @@ fn interop_sipp_basic_call() {
     node.stop();
 }
 
+/// Packets in the audio file the Net::SIP caller sends (20 ms each: five seconds of audio),
+/// and in the one the callee sends back.
+const NETSIP_AUDIO_PACKETS: usize = 250;
+const NETSIP_REPLY_PACKETS: usize = 100;
+
+/// A call between two Net::SIP user agents through the node, with an audio file sent as RTP
+/// that must arrive byte-exact at the other terminal (issue 4): `tests/interop/netsip_call.pl`
+/// registers 1003 and 1004 (digest), 1003 calls 1004, 1004 answers; 1003 sends a PCMU file
+/// (a frequency sweep, 160-byte frames) as RTP and 1004 writes the payloads it receives to a
+/// file, while 1004 sends another file back the same way; 1003 hangs up. Both received files
+/// must equal the sent ones byte for byte (a lost, duplicated, reordered or altered packet
+/// changes them), and the node must log the call answered and ended.
+#[test]
+fn interop_netsip_call_rtp_byte_exact() {
+    require_net_sip();
+    let mut node = Node::start(45_200, "");
+    let [caller, callee] = free_udp_ports();
+    let directory = node.directory.path().to_owned();
+    let send = directory.join("netsip_send.pcmu");
+    let reply = directory.join("netsip_reply.pcmu");
+    let received = directory.join("netsip_received.pcmu");
+    let reply_received = directory.join("netsip_reply_received.pcmu");
+    std::fs::write(&send, sweep_pcmu(NETSIP_AUDIO_PACKETS, 300.0, 3_300.0)).unwrap();
+    std::fs::write(&reply, sweep_pcmu(NETSIP_REPLY_PACKETS, 3_000.0, 500.0)).unwrap();
+    let mut command = Command::new("perl");
+    command
+        .arg(manifest_path("tests/interop/netsip_call.pl"))
+        .args(["--node", &node.address.to_string(), "--password", "demo"])
+        .args(["--caller", "1003", "--caller-local", &format!("127.0.0.1:{caller}")])
+        .args(["--callee", "1004", "--callee-local", &format!("127.0.0.1:{callee}")])
+        .arg("--send")
+        .arg(&send)
+        .arg("--received")
+        .arg(&received)
+        .arg("--reply")
+        .arg(&reply)
+        .arg("--reply-received")
+        .arg(&reply_received)
+        .args(["--timeout", "10"]);
+    let run = run_bounded(&mut command, &directory, "perl");
+    assert!(
+        run.status.success() && run.stdout.contains("RESULT: PASS"),
+        "Net::SIP call failed ({}): {}\n--- stdout ---\n{}\n--- stderr ---\n{}\n--- node log ---\n{}",
+        run.status,
+        run.command,
+        run.stdout,
+        run.stderr,
+        node.log()
+    );
+    for (what, sent, got) in [
+        ("1003 -> 1004", &send, &received),
+        ("1004 -> 1003", &reply, &reply_received),
+    ] {
+        let sent = std::fs::read(sent).unwrap();
+        let got = std::fs::read(got).unwrap_or_default();
+        if got != sent {
+            let first = sent
+                .iter()
+                .zip(&got)
+                .position(|(a, b)| a != b)
+                .unwrap_or(sent.len().min(got.len()));
+            panic!(
+                "the audio {what} did not arrive byte-exact: sent {} bytes ({} packets), received {} \
+                 bytes; first difference at byte {first} (packet {})\n--- stdout ---\n{}\n--- node log ---\n{}",
+                sent.len(),
+                sent.len() / 160,
+                got.len(),
+                first / 160,
+                run.stdout,
+                node.log()
+            );
+        }
+    }
+    node.expect_line("answered call 1003 -> 1004", |line| {
+        line.contains("CallAnswered {")
+            && line.contains("caller: Number(\"1003\")")
+            && line.contains("callee: Number(\"1004\")")
+    });
+    node.expect_line("end of call 1003 -> 1004 by the caller", |line| {
+        line.contains("CallEnded {") && line.contains("caller: Number(\"1003\")") && line.contains("caller side")
+    });
+    node.stop();
+}
+
 // ---- the node ----------------------------------------------------------------------------------
 
 /// A `floorcast` process on its own SIP port, with its config, network and store in a temporary
