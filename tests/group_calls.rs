@@ -624,9 +624,10 @@ async fn f_grp_06_release_after_hang_time() {
     scene.cluster.shutdown().await;
 }
 
-/// The race: after the caller releases, three members ask for the floor in the same instant,
-/// several rounds. Exactly one is granted each round, the others are queued with distinct
-/// positions, and the INFO everyone gets names the one granted.
+/// The race: after the caller releases, three members ask for the floor in the same instant.
+/// Exactly one is granted, the others are queued with positions 1 and 2; then the floor is
+/// handed down the queue as each holder releases, and the INFO notifications the DC gets name
+/// the holders in exactly that order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f_flr_race_many_requests_one_holder() {
     let mut scene = Scene::start(19100, "").await;
@@ -647,21 +648,45 @@ async fn f_flr_race_many_requests_one_holder() {
             )
             .await;
     }
+    let mut order: Vec<(usize, String)> = Vec::new();
     let mut granted = Vec::new();
-    let mut positions = Vec::new();
-    for listener in [&mut scene.l1100, &mut scene.l1101, &mut scene.l1301] {
+    for (index, listener) in [&mut scene.l1100, &mut scene.l1101, &mut scene.l1301]
+        .into_iter()
+        .enumerate()
+    {
         let response = listener.phone.expect_response("INVITE", 200).await;
         let extension = ptt(&response);
         if extension.contains("pttaccept") {
-            granted.push(listener.phone.user().to_owned());
+            granted.push(index);
+            order.push((0, listener.phone.user().to_owned()));
         } else {
             assert!(extension.contains("pttwaiting"), "{extension}");
-            positions.push(extension);
+            let position = extension
+                .split(';')
+                .find_map(|param| param.strip_prefix("position="))
+                .and_then(|position| position.parse::<usize>().ok())
+                .expect("a queue position");
+            order.push((position, listener.phone.user().to_owned()));
         }
     }
-    assert_eq!(granted.len(), 1, "exactly one holder: {granted:?} {positions:?}");
-    assert!(positions.iter().any(|p| p.contains("position=1")), "{positions:?}");
-    assert!(positions.iter().any(|p| p.contains("position=2")), "{positions:?}");
-    scene.dc.expect_talker(&granted[0]).await;
+    assert_eq!(granted.len(), 1, "exactly one holder: {order:?}");
+    order.sort();
+    let positions: Vec<usize> = order.iter().map(|(position, _)| *position).collect();
+    assert_eq!(positions, vec![0, 1, 2], "one holder, then queue positions 1 and 2");
+    // Hand the floor down the queue: each holder releases, the next is granted.
+    for round in 0..3 {
+        let holder = order[round].1.clone();
+        scene.dc.expect_talker(&holder).await;
+        let listener = match holder.as_str() {
+            "1100" => &mut scene.l1100,
+            "1101" => &mut scene.l1101,
+            _ => &mut scene.l1301,
+        };
+        if round > 0 {
+            listener.expect_floor_invite("pttaccept").await;
+        }
+        listener.release_floor().await;
+    }
+    scene.dc.expect_talker("idle").await;
     scene.end().await;
 }
