@@ -337,7 +337,11 @@ impl Listener {
         self.phone
             .callee_request_with(&mut self.session, "INVITE", Some(&offer), &extra)
             .await;
-        self.phone.expect_response("INVITE", 200).await
+        let response = self.phone.expect_response("INVITE", 200).await;
+        if response.status() == Some(200) {
+            self.phone.callee_ack(&self.session).await;
+        }
+        response
     }
 
     /// Gives the floor back with a re-INVITE.
@@ -352,6 +356,7 @@ impl Listener {
             )
             .await;
         assert_eq!(self.phone.expect_response("INVITE", 200).await.status(), Some(200));
+        self.phone.callee_ack(&self.session).await;
     }
 
     /// Waits for an in-dialog INVITE from the TCF carrying `token`, answers 200.
@@ -631,12 +636,18 @@ async fn f_grp_06_release_after_hang_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f_flr_race_many_requests_one_holder() {
     let mut scene = Scene::start(19100, "").await;
+    // Three members of equal priority (1301 has a higher one and would pre-empt): 1100 at the
+    // home, 1101 at tcf-b and 1102, who joins late at tcf-c.
+    let late = Phone::register("1102", "alpha", scene.cluster.address(C)).await;
+    let mut l1102 = Listener::join(late).await;
+    l1102.expect_talker("1300").await;
     scene.caller_releases().await;
     for listener in scene.listeners() {
         listener.expect_talker("idle").await;
     }
+    l1102.expect_talker("idle").await;
     // Send the three requests back to back, then collect the answers.
-    for listener in [&mut scene.l1100, &mut scene.l1101, &mut scene.l1301] {
+    for listener in [&mut scene.l1100, &mut scene.l1101, &mut l1102] {
         let offer = sdp(listener.phone.rtp_port(), "sendonly");
         listener
             .phone
@@ -650,11 +661,9 @@ async fn f_flr_race_many_requests_one_holder() {
     }
     let mut order: Vec<(usize, String)> = Vec::new();
     let mut granted = Vec::new();
-    for (index, listener) in [&mut scene.l1100, &mut scene.l1101, &mut scene.l1301]
-        .into_iter()
-        .enumerate()
-    {
+    for (index, listener) in [&mut scene.l1100, &mut scene.l1101, &mut l1102].into_iter().enumerate() {
         let response = listener.phone.expect_response("INVITE", 200).await;
+        listener.phone.callee_ack(&listener.session).await;
         let extension = ptt(&response);
         if extension.contains("pttaccept") {
             granted.push(index);
@@ -680,7 +689,7 @@ async fn f_flr_race_many_requests_one_holder() {
         let listener = match holder.as_str() {
             "1100" => &mut scene.l1100,
             "1101" => &mut scene.l1101,
-            _ => &mut scene.l1301,
+            _ => &mut l1102,
         };
         if round > 0 {
             listener.expect_floor_invite("pttaccept").await;
@@ -688,5 +697,9 @@ async fn f_flr_race_many_requests_one_holder() {
         listener.release_floor().await;
     }
     scene.dc.expect_talker("idle").await;
-    scene.end().await;
+    let bye_late = async {
+        let bye = l1102.phone.expect_request("BYE").await;
+        l1102.phone.ok(&bye).await;
+    };
+    let ((), ()) = tokio::join!(scene.end(), bye_late);
 }

@@ -412,6 +412,25 @@ impl Phone {
         self.send(&text).await;
     }
 
+    /// ACKs the 2xx to the callee side's last in-dialog INVITE.
+    pub async fn callee_ack(&self, incoming: &Incoming) {
+        let me = self.sip_address();
+        let server = self.server;
+        let branch = format!("z9hG4bK{:x}", rand::random::<u64>());
+        let invite = &incoming.invite;
+        let from = header(invite, HeaderName::From);
+        let to = header(invite, HeaderName::To);
+        let call_id = invite.call_id().unwrap().to_owned();
+        let text = format!(
+            "ACK sip:x@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={branch};rport\r\nMax-Forwards: 70\r\n\
+             From: {to};tag={tag}\r\nTo: {from}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} ACK\r\n\
+             Content-Length: 0\r\n\r\n",
+            tag = incoming.tag,
+            cseq = incoming.cseq,
+        );
+        self.send(&text).await;
+    }
+
     /// Answers 200 to an in-dialog request.
     pub async fn ok(&self, request: &Message) {
         self.respond(request, "unused", 200, "OK", None).await;

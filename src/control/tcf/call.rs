@@ -1262,6 +1262,7 @@ impl Tcf {
         let Ok(ack) = Message::parse_datagram(bytes) else {
             return;
         };
+        self.group_ack_received(&ack);
         let Some(id) = DialogId::of_received(&ack) else { return };
         let Some(&(call_id, side)) = self.calls.by_dialog.get(&id) else {
             return;

@@ -169,6 +169,18 @@ enum GSent {
     Other,
 }
 
+/// A 2xx we retransmit until its ACK arrives.
+#[derive(Debug)]
+struct Retransmit {
+    dialog: DialogId,
+    cseq: u32,
+    key: TransactionKey,
+    bytes: Bytes,
+    next: Instant,
+    interval: Duration,
+    give_up: Instant,
+}
+
 /// All group calls of this node.
 #[derive(Debug, Default)]
 pub(super) struct Groups {
@@ -180,6 +192,8 @@ pub(super) struct Groups {
     pub(super) changed: Vec<Number>,
     /// Peers that went down since the last look: their sessions end.
     pub(super) peers_down: Vec<String>,
+    /// Our 2xx responses to INVITEs, sent again until their ACK (RFC 3261 §13.3.1.4).
+    retransmits: Vec<Retransmit>,
     pub(super) set_up_total: u64,
 }
 
@@ -193,7 +207,10 @@ impl Groups {
     }
 
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.homes.values().filter_map(|home| home.floor.poll_timeout()).min()
+        let floors = self.homes.values().filter_map(|home| home.floor.poll_timeout());
+        floors
+            .chain(self.retransmits.iter().map(|retransmit| retransmit.next))
+            .min()
     }
 }
 
@@ -503,9 +520,28 @@ impl Tcf {
             builder = builder.body(SDP, body);
         }
         let response = builder.build().ok()?;
-        let _ = self
-            .layer
-            .respond(now.instant, &awaiting.server, status, response.to_bytes());
+        let bytes = response.to_bytes();
+        let _ = self.layer.respond(now.instant, &awaiting.server, status, bytes.clone());
+        let invite = awaiting.request.method() == Some(Method::Invite);
+        if invite && (200..300).contains(&status) && !self.current_reliable {
+            if let Some(dialog) = DialogId::of_received(&response).map(|id| DialogId {
+                // Our tag is in To: the ACK's dialog id as received.
+                call_id: id.call_id,
+                local_tag: id.remote_tag,
+                remote_tag: id.local_tag,
+            }) {
+                let t1 = self.config.timers.t1();
+                self.groups.retransmits.push(Retransmit {
+                    dialog,
+                    cseq: awaiting.request.cseq().map_or(0, |cseq| cseq.number),
+                    key: awaiting.server.clone(),
+                    bytes,
+                    next: now.instant + t1,
+                    interval: t1,
+                    give_up: now.instant + t1 * 64,
+                });
+            }
+        }
         Some(response)
     }
 
@@ -2416,7 +2452,39 @@ impl Tcf {
 
     // ---- timers, media events, late entry ---------------------------------------------------
 
+    /// An ACK: stop retransmitting the 2xx it acknowledges.
+    pub(super) fn group_ack_received(&mut self, ack: &Message) {
+        if self.groups.retransmits.is_empty() {
+            return;
+        }
+        let Some(id) = DialogId::of_received(ack) else { return };
+        let cseq = ack.cseq().map_or(0, |cseq| cseq.number);
+        self.groups
+            .retransmits
+            .retain(|retransmit| !(retransmit.dialog == id && retransmit.cseq == cseq));
+    }
+
+    fn group_retransmissions(&mut self, now: Now) {
+        let t2 = self.config.timers.t2();
+        let mut due = Vec::new();
+        self.groups.retransmits.retain_mut(|retransmit| {
+            if now.instant >= retransmit.give_up {
+                return false;
+            }
+            if retransmit.next <= now.instant {
+                due.push((retransmit.key.clone(), retransmit.bytes.clone()));
+                retransmit.interval = (retransmit.interval * 2).min(t2);
+                retransmit.next = (now.instant + retransmit.interval).min(retransmit.give_up);
+            }
+            true
+        });
+        for (key, bytes) in due {
+            let _ = self.layer.respond(now.instant, &key, 200, bytes);
+        }
+    }
+
     pub(super) fn group_timers(&mut self, now: Now) {
+        self.group_retransmissions(now);
         // Engine events: a silent holder loses the floor.
         while let Some(event) = self.media.poll_event() {
             if let Event::TalkerSilent { bridge, leg, .. } = event {
