@@ -1775,8 +1775,9 @@ mod tests {
     use super::*;
     use crate::control::media::FakeMedia;
 
-    const NETWORK: &str = "[[tcf]]\nname = \"a\"\nsip = \"127.0.0.1:5601\"\nusers = [\"1000-1099\"]\nsecret = \"s\"\n";
-    const SUBSCRIBERS: &str = "[[user]]\nnumber = \"1000-1009\"\npassword = \"pw\"\n";
+    const NETWORK: &str = "[[tcf]]\nname = \"a\"\nsip = \"127.0.0.1:5601\"\nusers = [\"1000-1099\"]\ngroups = [\"2000\"]\nsecret = \"s\"\n";
+    const SUBSCRIBERS: &str = "[[user]]\nnumber = \"1000-1009\"\npassword = \"pw\"\n\
+                               [[group]]\nnumber = \"2000\"\nmembers = [\"1000-1009\"]\n";
     const CALLER: &str = "127.0.0.1:7000";
     const CALLEE: &str = "127.0.0.1:7002";
 
@@ -2029,5 +2030,66 @@ mod tests {
             "answered where it came from"
         );
         assert_eq!(rig.bridges(), 0);
+    }
+
+    proptest::proptest! {
+        /// Mutated single-call and group INVITEs, re-INVITEs and BYEs from a registered
+        /// terminal never panic the core, and whatever it sends goes only to the two
+        /// terminals it serves.
+        #[test]
+        fn hostile_call_requests_never_panic_nor_misroute(
+            flips in proptest::collection::vec((0usize..700, proptest::prelude::any::<u8>()), 0..10),
+            cut in 0usize..700,
+            group in proptest::prelude::any::<bool>(),
+        ) {
+            let mut rig = Rig::new();
+            let mut text = invite();
+            if group {
+                text = text.replace("sip:1001@", "sip:2000@");
+            }
+            let mut bytes = text.clone().into_bytes();
+            for (position, byte) in flips.iter().copied() {
+                if let Some(slot) = bytes.get_mut(position) {
+                    *slot = byte;
+                }
+            }
+            let truncated = bytes.get(..cut.min(bytes.len())).unwrap_or(&[]).to_vec();
+            // A valid request first (so dialogs exist), then the hostile ones, in-dialog too.
+            let reinvite = text
+                .replace("To: <sip:1001@127.0.0.1:5601>", "To: <sip:1001@127.0.0.1:5601>;tag=x")
+                .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+                .replace("z9hG4bKinv1", "z9hG4bKinv2");
+            let mut mutated_reinvite = reinvite.clone().into_bytes();
+            for (position, byte) in flips {
+                if let Some(slot) = mutated_reinvite.get_mut(position) {
+                    *slot = byte;
+                }
+            }
+            let allowed: [SocketAddr; 2] = [CALLER.parse().unwrap(), CALLEE.parse().unwrap()];
+            for (millis, datagram) in [
+                (0, text.into_bytes()),
+                (5, bytes),
+                (10, truncated),
+                (15, reinvite.into_bytes()),
+                (20, mutated_reinvite),
+            ] {
+                rig.tcf.handle_datagram(rig.at(millis), CALLER.parse().unwrap(), Bytes::from(datagram));
+                rig.tick(millis + 1);
+                while let Some(output) = rig.tcf.poll_output() {
+                    if let Output::Transmit { destination, .. } = output {
+                        proptest::prop_assert!(allowed.contains(&destination), "sent to {destination}");
+                    }
+                }
+            }
+            // Time passes: everything times out without panicking.
+            for seconds in 1..80 {
+                rig.tick(seconds * 1000);
+                while let Some(output) = rig.tcf.poll_output() {
+                    if let Output::Transmit { destination, .. } = output {
+                        proptest::prop_assert!(allowed.contains(&destination), "sent to {destination}");
+                    }
+                }
+            }
+        }
     }
 }
