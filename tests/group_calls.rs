@@ -703,3 +703,77 @@ async fn f_flr_race_many_requests_one_holder() {
     };
     let ((), ()) = tokio::join!(scene.end(), bye_late);
 }
+
+/// F-FLR-10: a DC orders forced teardowns with `MESSAGE pttdismantle` in its session: first of
+/// the talker's floor (`UDN=1300`: 1300 is told `pttreleasefloor`, everyone hears idle), then of
+/// the whole group call (everyone gets BYE). A terminal may not (403).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_flr_10_dc_orders_forced_teardown() {
+    let mut scene = Scene::start(19200, "[groups]\nhang_time_s = 60\n").await;
+    // A member that is no DC is refused.
+    scene
+        .l1101
+        .phone
+        .callee_request_with(
+            &mut scene.l1101.session,
+            "MESSAGE",
+            None,
+            "Ptt-Extension: pttdismantle\r\n",
+        )
+        .await;
+    assert_eq!(
+        scene.l1101.phone.expect_response("MESSAGE", 200).await.status(),
+        Some(403)
+    );
+    // The DC takes the floor away from 1300.
+    scene
+        .dc
+        .phone
+        .callee_request_with(
+            &mut scene.dc.session,
+            "MESSAGE",
+            None,
+            "Ptt-Extension: pttdismantle;UDN=1300\r\n",
+        )
+        .await;
+    assert_eq!(scene.dc.phone.expect_response("MESSAGE", 200).await.status(), Some(200));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "1300 is told its floor is gone");
+        let message = scene.caller.next(WAIT).await.expect("a message");
+        match message.method().map(|m| m.as_str().to_owned()).as_deref() {
+            Some("INVITE") => {
+                let answer = answer_sdp(message.body(), scene.caller.rtp_port(), "recvonly");
+                let tag = scene.call.from_tag.clone();
+                scene.caller.respond(&message, &tag, 200, "OK", Some(&answer)).await;
+                assert!(ptt(&message).contains("pttreleasefloor"), "{}", ptt(&message));
+                break;
+            }
+            Some("INFO") => scene.caller.ok(&message).await,
+            _ => {}
+        }
+    }
+    for listener in [&mut scene.l1100, &mut scene.l1101, &mut scene.l1301] {
+        listener.expect_talker("idle").await;
+    }
+    // The DC dismantles the whole call.
+    scene
+        .dc
+        .phone
+        .callee_request_with(
+            &mut scene.dc.session,
+            "MESSAGE",
+            None,
+            "Ptt-Extension: pttdismantle\r\n",
+        )
+        .await;
+    assert_eq!(scene.dc.phone.expect_response("MESSAGE", 200).await.status(), Some(200));
+    for listener in [&mut scene.l1100, &mut scene.l1101, &mut scene.l1301, &mut scene.dc] {
+        let bye = listener.phone.expect_request("BYE").await;
+        listener.phone.ok(&bye).await;
+    }
+    let bye = scene.caller.expect_request("BYE").await;
+    scene.caller.ok(&bye).await;
+    assert_all_released(&scene.cluster).await;
+    scene.cluster.shutdown().await;
+}

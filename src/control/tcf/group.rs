@@ -1698,6 +1698,26 @@ impl Tcf {
                     self.hang_up_report(now, &gdn, &user);
                 }
             }
+            (Slot::HomeDownlink { gdn, target }, "MESSAGE") if token == "pttdismantle" => {
+                let dc = target.strip_prefix("dc:").and_then(|dc| Number::parse(dc).ok());
+                self.dismantle(now, key, request, &gdn, dc, params.get("udn").cloned());
+            }
+            (Slot::LocalMember { .. } | Slot::LocalTalker { .. } | Slot::HomeTalker { .. }, "MESSAGE")
+                if token == "pttdismantle" =>
+            {
+                // DCs reach the home in sessions of their own; a member's session cannot order.
+                self.respond(
+                    now,
+                    &key,
+                    &request,
+                    403,
+                    "Forbidden (only a dispatcher of the group)",
+                    &[],
+                );
+            }
+            (Slot::HomeMember { gdn, user }, "MESSAGE") if token == "pttdismantle" => {
+                self.dismantle(now, key, request, &gdn, Some(user), params.get("udn").cloned());
+            }
             (Slot::LocalDownlink { gdn }, "INFO") => {
                 self.respond(now, &key, &request, 200, "OK", &[]);
                 if token == "pttinfo" {
@@ -1820,6 +1840,49 @@ impl Tcf {
                 self.home_release(now, gdn, user);
             }
             _ => self.respond_in_dialog(now, &key, &request, 200, "OK", None, body),
+        }
+    }
+
+    /// F-FLR-10: a DC orders a forced teardown (`MESSAGE` with `pttdismantle`): of one user's
+    /// talk (`UDN=<user>`: its floor is taken away, reason `ordered`) or of the whole group call.
+    fn dismantle(
+        &mut self,
+        now: Now,
+        key: TransactionKey,
+        request: Message,
+        gdn: &Number,
+        sender: Option<Number>,
+        udn: Option<String>,
+    ) {
+        let is_dc = sender.as_ref().is_some_and(|sender| {
+            self.subscribers
+                .group(gdn)
+                .is_some_and(|group| group.dispatchers.contains(sender))
+        });
+        if !is_dc {
+            self.respond(
+                now,
+                &key,
+                &request,
+                403,
+                "Forbidden (only a dispatcher of the group)",
+                &[],
+            );
+            return;
+        }
+        self.respond(now, &key, &request, 200, "OK", &[]);
+        match udn.and_then(|udn| Number::parse(&udn).ok()) {
+            Some(user) => {
+                if let Some(home) = self.groups.homes.get_mut(gdn) {
+                    if let Some(&pid) = home.pids.get(&user) {
+                        if !home.floor.revoke(pid, RevokeReason::Ordered, now.instant) {
+                            home.floor.release(pid, now.instant);
+                        }
+                    }
+                }
+                self.floor_actions(now, gdn);
+            }
+            None => self.release_home(now, gdn, "dismantled by a dispatcher"),
         }
     }
 
