@@ -1814,10 +1814,15 @@ mod tests {
                 serving: "a".to_owned(),
                 expires_at: unix + 3600,
             };
+            let location = |user: &str| Location {
+                user: Number::parse(user).unwrap(),
+                serving: "a".to_owned(),
+                expires_at: unix + 3600,
+            };
             tcf.restore(
                 vec![binding("1000", CALLER), binding("1001", CALLEE)],
                 vec![registration("1000"), registration("1001")],
-                Vec::new(),
+                vec![location("1000"), location("1001")],
                 now,
             );
             Rig {
@@ -2091,5 +2096,95 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The group home in simulated time: 1000 sets up group 2000 and holds the floor (the
+    /// bridge's source is its leg); 1001 is invited; 1000 releases and 1001 asks: the source
+    /// follows at once, and 1001's 200 says `pttaccept`.
+    #[test]
+    fn group_floor_moves_the_bridge_source() {
+        let mut rig = Rig::new();
+        let text = invite()
+            .replace("sip:1001@", "sip:2000@")
+            .replace("<sip:1001@", "<sip:2000@");
+        rig.deliver(0, CALLER, &text);
+        let sent = rig.sent();
+        let ok = sent
+            .iter()
+            .find(|(_, message)| message.status() == Some(200))
+            .map(|(_, message)| message.clone())
+            .expect("the set-up is answered");
+        let extension = ok
+            .headers_named("Ptt-Extension")
+            .next()
+            .unwrap()
+            .value_str()
+            .unwrap()
+            .into_owned();
+        assert_eq!(extension, "pttaccept");
+        let member_invite = requests(&sent, CALLEE, "INVITE")[0].clone();
+        let source = |rig: &Rig| {
+            rig.media
+                .inspect(|state| state.sources.values().next().copied().flatten())
+        };
+        let caller_leg = source(&rig).expect("the caller's leg is the source");
+        // 1001 answers its group INVITE.
+        rig.deliver(5, CALLEE, &response_to(&member_invite, 200, "m1", Some(offer(9200))));
+        let sent = rig.sent();
+        assert_eq!(requests(&sent, CALLEE, "ACK").len(), 1);
+        assert!(requests(&sent, CALLEE, "INFO").iter().any(|info| {
+            info.headers_named("Ptt-Extension")
+                .next()
+                .unwrap()
+                .value_str()
+                .unwrap()
+                .contains("UDN=1000")
+        }));
+        // 1000 releases the floor: the source is cleared.
+        let to = ok.header(HeaderName::To).unwrap().value_str().unwrap().into_owned();
+        let body = offer(9000).replace("a=rtpmap:0 PCMU/8000\r\n", "a=rtpmap:0 PCMU/8000\r\na=recvonly\r\n");
+        let release = format!(
+            "INVITE sip:2000@127.0.0.1:5601 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKrel1;rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1000@127.0.0.1:5601>;tag=c1\r\nTo: {to}\r\n\
+             Call-ID: call1@caller\r\nCSeq: 2 INVITE\r\nContact: <sip:1000@{CALLER}>\r\n\
+             Ptt-Extension: pttreleasefloor\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        rig.deliver(10, CALLER, &release);
+        assert_eq!(statuses(&rig.sent(), CALLER), vec![200]);
+        assert_eq!(source(&rig), None, "nobody is forwarded while the floor is idle");
+        // 1001 asks for the floor in its session (it is the UAS of that dialog).
+        let from = member_invite
+            .header(HeaderName::From)
+            .unwrap()
+            .value_str()
+            .unwrap()
+            .into_owned();
+        let call_id = member_invite.call_id().unwrap().to_owned();
+        let body = offer(9200);
+        let request = format!(
+            "INVITE sip:2000@127.0.0.1:5601 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLEE};branch=z9hG4bKreq1;rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1001@127.0.0.1:5601>;tag=m1\r\nTo: {from}\r\n\
+             Call-ID: {call_id}\r\nCSeq: 2 INVITE\r\nContact: <sip:1001@{CALLEE}>\r\n\
+             Ptt-Extension: pttrequest\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        rig.deliver(15, CALLEE, &request);
+        let sent = rig.sent();
+        let granted = sent
+            .iter()
+            .find(|(destination, message)| *destination == CALLEE.parse().unwrap() && message.status() == Some(200))
+            .map(|(_, message)| message.clone())
+            .expect("the floor request is answered");
+        let extension = granted
+            .headers_named("Ptt-Extension")
+            .next()
+            .unwrap()
+            .value_str()
+            .unwrap()
+            .into_owned();
+        assert_eq!(extension, "pttaccept");
+        let member_leg = source(&rig).expect("the member's leg is the source now");
+        assert_ne!(member_leg, caller_leg);
     }
 }
