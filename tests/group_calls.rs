@@ -129,7 +129,7 @@ async fn talk_and_check(talker: &Phone, to: std::net::SocketAddr, pt: u8, listen
 /// 1300, then 1300 releases the floor and 1301 takes it with a re-INVITE; everyone hears 1301
 /// in the same continuous stream. 1300 hangs up: as the initiator it ends the call everywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f_grp_01_group_call_setup_through_caller_home_and_floor_handover() {
+async fn f_grp_01_f_grp_03_f_grp_04_f_flr_11_setup_fanout_and_terminal_floor_handover() {
     let cluster = Cluster::start(18100).await;
     cluster.wait_all_up().await;
     let mut events = cluster.node(A).sip.subscribe();
