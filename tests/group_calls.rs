@@ -513,8 +513,8 @@ async fn f_flr_08_preemption_by_dispatcher() {
     scene.end().await;
 }
 
-/// F-FLR-09: with pre-emption by rank off (`dc_outranks = false`, the DC's priority 12 still
-/// beats 1300's 3 — so use forced insertion explicitly): `pttinsert` takes the floor at once.
+/// F-FLR-09: the DC takes the floor with forced insertion (`pttinsert`) at once; while it
+/// holds it, an ordinary request (1301's) cannot pre-empt it and waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f_flr_09_forced_insertion() {
     let mut scene = Scene::start(18700, "[groups]\ndc_outranks = false\n").await;
@@ -565,9 +565,10 @@ async fn f_flr_10_dc_forced_teardown_and_f_grp_05_member_leaves() {
     scene.cluster.shutdown().await;
 }
 
-/// F-GRP-07 and F-REG-09: a member registering during the call joins it (1302 at tcf-c, where a
-/// downlink exists), and a member moving to a TCF without a downlink (1301 to tcf-a... here
-/// 1102 registering at tcf-c... ) gets the call through the new V-TCF.
+/// F-GRP-07 and F-REG-09: 1100 (at the home) sets up the call, 1101 at tcf-b joins. 1102
+/// registering at tcf-b during the call joins it through tcf-b's existing downlink (late entry);
+/// 1101 then re-registers at tcf-c, which has no downlink yet: the home builds one and 1101 gets
+/// the call through its new V-TCF (idle handover).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f_grp_07_late_entry_and_f_reg_09_move_rebuilds_downlink() {
     let cluster = Cluster::start(18900).await;
