@@ -91,6 +91,9 @@ pub fn render_sip(out: &mut String, node: &str, stats: &SipStats) {
     out.push_str("# HELP floorcast_sip_calls Calls alive on this node (one per B2BUA hop).\n");
     out.push_str("# TYPE floorcast_sip_calls gauge\n");
     let _ = writeln!(out, "floorcast_sip_calls{{{labels}}} {}", stats.calls);
+    out.push_str("# HELP floorcast_sip_group_calls Group calls alive on this node (as home or member TCF).\n");
+    out.push_str("# TYPE floorcast_sip_group_calls gauge\n");
+    let _ = writeln!(out, "floorcast_sip_group_calls{{{labels}}} {}", stats.group_calls);
     out.push_str("# TYPE floorcast_sip_calls_answered_total counter\n# TYPE floorcast_sip_calls_ended_total counter\n");
     let _ = writeln!(
         out,
