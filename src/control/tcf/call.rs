@@ -270,7 +270,7 @@ impl Calls {
     }
 }
 
-const SDP: &str = "application/sdp";
+pub(super) const SDP: &str = "application/sdp";
 
 /// A relay leg sending to `remote` (RTCP to `remote_rtcp`, or multiplexed).
 fn leg_spec(remote: Option<SocketAddr>, remote_rtcp: Option<SocketAddr>, rtcp_mux: bool) -> LegSpec {
@@ -282,7 +282,7 @@ fn leg_spec(remote: Option<SocketAddr>, remote_rtcp: Option<SocketAddr>, rtcp_mu
     }
 }
 
-fn is_sdp(message: &Message) -> bool {
+pub(super) fn is_sdp(message: &Message) -> bool {
     !message.body().is_empty()
         && message
             .content_type()

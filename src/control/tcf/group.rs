@@ -36,7 +36,7 @@ use crate::sip::dialog::{Dialog, DialogId};
 
 use super::*;
 
-const SDP: &str = "application/sdp";
+use super::call::{is_sdp, SDP};
 
 /// Where a group dialog belongs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -230,15 +230,6 @@ fn extension(message: &Message) -> Option<(String, HashMap<String, String>)> {
         })
         .collect();
     Some((ext.value().to_ascii_lowercase(), params))
-}
-
-fn is_sdp(message: &Message) -> bool {
-    !message.body().is_empty()
-        && message
-            .content_type()
-            .ok()
-            .flatten()
-            .is_some_and(|media_type| media_type.is("application", "sdp"))
 }
 
 fn group_leg_spec(negotiated: Option<&sdp::Negotiated>, fanout: bool) -> LegSpec {
