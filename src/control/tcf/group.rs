@@ -232,6 +232,14 @@ fn extension(message: &Message) -> Option<(String, HashMap<String, String>)> {
     Some((ext.value().to_ascii_lowercase(), params))
 }
 
+/// The SDP offer a group INVITE must carry.
+fn offer_of(request: &Message) -> Result<Sdp, (u16, &'static str)> {
+    match is_sdp(request).then(|| sdp::parse(request.body())) {
+        Some(Ok(offer)) => Ok(offer),
+        _ => Err((488, "Not Acceptable Here (SDP offer required)")),
+    }
+}
+
 fn group_leg_spec(negotiated: Option<&sdp::Negotiated>, fanout: bool) -> LegSpec {
     match negotiated {
         Some(negotiated) => LegSpec {
@@ -620,17 +628,10 @@ impl Tcf {
         gdn: &Number,
         terminal: bool,
     ) {
-        let offer = match is_sdp(&request).then(|| sdp::parse(request.body())) {
-            Some(Ok(offer)) => offer,
-            _ => {
-                self.respond(
-                    now,
-                    &key,
-                    &request,
-                    488,
-                    "Not Acceptable Here (SDP offer required)",
-                    &[],
-                );
+        let offer = match offer_of(&request) {
+            Ok(offer) => offer,
+            Err((status, reason)) => {
+                self.respond(now, &key, &request, status, reason, &[]);
                 return;
             }
         };
@@ -1312,6 +1313,27 @@ impl Tcf {
         Ok(())
     }
 
+    /// A new leg of this node's part of a group call for the offer in `request` (the local
+    /// bridge is created with the offer's codec when it does not exist yet), and our answer.
+    fn local_leg(
+        &mut self,
+        gdn: &Number,
+        home: &(String, SocketAddr),
+        request: &Message,
+        direction: Direction,
+        fanout: bool,
+    ) -> Result<(LegInfo, Bytes), (u16, &'static str)> {
+        let offer = offer_of(request)?;
+        self.local_group(gdn, home, &offer)?;
+        let (bridge, codec) = self
+            .groups
+            .locals
+            .get(gdn)
+            .map(|local| (local.bridge, local.codec.clone()))
+            .ok_or((500, "Server Internal Error"))?;
+        self.group_answer(bridge, &codec, &offer, direction, fanout)
+    }
+
     /// A terminal here calls a group homed elsewhere (F-GRP-01): its leg joins the local
     /// bridge and a talker session (which also asks for the floor) goes to the group home.
     fn local_setup(
@@ -1334,33 +1356,7 @@ impl Tcf {
             );
             return;
         }
-        let offer = match is_sdp(&request).then(|| sdp::parse(request.body())) {
-            Some(Ok(offer)) => offer,
-            _ => {
-                self.respond(
-                    now,
-                    &key,
-                    &request,
-                    488,
-                    "Not Acceptable Here (SDP offer required)",
-                    &[],
-                );
-                return;
-            }
-        };
-        if let Err((status, reason)) = self.local_group(gdn, &home, &offer) {
-            self.respond(now, &key, &request, status, reason, &[]);
-            return;
-        }
-        let Some((bridge, codec)) = self
-            .groups
-            .locals
-            .get(gdn)
-            .map(|local| (local.bridge, local.codec.clone()))
-        else {
-            return;
-        };
-        let (leg, _) = match self.group_answer(bridge, &codec, &offer, Direction::SendRecv, true) {
+        let (leg, _) = match self.local_leg(gdn, &home, &request, Direction::SendRecv, true) {
             Ok(answered) => answered,
             Err((status, reason)) => {
                 self.respond(now, &key, &request, status, reason, &[]);
@@ -1462,33 +1458,7 @@ impl Tcf {
         gdn: &Number,
         home: (String, SocketAddr),
     ) {
-        let offer = match is_sdp(&request).then(|| sdp::parse(request.body())) {
-            Some(Ok(offer)) => offer,
-            _ => {
-                self.respond(
-                    now,
-                    &key,
-                    &request,
-                    488,
-                    "Not Acceptable Here (SDP offer required)",
-                    &[],
-                );
-                return;
-            }
-        };
-        if let Err((status, reason)) = self.local_group(gdn, &home, &offer) {
-            self.respond(now, &key, &request, status, reason, &[]);
-            return;
-        }
-        let Some((bridge, codec)) = self
-            .groups
-            .locals
-            .get(gdn)
-            .map(|local| (local.bridge, local.codec.clone()))
-        else {
-            return;
-        };
-        let (leg, body) = match self.group_answer(bridge, &codec, &offer, Direction::RecvOnly, false) {
+        let (leg, body) = match self.local_leg(gdn, &home, &request, Direction::RecvOnly, false) {
             Ok(answered) => answered,
             Err((status, reason)) => {
                 self.respond(now, &key, &request, status, reason, &[]);
