@@ -701,7 +701,6 @@ impl Tcf {
         next: Next,
         target: Number,
     ) -> Result<(), (u16, &'static str)> {
-        let me = self.address;
         let (uri, to, destination, peer, stage, answer_mode) = match &next {
             Next::Terminal(binding) => {
                 let uri = binding.contact.trim_matches(|c| c == '<' || c == '>').to_owned();
@@ -720,9 +719,6 @@ impl Tcf {
                 None,
             ),
         };
-        let branch = format!("z9hG4bK{}", self.token());
-        let from_tag = self.token();
-        let call_id = format!("{}@{}", self.token(), self.config.name);
         let caller = &call.caller;
         let mut extension = match &call.gdn {
             Some(gdn) => format!(
@@ -746,23 +742,11 @@ impl Tcf {
             extension.push_str(mode);
         }
         let body = call.b_body.clone().unwrap_or_default();
-        let request = MessageBuilder::request(Method::Invite, &uri)
-            .header(HeaderName::Via, format!("SIP/2.0/UDP {me};branch={branch};rport"))
-            .header(HeaderName::MaxForwards, "70")
-            .header(HeaderName::From, format!("<sip:{caller}@{me}>;tag={from_tag}"))
-            .header(HeaderName::To, to)
-            .header(HeaderName::CallId, call_id)
-            .header(HeaderName::CSeq, "1 INVITE")
-            .header(HeaderName::Contact, format!("<sip:{caller}@{me}>"))
-            .raw_header("P-Asserted-Identity", format!("<sip:{caller}@{me}>"))
-            .raw_header("Ptt-Extension", extension)
-            .header(HeaderName::Allow, ALLOW)
-            .body(SDP, body)
-            .build()
-            .map_err(|_| (500, "Server Internal Error (building INVITE)"))?;
+        let caller = caller.clone();
+        let (key, request) = self
+            .new_invite(&uri, &to, &caller, &extension, body)
+            .ok_or((500, "Server Internal Error (building INVITE)"))?;
         let offer = sdp::parse(request.body()).ok();
-        let key = TransactionKey::new(&branch, &me.to_string(), TxMethod::Invite)
-            .map_err(|_| (500, "Server Internal Error"))?;
         self.layer
             .send_request(
                 now.instant,
@@ -789,6 +773,38 @@ impl Tcf {
             target,
         });
         Ok(())
+    }
+
+    /// A new dialog-creating INVITE from this node (fresh branch, From tag and Call-ID; our
+    /// Contact and P-Asserted-Identity name `from_user`) and its client transaction key.
+    pub(super) fn new_invite(
+        &mut self,
+        uri: &str,
+        to: &str,
+        from_user: &Number,
+        extension: &str,
+        body: Bytes,
+    ) -> Option<(TransactionKey, Message)> {
+        let me = self.address;
+        let branch = format!("z9hG4bK{}", self.token());
+        let tag = self.token();
+        let call_id = format!("{}@{}", self.token(), self.config.name);
+        let request = MessageBuilder::request(Method::Invite, uri)
+            .header(HeaderName::Via, format!("SIP/2.0/UDP {me};branch={branch};rport"))
+            .header(HeaderName::MaxForwards, "70")
+            .header(HeaderName::From, format!("<sip:{from_user}@{me}>;tag={tag}"))
+            .header(HeaderName::To, to)
+            .header(HeaderName::CallId, call_id)
+            .header(HeaderName::CSeq, "1 INVITE")
+            .header(HeaderName::Contact, format!("<sip:{from_user}@{me}>"))
+            .raw_header("P-Asserted-Identity", format!("<sip:{from_user}@{me}>"))
+            .raw_header("Ptt-Extension", extension)
+            .header(HeaderName::Allow, ALLOW)
+            .body(SDP, body)
+            .build()
+            .ok()?;
+        let key = TransactionKey::new(&branch, &me.to_string(), TxMethod::Invite).ok()?;
+        Some((key, request))
     }
 
     // ---- responses to our requests ----------------------------------------------------------

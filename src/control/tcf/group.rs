@@ -382,25 +382,7 @@ impl Tcf {
         destination: SocketAddr,
         slot: Slot,
     ) -> Option<(TransactionKey, Message)> {
-        let me = self.address;
-        let branch = self.group_token();
-        let tag = self.token();
-        let call_id = format!("{}@{}", self.token(), self.config.name);
-        let request = MessageBuilder::request(Method::Invite, uri)
-            .header(HeaderName::Via, format!("SIP/2.0/UDP {me};branch={branch};rport"))
-            .header(HeaderName::MaxForwards, "70")
-            .header(HeaderName::From, format!("<sip:{from_user}@{me}>;tag={tag}"))
-            .header(HeaderName::To, to)
-            .header(HeaderName::CallId, call_id)
-            .header(HeaderName::CSeq, "1 INVITE")
-            .header(HeaderName::Contact, format!("<sip:{from_user}@{me}>"))
-            .raw_header("P-Asserted-Identity", format!("<sip:{from_user}@{me}>"))
-            .raw_header("Ptt-Extension", extension)
-            .header(HeaderName::Allow, ALLOW)
-            .body(SDP, Bytes::from(offer.to_bytes()))
-            .build()
-            .ok()?;
-        let key = TransactionKey::new(&branch, &me.to_string(), TxMethod::Invite).ok()?;
+        let (key, request) = self.new_invite(uri, to, from_user, extension, Bytes::from(offer.to_bytes()))?;
         self.layer
             .send_request(
                 now.instant,
