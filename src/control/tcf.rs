@@ -371,6 +371,7 @@ pub struct Tcf {
     counters: SipCounters,
     calls: call::Calls,
     groups: group::Groups,
+    malformed_log: LogLimiter,
     media: Box<dyn MediaPlane>,
 }
 
@@ -393,6 +394,32 @@ pub enum TcfError {
 }
 
 const SERVER: &str = "floorcast";
+
+/// Lets one log line through per interval and counts the ones held back (hostile input is
+/// logged, but a flood of it cannot flood the log).
+#[derive(Debug, Default)]
+struct LogLimiter {
+    next: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    /// `Some(lines held back since the last one)` when a line may be logged now.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.next {
+            Some(next) if now < next => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.next = Some(now + Self::INTERVAL);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
 
 mod call;
 mod group;
@@ -463,6 +490,7 @@ impl Tcf {
             counters: SipCounters::default(),
             calls: call::Calls::default(),
             groups: group::Groups::default(),
+            malformed_log: LogLimiter::default(),
             media: Box::new(NoMedia),
         })
     }
@@ -625,7 +653,7 @@ impl Tcf {
         }
         match Message::parse_datagram(datagram) {
             Ok(message) => self.handle_message(now, from, message, false),
-            Err(rejection) => self.handle_rejection(from, &rejection),
+            Err(rejection) => self.handle_rejection(now, from, &rejection),
         }
     }
 
@@ -647,7 +675,15 @@ impl Tcf {
 
     /// Handles a message that failed to parse or validate: `400`/`505` when it can be
     /// addressed (RFC 3261 §8.2 / RFC 4475), else dropped and counted.
-    pub fn handle_rejection(&mut self, from: SocketAddr, rejection: &crate::sip::Rejection) {
+    pub fn handle_rejection(&mut self, now: Now, from: SocketAddr, rejection: &crate::sip::Rejection) {
+        if let Some(suppressed) = self.malformed_log.allow(now.instant) {
+            tracing::warn!(
+                %from,
+                error = ?rejection.error(),
+                suppressed,
+                "malformed SIP message (logged at most every 10 s; `suppressed` more since the last line)"
+            );
+        }
         match rejection.action() {
             ErrorAction::Respond { .. } => {
                 let tag = self.token();
@@ -2079,6 +2115,21 @@ mod tests {
         assert_eq!(statuses, vec![503]);
         assert_eq!(to_b, 0, "nothing but heartbeats goes to a down peer");
         let _ = b.poll_output();
+    }
+
+    #[test]
+    fn malformed_input_is_logged_at_most_every_ten_seconds() {
+        let start = Instant::now();
+        let mut limiter = LogLimiter::default();
+        assert_eq!(limiter.allow(start), Some(0));
+        assert_eq!(limiter.allow(start + Duration::from_secs(1)), None);
+        assert_eq!(limiter.allow(start + Duration::from_secs(9)), None);
+        assert_eq!(
+            limiter.allow(start + Duration::from_secs(10)),
+            Some(2),
+            "the held-back lines are counted"
+        );
+        assert_eq!(limiter.allow(start + Duration::from_secs(11)), None);
     }
 
     #[test]

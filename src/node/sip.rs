@@ -234,7 +234,7 @@ fn spawn(
                     Inbound::Opened { peer, writer } => { connections.insert(peer, writer); }
                     Inbound::Closed { peer } => { connections.remove(&peer); }
                     Inbound::Message { peer, message } => tcf.handle_message(now(), peer, message, true),
-                    Inbound::Rejected { peer, rejection } => tcf.handle_rejection(peer, &rejection),
+                    Inbound::Rejected { peer, rejection } => tcf.handle_rejection(now(), peer, &rejection),
                 },
                 _ = tokio::time::sleep_until(deadline) => tcf.handle_timeout(now()),
                 query = query_receiver.recv() => match query {
