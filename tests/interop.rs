@@ -178,18 +178,7 @@ fn interop_sipp_basic_call() {
         "-timeout",
         "30s",
     ];
-    let mut command = sipp_command(&node, name, "sipp_call_uas.xml", callee_port, &options);
-    let mut callee = Client::spawn(&mut command, node.directory.path(), name);
-    // It must listen before the caller calls (the node would retransmit its INVITE, but a
-    // late start must not eat into the caller's timers).
-    wait_until(Duration::from_secs(10), || {
-        udp_port_bound(callee_port) || callee.exited()
-    });
-    if !udp_port_bound(callee_port) {
-        let run = callee.finish();
-        check_sipp(&mut node, name, &run);
-        panic!("the SIPp callee did not bind 127.0.0.1:{callee_port} within 10 s (it exited 0)");
-    }
+    let callee = spawn_sipp_listening(&mut node, name, "sipp_call_uas.xml", callee_port, &options);
 
     // 3. The caller calls, streams, hangs up.
     let name = "sipp_caller";
@@ -224,29 +213,139 @@ fn interop_sipp_basic_call() {
     });
     // The media: every packet to the callee, every echo back; nothing dropped.
     let relayed = 2 * SIPP_AUDIO_PACKETS as u64;
-    let mut text = String::new();
-    let settled = wait_until(LOG_LIMIT, || {
-        text = scrape_metrics(metrics);
-        metric(&text, "floorcast_rtp_packets_total{node=\"tcf-1\",direction=\"in\"}") == Some(relayed)
-            && metric(&text, "floorcast_rtp_packets_total{node=\"tcf-1\",direction=\"out\"}") == Some(relayed)
+    expect_rtp_counters(
+        &mut node,
+        metrics,
+        relayed,
+        relayed,
+        &format!("{SIPP_AUDIO_PACKETS} from the caller to the callee, as many echoed back by the callee"),
+        &["sipp_caller"],
+    );
+    node.stop();
+}
+
+/// A group call among three SIPp terminals with floor control through the terminal-side
+/// messages (issue 5), on the built-in demo's group 2002 (1001-1005, dispatcher 9001) homed on
+/// the one node, which serves every member's D session itself:
+///
+/// 1. `sipp_call_register.xml` registers C (1003), B (1002) and A (1001), each from the local
+///    port its group scenario then uses (as in [`interop_sipp_basic_call`]).
+/// 2. `sipp_group_listener.xml` (C) and `sipp_group_talker.xml` (B) wait for the node's group
+///    INVITE (`pttcall;calltype=4;...;GDN=2002;callerUDN=1001;calleeUDN=<them>;
+///    answermode=direct`, a PCMU-only offer), answer it and take the ACK and `INFO
+///    pttinfo;UDN=1001`.
+/// 3. `sipp_group_initiator.xml` (A) INVITEs 2002 offering only PCMU, expects 100 and 200 with
+///    `Ptt-Extension: pttaccept`, ACKs, takes `INFO pttinfo;UDN=1001`, waits for the listeners
+///    to join and streams a PCMU file (50 packets), then releases the floor with a re-INVITE
+///    `pttreleasefloor` (a=recvonly): every member gets `pttinfo;UDN=idle`.
+/// 4. B asks for the floor with a re-INVITE `pttrequest` (a=sendonly), expects 200 with
+///    `pttaccept`; everyone gets `pttinfo;UDN=1002`; B streams the same file and releases the
+///    floor (`pttinfo;UDN=idle` to all).
+/// 5. A hangs up; as the initiator it ends the call: B and C get the node's BYE
+///    (`pttrelease;cause=64`).
+///
+/// Every SIPp run must exit 0 (an unexpected message, a failed check or a timeout fails it);
+/// the node must log the call started by 1001, the floor going 1001, idle, 1002, idle in that
+/// order, both members joining, and the call ended; and its RTP counters must show each
+/// talker's packets relayed to both listeners (A's to B and C, B's to A and C; SIPp does not
+/// check what it receives) with nothing dropped.
+#[test]
+fn interop_sipp_group_call_floor() {
+    require_sipp();
+    let metrics = free_tcp_port();
+    let mut node = Node::start_with(45_250, "digest_algorithms = [\"MD5\"]\n", Some(metrics));
+    let [a_port, b_port, c_port] = free_udp_ports();
+    // Each SIPp binds its media port (-mp, where rtp_stream also sends from) and -mp + 2
+    // (video): A's at `media`, B's at `media + 4`, C's at `media + 8`.
+    let media = free_udp_run(12);
+    let audio = sweep_pcmu(SIPP_AUDIO_PACKETS, 300.0, 3_300.0);
+    std::fs::write(node.directory.path().join("sipp_audio.pcmu"), &audio).unwrap();
+
+    // 1. Registrations, the initiator's last.
+    for (user, port) in [("1003", c_port), ("1002", b_port), ("1001", a_port)] {
+        let name = format!("sipp_register_{user}");
+        let options = ["-s", user, "-au", user, "-ap", "demo", "-timeout", "15s"];
+        let mut command = sipp_command(&node, &name, "sipp_call_register.xml", port, &options);
+        let run = run_bounded(&mut command, node.directory.path(), &name);
+        check_sipp(&mut node, &name, &run);
+        node.expect_line(&format!("binding of {user}"), |line| {
+            line.contains("Bound {") && line.contains(&format!("\"{user}\""))
+        });
+    }
+
+    // 2. The members wait for the group call on their registered ports.
+    let c_media = (media + 8).to_string();
+    let options = ["-mi", "127.0.0.1", "-mp", &c_media, "-s", "1003", "-timeout", "30s"];
+    let listener = spawn_sipp_listening(&mut node, "sipp_member_c", "sipp_group_listener.xml", c_port, &options);
+    let b_media = (media + 4).to_string();
+    let options = ["-mi", "127.0.0.1", "-mp", &b_media, "-s", "1002", "-timeout", "30s"];
+    let talker = spawn_sipp_listening(&mut node, "sipp_member_b", "sipp_group_talker.xml", b_port, &options);
+
+    // 3.-5. The initiator sets the call up, talks, hands over, hangs up.
+    let name = "sipp_initiator_a";
+    let a_media = media.to_string();
+    let options = [
+        "-mi",
+        "127.0.0.1",
+        "-mp",
+        &a_media,
+        "-key",
+        "group",
+        "2002",
+        "-s",
+        "1001",
+        "-timeout",
+        "30s",
+    ];
+    let mut command = sipp_command(&node, name, "sipp_group_initiator.xml", a_port, &options);
+    let initiator = run_bounded(&mut command, node.directory.path(), name);
+    let talker = talker.finish();
+    let listener = listener.finish();
+    check_sipp(&mut node, name, &initiator);
+    check_sipp(&mut node, "sipp_member_b", &talker);
+    check_sipp(&mut node, "sipp_member_c", &listener);
+
+    // The node's account: started by 1001, both members joined, ended.
+    node.expect_line("group call 2002 started by 1001", |line| {
+        line.contains("GroupCallStarted {")
+            && line.contains("group: Number(\"2002\")")
+            && line.contains("initiator: Number(\"1001\")")
     });
-    let dropped: u64 = text
-        .lines()
-        .filter(|line| line.starts_with("floorcast_dropped_packets_total{"))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
-    let media_lines: Vec<&str> = text
-        .lines()
-        .filter(|line| line.starts_with("floorcast_rtp") || line.starts_with("floorcast_dropped"))
+    for user in ["1002", "1003"] {
+        node.expect_line(&format!("{user} joining group call 2002"), |line| {
+            line.contains("GroupMemberJoined {") && line.contains(&format!("user: Number(\"{user}\")"))
+        });
+    }
+    node.expect_line("end of group call 2002", |line| {
+        line.contains("GroupCallEnded {") && line.contains("group: Number(\"2002\")")
+    });
+    // The floor, in order: A, idle, B, idle.
+    let floor: Vec<String> = node
+        .seen
+        .iter()
+        .filter(|line| line.contains("FloorChanged {") && line.contains("group: Number(\"2002\")"))
+        .filter_map(|line| {
+            let talker = line.split("talker: ").nth(1)?;
+            Some(talker.split(" }").next()?.to_owned())
+        })
         .collect();
-    assert!(
-        settled && dropped == 0,
-        "the node should receive and send {relayed} RTP packets ({SIPP_AUDIO_PACKETS} from the \
-         caller to the callee, as many echoed back by the callee) and drop none; its counters:\n{}\n\
-         --- sipp caller messages ---\n{}\n--- node log ---\n{}",
-        media_lines.join("\n"),
-        std::fs::read_to_string(node.directory.path().join("sipp_caller_messages.log")).unwrap_or_default(),
-        node.log()
+    let expected = ["Some(Number(\"1001\"))", "None", "Some(Number(\"1002\"))", "None"];
+    if floor != expected {
+        let log = node.log();
+        panic!("the floor should go {expected:?}, the node logged {floor:?}:\n{log}");
+    }
+    // The media: each talker's packets to both listeners, nothing dropped.
+    let talked = 2 * SIPP_AUDIO_PACKETS as u64;
+    expect_rtp_counters(
+        &mut node,
+        metrics,
+        talked,
+        2 * talked,
+        &format!(
+            "{SIPP_AUDIO_PACKETS} from A, each to B and C; then {SIPP_AUDIO_PACKETS} from B, each \
+             to A and C"
+        ),
+        &[name, "sipp_member_b", "sipp_member_c"],
     );
     node.stop();
 }
@@ -349,8 +448,9 @@ struct Node {
 }
 
 impl Node {
-    /// Starts a node of the one-TCF network `tcf-1` (users 1001-1010, demo subscribers) on a
-    /// free loopback port, media ports `media_min..media_min + 49`, and waits until it runs.
+    /// Starts a node of the one-TCF network `tcf-1` (users 1001-1010, groups 2001-2002, demo
+    /// subscribers) on a free loopback port, media ports `media_min..media_min + 49`, and waits
+    /// until it runs.
     fn start(media_min: u16, sip_extra: &str) -> Node {
         Node::start_with(media_min, sip_extra, None)
     }
@@ -367,7 +467,10 @@ impl Node {
         let network = directory.path().join("network.toml");
         std::fs::write(
             &network,
-            format!("[[tcf]]\nname = \"tcf-1\"\nsip = \"{address}\"\nusers = [\"1001-1010\"]\n"),
+            format!(
+                "[[tcf]]\nname = \"tcf-1\"\nsip = \"{address}\"\nusers = [\"1001-1010\"]\n\
+                 groups = [\"2001-2002\"]\n"
+            ),
         )
         .unwrap();
         let config = directory.path().join("floorcast.toml");
@@ -631,6 +734,63 @@ fn check_sipp(node: &mut Node, name: &str, run: &Run) {
         run.status,
         run.command,
         run.stderr,
+        node.log()
+    );
+}
+
+/// Starts the SIPp run `name` (see [`sipp_command`]) that waits for the node's INVITE on
+/// 127.0.0.1:`local_port`, and returns once it listens there (the node would retransmit its
+/// INVITE, but a late start must not eat into the other terminals' timers).
+fn spawn_sipp_listening(node: &mut Node, name: &str, scenario: &str, local_port: u16, options: &[&str]) -> Client {
+    let mut command = sipp_command(node, name, scenario, local_port, options);
+    let mut client = Client::spawn(&mut command, node.directory.path(), name);
+    wait_until(Duration::from_secs(10), || {
+        udp_port_bound(local_port) || client.exited()
+    });
+    if !udp_port_bound(local_port) {
+        let run = client.finish();
+        check_sipp(node, name, &run);
+        panic!("{name}: SIPp did not bind 127.0.0.1:{local_port} within 10 s (it exited 0)");
+    }
+    client
+}
+
+/// Asserts that the node's RTP counters (from its exporter on 127.0.0.1:`metrics`) settle at
+/// `received` packets in and `sent` out (`what` says why), with no packet dropped; on failure
+/// shows the counters, the messages of the SIPp runs `runs` and the node's log.
+fn expect_rtp_counters(node: &mut Node, metrics: u16, received: u64, sent: u64, what: &str, runs: &[&str]) {
+    let mut text = String::new();
+    let settled = wait_until(LOG_LIMIT, || {
+        text = scrape_metrics(metrics);
+        metric(&text, "floorcast_rtp_packets_total{node=\"tcf-1\",direction=\"in\"}") == Some(received)
+            && metric(&text, "floorcast_rtp_packets_total{node=\"tcf-1\",direction=\"out\"}") == Some(sent)
+    });
+    let dropped: u64 = text
+        .lines()
+        .filter(|line| line.starts_with("floorcast_dropped_packets_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    if settled && dropped == 0 {
+        return;
+    }
+    let media_lines: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with("floorcast_rtp") || line.starts_with("floorcast_dropped"))
+        .collect();
+    let messages: String = runs
+        .iter()
+        .map(|run| {
+            let path = node.directory.path().join(format!("{run}_messages.log"));
+            format!(
+                "--- {run} messages ---\n{}\n",
+                std::fs::read_to_string(path).unwrap_or_default()
+            )
+        })
+        .collect();
+    panic!(
+        "the node should receive {received} and send {sent} RTP packets ({what}) and drop none; \
+         its counters:\n{}\n{messages}--- node log ---\n{}",
+        media_lines.join("\n"),
         node.log()
     );
 }
