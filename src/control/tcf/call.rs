@@ -2168,7 +2168,10 @@ mod tests {
         );
         rig.deliver(10, CALLER, &release);
         assert_eq!(statuses(&rig.sent(), CALLER), vec![200]);
-        assert_eq!(source(&rig), None, "nobody is forwarded while the floor is idle");
+        assert_eq!(source(&rig), Some(caller_leg), "the released talker's last packets still go out");
+        rig.tick(80);
+        let _ = rig.sent();
+        assert_eq!(source(&rig), None, "nobody is forwarded once the release grace is over");
         // 1001 asks for the floor in its session (it is the UAS of that dialog).
         let from = member_invite
             .header(HeaderName::From)
@@ -2185,7 +2188,7 @@ mod tests {
              Ptt-Extension: pttrequest\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        rig.deliver(15, CALLEE, &request);
+        rig.deliver(90, CALLEE, &request);
         let sent = rig.sent();
         let granted = sent
             .iter()

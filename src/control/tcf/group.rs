@@ -90,6 +90,8 @@ struct LocalTalker {
     /// The leg's description once the home answered.
     spec: Option<LegSpec>,
     granted: bool,
+    /// Released by the member: still the source until then (the release grace).
+    releasing: Option<Instant>,
 }
 
 /// A talker session at the home.
@@ -181,6 +183,21 @@ struct Retransmit {
     give_up: Instant,
 }
 
+/// The end of a voluntary floor release, after [`RELEASE_GRACE`]: the talker's last packets
+/// (sent just before the release, possibly still queued in the media worker) are forwarded.
+#[derive(Debug)]
+enum Deferred {
+    /// Home: stop forwarding when the floor is still idle.
+    ClearSource(Number),
+    /// Home: remove a released talker session's leg.
+    RemoveLeg(crate::media::api::LegId),
+    /// Member TCF: end a released member's talker session and follow the floor.
+    DropLocalTalker(Number, Number),
+}
+
+/// How long a voluntary release keeps forwarding the released talker (three packet times).
+const RELEASE_GRACE: Duration = Duration::from_millis(60);
+
 /// All group calls of this node.
 #[derive(Debug, Default)]
 pub(super) struct Groups {
@@ -194,6 +211,8 @@ pub(super) struct Groups {
     pub(super) peers_down: Vec<String>,
     /// Our 2xx responses to INVITEs, sent again until their ACK (RFC 3261 §13.3.1.4).
     retransmits: Vec<Retransmit>,
+    /// What a voluntary release does once its grace period is over.
+    deferred: Vec<(Instant, Deferred)>,
     pub(super) set_up_total: u64,
 }
 
@@ -210,6 +229,7 @@ impl Groups {
         let floors = self.homes.values().filter_map(|home| home.floor.poll_timeout());
         floors
             .chain(self.retransmits.iter().map(|retransmit| retransmit.next))
+            .chain(self.deferred.iter().map(|(at, _)| *at))
             .min()
     }
 }
@@ -1159,13 +1179,15 @@ impl Tcf {
                     Some(format!("pttreleasefloor;cause={cause}")),
                     None,
                 );
-                self.drop_home_talker(gdn, user);
+                self.drop_home_talker(gdn, user, None);
             }
             path => self.tell_participant(now, gdn, user, &path, format!("pttreleasefloor;cause={cause}"), true),
         }
     }
 
-    fn drop_home_talker(&mut self, gdn: &Number, user: &Number) {
+    /// Ends a talker session at the home; its leg goes at once, or after the release grace
+    /// counted from `grace_from` (a voluntary release).
+    fn drop_home_talker(&mut self, gdn: &Number, user: &Number, grace_from: Option<Now>) {
         let Some(home) = self.groups.homes.get_mut(gdn) else {
             return;
         };
@@ -1173,7 +1195,13 @@ impl Tcf {
             if let Some(dialog) = &talker.dialog {
                 self.groups.by_dialog.remove(dialog.id());
             }
-            self.media.remove_leg(talker.leg.id);
+            match grace_from {
+                Some(now) => self
+                    .groups
+                    .deferred
+                    .push((now.instant + RELEASE_GRACE, Deferred::RemoveLeg(talker.leg.id))),
+                None => self.media.remove_leg(talker.leg.id),
+            }
         }
     }
 
@@ -1425,6 +1453,7 @@ impl Tcf {
                     leg,
                     spec: None,
                     granted: false,
+                    releasing: None,
                 },
             );
         }
@@ -1510,14 +1539,22 @@ impl Tcf {
 
     /// Sets the local bridge's source: the holder's leg when it is a member here, else the
     /// downlink from the home.
-    fn local_source(&mut self, gdn: &Number) {
+    fn local_source(&mut self, now: Now, gdn: &Number) {
         let Some(local) = self.groups.locals.get(gdn) else {
             return;
         };
+        // A member that has just released stays the source for a grace period, so its last
+        // packets, which may still be queued behind the release, are not lost.
         let holder = local
             .talkers
             .iter()
             .find(|(_, talker)| talker.granted)
+            .or_else(|| {
+                local
+                    .talkers
+                    .iter()
+                    .find(|(_, talker)| talker.releasing.is_some_and(|until| until > now.instant))
+            })
             .map(|(user, _)| user);
         let leg = match holder {
             Some(user) => local.members.get(user).map(|member| member.leg.id),
@@ -1835,10 +1872,12 @@ impl Tcf {
         };
         if let Some(&pid) = home.pids.get(user) {
             home.floor.release(pid, now.instant);
-            // A released holder's leg stops being the source at once.
+            // A released holder's leg stays the source for the grace period (a new grant
+            // replaces it at once).
             if home.floor.holder().is_none() {
-                let bridge = home.bridge;
-                let _ = self.media.set_source(bridge, None);
+                self.groups
+                    .deferred
+                    .push((now.instant + RELEASE_GRACE, Deferred::ClearSource(gdn.clone())));
             }
         }
         self.floor_actions(now, gdn);
@@ -1871,7 +1910,7 @@ impl Tcf {
         match slot {
             Slot::HomeTalker { gdn, user } => {
                 // F-FLR-05: the talker releases the floor or cancels its request.
-                self.drop_home_talker(&gdn, &user);
+                self.drop_home_talker(&gdn, &user, Some(now));
                 self.home_release(now, &gdn, &user);
             }
             Slot::HomeMember { gdn, user } => {
@@ -1933,12 +1972,12 @@ impl Tcf {
                     self.group_request(now, &talker, Method::Bye, None, None);
                 }
                 self.drop_local_talker(&gdn, &user);
-                self.local_source(&gdn);
+                self.local_source(now, &gdn);
             }
             Slot::LocalTalker { gdn, user } => {
                 // F-FLR-06: the home took the floor away.
                 self.drop_local_talker(&gdn, &user);
-                self.local_source(&gdn);
+                self.local_source(now, &gdn);
                 let slot = Slot::LocalMember { gdn, user };
                 let body = self.slot_offer(&slot);
                 self.group_request(now, &slot, Method::Invite, Some("pttreleasefloor".to_owned()), body);
@@ -1976,6 +2015,16 @@ impl Tcf {
         let body = self.slot_answer(&slot, &request);
         match token {
             "pttrequest" | "pttinsert" => {
+                // A session still in its release grace is over: this is a new request.
+                let releasing = self
+                    .groups
+                    .locals
+                    .get(gdn)
+                    .and_then(|local| local.talkers.get(user))
+                    .is_some_and(|talker| talker.releasing.is_some());
+                if releasing {
+                    self.drop_local_talker(gdn, user);
+                }
                 let existing = self
                     .groups
                     .locals
@@ -2014,8 +2063,21 @@ impl Tcf {
                 if self.group_dialog(&talker).is_some() {
                     self.group_request(now, &talker, Method::Bye, None, None);
                 }
-                self.drop_local_talker(gdn, user);
-                self.local_source(gdn);
+                // The talker session and the local source end after the release grace.
+                let until = now.instant + RELEASE_GRACE;
+                if let Some(session) = self
+                    .groups
+                    .locals
+                    .get_mut(gdn)
+                    .and_then(|local| local.talkers.get_mut(user))
+                {
+                    session.granted = false;
+                    session.releasing = Some(until);
+                }
+                self.groups
+                    .deferred
+                    .push((until, Deferred::DropLocalTalker(gdn.clone(), user.clone())));
+                self.local_source(now, gdn);
             }
             _ => self.respond_in_dialog(now, &key, &request, 200, "OK", None, body),
         }
@@ -2031,7 +2093,7 @@ impl Tcf {
             return;
         };
         talker.granted = true;
-        self.local_source(gdn);
+        self.local_source(now, gdn);
         self.set_talker_fanout(gdn, user, true);
         if tell {
             let slot = Slot::LocalMember {
@@ -2062,7 +2124,9 @@ impl Tcf {
             if let Some(local) = self.groups.locals.get_mut(gdn) {
                 for (user, session) in local.talkers.iter_mut() {
                     if user != talker {
+                        // The floor moved on: a released talker's grace ends now.
                         session.granted = false;
+                        session.releasing = None;
                     }
                 }
             }
@@ -2071,7 +2135,7 @@ impl Tcf {
                 session.granted = false;
             }
         }
-        self.local_source(gdn);
+        self.local_source(now, gdn);
         let Some(local) = self.groups.locals.get_mut(gdn) else {
             return;
         };
@@ -2491,6 +2555,35 @@ impl Tcf {
 
     pub(super) fn group_timers(&mut self, now: Now) {
         self.group_retransmissions(now);
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.groups.deferred)
+            .into_iter()
+            .partition(|(at, _)| *at <= now.instant);
+        self.groups.deferred = later;
+        for (_, deferred) in due {
+            match deferred {
+                Deferred::ClearSource(gdn) => {
+                    if let Some(home) = self.groups.homes.get(&gdn) {
+                        if home.floor.holder().is_none() {
+                            let bridge = home.bridge;
+                            let _ = self.media.set_source(bridge, None);
+                        }
+                    }
+                }
+                Deferred::RemoveLeg(leg) => self.media.remove_leg(leg),
+                Deferred::DropLocalTalker(gdn, user) => {
+                    let released = self
+                        .groups
+                        .locals
+                        .get(&gdn)
+                        .and_then(|local| local.talkers.get(&user))
+                        .is_some_and(|talker| talker.releasing.is_some());
+                    if released {
+                        self.drop_local_talker(&gdn, &user);
+                        self.local_source(now, &gdn);
+                    }
+                }
+            }
+        }
         // Engine events: a silent holder loses the floor.
         while let Some(event) = self.media.poll_event() {
             if let Event::TalkerSilent { bridge, leg, .. } = event {
@@ -2563,7 +2656,7 @@ impl Tcf {
                 }
             }
             for user in talkers {
-                self.drop_home_talker(&gdn, &user);
+                self.drop_home_talker(&gdn, &user, None);
                 if let Some(home) = self.groups.homes.get_mut(&gdn) {
                     if let Some(&pid) = home.pids.get(&user) {
                         home.floor.leave(pid, now.instant);
