@@ -271,6 +271,31 @@ fn udp_receive_buffer_drops() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time the whole machine spent busy so far (ns, every CPU: user, nice, system, irq,
+/// softirq and steal of `/proc/stat`).
+fn machine_busy_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else { return 0 };
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|value| value.parse().unwrap_or(0))
+        .collect();
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|index| fields.get(*index)).sum();
+    busy * 1_000_000_000 / clock_ticks_per_second()
+}
+
+/// Run time of every thread of this process so far (ns).
+fn own_process_cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .map(|task| first_number(&task.path().join("schedstat")))
+        .sum()
+}
+
 /// Run time of the calling thread so far (ns).
 fn own_thread_cpu_ns() -> u64 {
     first_number(Path::new("/proc/thread-self/schedstat"))
@@ -480,6 +505,8 @@ trait Target {
     /// The relay port range of each hop (the SDP a terminal gets must point into its hop's
     /// range); `None`: nothing is anchored (the baseline).
     fn media_ranges(&self) -> Option<[(u16, u16); 2]>;
+    /// The hops run in processes of their own (not threads of this one).
+    fn external(&self) -> bool;
 }
 
 impl Target for Pair {
@@ -493,6 +520,10 @@ impl Target for Pair {
 
     fn media_ranges(&self) -> Option<[(u16, u16); 2]> {
         Some(MEDIA_RANGES)
+    }
+
+    fn external(&self) -> bool {
+        true
     }
 }
 
@@ -660,6 +691,10 @@ impl Target for Baseline {
     fn media_ranges(&self) -> Option<[(u16, u16); 2]> {
         None
     }
+
+    fn external(&self) -> bool {
+        false
+    }
 }
 
 impl Drop for Baseline {
@@ -772,6 +807,8 @@ struct Measurement {
     elapsed: Duration,
     cpu: [CpuSample; 2],
     generator_cpu_ns: u64,
+    /// CPU time the rest of the machine (neither the nodes nor this process) spent busy.
+    others_ns: u64,
     /// Counters over the whole phase (warm-up, window and drain).
     counters: Counters,
     /// Setup latency (µs) of the calls started in the window.
@@ -803,6 +840,10 @@ impl Measurement {
 
     fn load_percent(&self) -> f64 {
         self.total_ns() as f64 / self.elapsed.as_nanos() as f64 * 100.0
+    }
+
+    fn others_cores(&self) -> f64 {
+        self.others_ns as f64 / self.elapsed.as_nanos() as f64
     }
 
     fn generator_load_percent(&self) -> f64 {
@@ -1335,8 +1376,17 @@ impl Generator {
                 (Duration::from_secs_f64(1.0 / rate), started)
             }
         };
-        let mut window_start: Option<(Instant, [CpuSample; 2], u64, u64)> = None;
-        let mut result: Option<(Duration, [CpuSample; 2], u64, u64)> = None;
+        // What the machine and we (this process, and the hops when they are processes) spent so far.
+        let ours = |cpu: &[CpuSample; 2]| {
+            let hops = if target.external() {
+                cpu[0].total_ns + cpu[1].total_ns
+            } else {
+                0
+            };
+            (machine_busy_ns(), own_process_cpu_ns() + hops)
+        };
+        let mut window_start: Option<(Instant, [CpuSample; 2], u64, u64, (u64, u64))> = None;
+        let mut result: Option<(Duration, [CpuSample; 2], u64, u64, u64)> = None;
         let mut last_expiry = started;
         loop {
             let now = Instant::now();
@@ -1344,18 +1394,25 @@ impl Generator {
             match &window_start {
                 None if now.duration_since(started) >= warm_up => {
                     self.recording = true;
-                    window_start = Some((now, target.cpu(), own_thread_cpu_ns(), self.counters.completed));
+                    let cpu = target.cpu();
+                    let machine = ours(&cpu);
+                    window_start = Some((now, cpu, own_thread_cpu_ns(), self.counters.completed, machine));
                 }
-                Some((at, cpu, own, completed))
+                Some((at, cpu, own, completed, (machine, mine)))
                     if result.is_none() && (now.duration_since(*at) >= window || capped) =>
                 {
                     self.recording = false;
                     let later = target.cpu();
+                    let (machine_later, mine_later) = ours(&later);
+                    let others = machine_later
+                        .saturating_sub(*machine)
+                        .saturating_sub(mine_later.saturating_sub(*mine));
                     result = Some((
                         now.duration_since(*at),
                         [cpu[0].until(&later[0]), cpu[1].until(&later[1])],
                         own_thread_cpu_ns() - own,
                         self.counters.completed - completed,
+                        others,
                     ));
                 }
                 _ => {}
@@ -1392,13 +1449,14 @@ impl Generator {
                 self.expire(load, accepting, at);
             }
         }
-        let (elapsed, cpu, generator_cpu_ns, calls) = result.expect("the window ended");
+        let (elapsed, cpu, generator_cpu_ns, calls, others_ns) = result.expect("the window ended");
         Measurement {
             load,
             calls,
             elapsed,
             cpu,
             generator_cpu_ns,
+            others_ns,
             counters: self.counters.clone(),
             latency: self.latency.clone(),
         }
@@ -1409,12 +1467,12 @@ impl Generator {
 
 fn print_table(rows: &[(&str, &Measurement)]) {
     println!(
-        "| target | load | calls/s | node CPU per call (both) | tcf-1 | tcf-2 | node CPU per second | setup p50 | setup p99 | errors | retransmissions seen | generator CPU per second |"
+        "| target | load | calls/s | node CPU per call (both) | tcf-1 | tcf-2 | node CPU per second | setup p50 | setup p99 | errors | retransmissions seen | generator CPU per second | other processes |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|");
     for (target, measurement) in rows {
         println!(
-            "| {target} | {} | {:.0} | {:.1} µs | {:.1} µs | {:.1} µs | {:.0}% | {:.2} ms | {:.2} ms | {} | {} | {:.0}% |",
+            "| {target} | {} | {:.0} | {:.1} µs | {:.1} µs | {:.1} µs | {:.0}% | {:.2} ms | {:.2} ms | {} | {} | {:.0}% | {:.2} cores |",
             measurement.load.describe(),
             measurement.rate(),
             measurement.cpu_us_per_call(),
@@ -1426,6 +1484,7 @@ fn print_table(rows: &[(&str, &Measurement)]) {
             measurement.counters.describe_errors(),
             measurement.counters.retransmissions,
             measurement.generator_load_percent(),
+            measurement.others_cores(),
         );
     }
     println!();
@@ -1540,6 +1599,14 @@ fn main() {
     );
 
     let mut generator = Generator::new();
+    let callee_sockets: Vec<SocketAddr> = generator
+        .callees
+        .iter()
+        .map(|socket| socket.local_addr().unwrap())
+        .collect();
+    // The baseline runs in the same run, each of its phases right after the same floorcast
+    // phase (the machine is shared: conditions drift within a minute).
+    let baseline = Baseline::start(callee_sockets);
     let pair = Pair::start(t1);
     let registering = Instant::now();
     generator.register_all(pair.addresses());
@@ -1565,8 +1632,11 @@ fn main() {
     let drops_before = udp_receive_buffer_drops();
     let maximum = generator.run(&pair, Load::Closed { window: in_flight }, warm_up(), window);
     let after_maximum = describe_gauges(&pair);
+    let baseline_maximum = generator.run(&baseline, Load::Closed { window: in_flight }, warm_up(), window);
     let half = (maximum.rate() / 2.0).max(10.0);
     let fixed = generator.run(&pair, Load::Open { rate: half }, warm_up(), window);
+    let baseline_fixed = generator.run(&baseline, Load::Open { rate: half }, warm_up(), window);
+    drop(baseline);
     let drops = udp_receive_buffer_drops() - drops_before;
     // Let the quarantine and the transaction timers run out, then look for leftovers (not in
     // quick runs: with the production T1 it takes 32 s).
@@ -1582,16 +1652,6 @@ fn main() {
     };
     drop(pair);
 
-    let callee_sockets: Vec<SocketAddr> = generator
-        .callees
-        .iter()
-        .map(|socket| socket.local_addr().unwrap())
-        .collect();
-    let baseline = Baseline::start(callee_sockets);
-    let baseline_maximum = generator.run(&baseline, Load::Closed { window: in_flight }, warm_up(), window);
-    let baseline_fixed = generator.run(&baseline, Load::Open { rate: half }, warm_up(), window);
-    drop(baseline);
-
     println!("## Throughput and node CPU per call\n");
     let rows = [
         ("floorcast", &maximum),
@@ -1602,12 +1662,14 @@ fn main() {
     print_table(&rows);
     println!(
         "Node CPU is the sum over both processes' threads (schedstat); for the baseline, its two threads. \
-         \"retransmissions seen\": duplicate 2xx, INVITEs or BYEs the terminals received.\n"
+         \"retransmissions seen\": duplicate 2xx, INVITEs or BYEs the terminals received. \"other processes\": \
+         the CPU time the rest of the machine (other builds, kernel threads) spent busy in the window, in cores \
+         (of 2): the noise each figure was taken in.\n"
     );
     print_threads(&rows[..2]);
     println!("Gauges after the maximum-rate phase: {after_maximum}. After both phases, {after_all}.\n");
     println!(
-        "UDP datagrams dropped for want of receive-buffer room (kernel, system-wide) during the two floorcast \
+        "UDP datagrams dropped for want of receive-buffer room (kernel, system-wide) during the four measured \
          phases: {drops}.\n"
     );
 
