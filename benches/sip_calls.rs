@@ -877,6 +877,20 @@ fn media_port(body: &[u8]) -> Option<u16> {
         .and_then(|port| port.parse().ok())
 }
 
+/// What the start of a measured window saw.
+struct WindowStart {
+    at: Instant,
+    /// The hops' CPU time.
+    cpu: [CpuSample; 2],
+    /// This thread's.
+    generator_ns: u64,
+    /// Calls completed so far.
+    completed: u64,
+    /// The whole machine's busy time, and ours (this process and the hops' processes).
+    machine_ns: u64,
+    ours_ns: u64,
+}
+
 struct Generator {
     /// Caller sockets, then callee sockets.
     callers: Vec<UdpSocket>,
@@ -1352,6 +1366,14 @@ impl Generator {
 
     /// Runs one phase against `target`: warm-up, a measured window of `window`, then a drain.
     fn run(&mut self, target: &dyn Target, load: Load, warm_up: Duration, window: Duration) -> Measurement {
+        // Progress on stderr, e.g. to attach `perf record -p` to the nodes during a window.
+        eprintln!(
+            "sip_calls: {} against {}: {:.1} s warm-up, {:.1} s measured",
+            load.describe(),
+            if target.external() { "the nodes" } else { "the baseline" },
+            warm_up.as_secs_f64(),
+            window.as_secs_f64()
+        );
         self.servers = target.addresses();
         self.media_ranges = target.media_ranges();
         self.counters = Counters::default();
@@ -1385,7 +1407,7 @@ impl Generator {
             };
             (machine_busy_ns(), own_process_cpu_ns() + hops)
         };
-        let mut window_start: Option<(Instant, [CpuSample; 2], u64, u64, (u64, u64))> = None;
+        let mut window_start: Option<WindowStart> = None;
         let mut result: Option<(Duration, [CpuSample; 2], u64, u64, u64)> = None;
         let mut last_expiry = started;
         loop {
@@ -1395,23 +1417,28 @@ impl Generator {
                 None if now.duration_since(started) >= warm_up => {
                     self.recording = true;
                     let cpu = target.cpu();
-                    let machine = ours(&cpu);
-                    window_start = Some((now, cpu, own_thread_cpu_ns(), self.counters.completed, machine));
+                    let (machine_ns, ours_ns) = ours(&cpu);
+                    window_start = Some(WindowStart {
+                        at: now,
+                        cpu,
+                        generator_ns: own_thread_cpu_ns(),
+                        completed: self.counters.completed,
+                        machine_ns,
+                        ours_ns,
+                    });
                 }
-                Some((at, cpu, own, completed, (machine, mine)))
-                    if result.is_none() && (now.duration_since(*at) >= window || capped) =>
-                {
+                Some(start) if result.is_none() && (now.duration_since(start.at) >= window || capped) => {
                     self.recording = false;
                     let later = target.cpu();
-                    let (machine_later, mine_later) = ours(&later);
-                    let others = machine_later
-                        .saturating_sub(*machine)
-                        .saturating_sub(mine_later.saturating_sub(*mine));
+                    let (machine_ns, ours_ns) = ours(&later);
+                    let others = machine_ns
+                        .saturating_sub(start.machine_ns)
+                        .saturating_sub(ours_ns.saturating_sub(start.ours_ns));
                     result = Some((
-                        now.duration_since(*at),
-                        [cpu[0].until(&later[0]), cpu[1].until(&later[1])],
-                        own_thread_cpu_ns() - own,
-                        self.counters.completed - completed,
+                        now.duration_since(start.at),
+                        [start.cpu[0].until(&later[0]), start.cpu[1].until(&later[1])],
+                        own_thread_cpu_ns() - start.generator_ns,
+                        self.counters.completed - start.completed,
                         others,
                     ));
                 }
@@ -1608,6 +1635,11 @@ fn main() {
     // phase (the machine is shared: conditions drift within a minute).
     let baseline = Baseline::start(callee_sockets);
     let pair = Pair::start(t1);
+    eprintln!(
+        "sip_calls: tcf-1 is pid {}, tcf-2 pid {}",
+        pair.nodes[0].pid(),
+        pair.nodes[1].pid()
+    );
     let registering = Instant::now();
     generator.register_all(pair.addresses());
     println!(
