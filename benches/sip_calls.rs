@@ -1469,15 +1469,9 @@ impl Generator {
                     break;
                 }
             }
+            let open = matches!(load, Load::Open { .. }) && accepting;
             let mut timeout = Duration::from_millis(5);
-            if let (Load::Open { .. }, true) = (load, accepting) {
-                while next_due <= now {
-                    match self.free.pop_front() {
-                        Some(slot) => self.begin(slot, Instant::now()),
-                        None => self.counters.no_slot += 1,
-                    }
-                    next_due += interval;
-                }
+            if open {
                 timeout = timeout.min(next_due.saturating_duration_since(now));
             }
             Generator::wait(&mut pollfds, timeout);
@@ -1487,6 +1481,17 @@ impl Generator {
                     self.caller_message(message, at, load, accepting);
                 } else {
                     self.callee_message(socket, message, at, load, accepting);
+                }
+            }
+            // Open loop: the calls now due (after the answers that came meanwhile freed their
+            // slots; after a stall of this thread, all the overdue ones at once).
+            if open {
+                while next_due <= at {
+                    match self.free.pop_front() {
+                        Some(slot) => self.begin(slot, Instant::now()),
+                        None => self.counters.no_slot += 1,
+                    }
+                    next_due += interval;
                 }
             }
             if at.duration_since(last_expiry) >= Duration::from_millis(50) {
