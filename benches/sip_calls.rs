@@ -49,7 +49,9 @@
 //!    `reserve_rehash`), which shows as a latency spike for every call in flight; phase 1
 //!    includes that growth (about 2% of its CPU), phase 2 measures the steady state.
 //!
-//! A baseline runs in the same run under the same two loads, as in `benches/sip_register.rs`:
+//! A baseline runs in the same run under the same two loads, as in `benches/sip_register.rs`,
+//! each of its phases right after the same phase against the nodes (the machine is shared and
+//! its load drifts within a minute):
 //! two minimal stateless responders on two threads of this process standing in for the two
 //! nodes, receiving and sending exactly the datagrams the two nodes do per call (7 + 6 received,
 //! 7 + 7 sent): each answers 100 to an INVITE and 200 to a BYE from canned text, forwards
@@ -66,8 +68,8 @@
 //! and M for the two INVITE transactions, J for the BYE server transaction) and the BYE client
 //! transaction for T4 = 5 s: about 3 · 32 + 5 = 101 transaction-seconds per call per node, so
 //! the default `sip.max_transactions` of 65,536 would cap a node at ~650 calls/s (503 beyond).
-//! The bench sets `sip.max_transactions = 1,048,576` (room for ~10,000 calls/s), what
-//! docs/config.md tells an operator to do for such rates. A small T1 as in `sip_register`
+//! The bench sets `sip.max_transactions = 1,048,576` (room for ~10,000 calls/s; docs/config.md
+//! gives the rule for REGISTER, 32·N, for calls it is ~101·N per node). A small T1 as in `sip_register`
 //! (2 ms, completed transactions gone after 128 ms) is not used: the nodes would retransmit
 //! whenever a hop is descheduled for 2 ms, which on two shared cores is all the time, and that
 //! runs into a bug (BENCHMARKS.md): a 2xx the next hop retransmits after the node has answered
@@ -82,9 +84,9 @@
 //!
 //! Run: `cargo bench --bench sip_calls` (about two minutes: twice 33 s waiting for the nodes'
 //! transactions to expire, before phase 2 and before the leftover check). `SIP_BENCH_QUICK=1`
-//! shortens every phase to one second and skips both waits. `SIP_CALLS_WINDOW` overrides the calls in flight of
-//! phase 1, `SIP_CALLS_LOG` the nodes' log level. Results go to stdout as Markdown tables
-//! (BENCHMARKS.md).
+//! shortens every phase to one second and skips both waits. `SIP_CALLS_WINDOW` overrides the
+//! calls in flight of phase 1, `SIP_CALLS_LOG` the nodes' log level. Results go to stdout as
+//! Markdown tables (BENCHMARKS.md); progress and the nodes' pids to stderr.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -910,9 +912,10 @@ struct WindowStart {
 }
 
 struct Generator {
-    /// Caller sockets, then callee sockets.
+    /// The terminals' sockets: callers (indexes 0..SOCKETS in poll order), callees (SOCKETS..).
     callers: Vec<UdpSocket>,
     callees: Vec<UdpSocket>,
+    /// Where callers send (hop 1) and callees answer (hop 2).
     servers: [SocketAddr; 2],
     media_ranges: Option<[(u16, u16); 2]>,
     slots: Vec<Slot>,
