@@ -875,6 +875,12 @@ impl Tcf {
                     None => b.dialog = Dialog::uac(&b.invite, &response).ok(),
                 }
                 self.ack_2xx(&mut b, &response);
+                if call.answered {
+                    // A retransmitted 2xx (our ACK was lost or late): ACKed again, nothing else.
+                    call.b = Some(b);
+                    self.calls.calls.insert(id, call);
+                    return;
+                }
                 if call.a.answered || b.cancel_wanted {
                     // Too late: the caller side is gone.
                     call.b = Some(b);
@@ -1128,6 +1134,13 @@ impl Tcf {
         let Some(mut call) = self.calls.calls.remove(&id) else {
             return;
         };
+        // Its dialogs leave the index (found by their ids, not by scanning every call's).
+        for dialog in [call.a.dialog.as_ref(), call.b.as_ref().and_then(|b| b.dialog.as_ref())]
+            .into_iter()
+            .flatten()
+        {
+            self.calls.by_dialog.remove(dialog.id());
+        }
         // Side A.
         if !call.a.answered {
             self.answer_a(now, &mut call, status, status_reason, None);
@@ -1185,9 +1198,7 @@ impl Tcf {
                 self.calls.busy.remove(&user);
             }
         }
-        let id = call.id;
-        self.calls.by_dialog.retain(|_, (call, _)| *call != id);
-        self.calls.by_invite.retain(|_, call| *call != id);
+        self.calls.by_invite.remove(&call.a.server);
     }
 
     /// Replaces the outbound side with a call to `target` (forwarding, F-SC-09).
@@ -1970,6 +1981,20 @@ mod tests {
     }
 
     #[test]
+    fn a_retransmitted_2xx_is_acked_again_and_the_call_stays() {
+        let mut rig = Rig::new();
+        let onward = answered(&mut rig);
+        let _ = rig.sent();
+        // The callee did not get our ACK and sends its 200 again.
+        rig.deliver(50, CALLEE, &response_to(&onward, 200, "e1", Some(offer(9100))));
+        let sent = rig.sent();
+        assert_eq!(requests(&sent, CALLEE, "ACK").len(), 1, "ACKed again");
+        assert!(requests(&sent, CALLEE, "BYE").is_empty() && requests(&sent, CALLER, "BYE").is_empty());
+        assert_eq!(rig.tcf.stats().calls, 1, "the call goes on");
+        assert_eq!(rig.bridges(), 1);
+    }
+
+    #[test]
     fn the_ack_stops_retransmission() {
         let mut rig = Rig::new();
         answered(&mut rig);
@@ -2168,7 +2193,11 @@ mod tests {
         );
         rig.deliver(10, CALLER, &release);
         assert_eq!(statuses(&rig.sent(), CALLER), vec![200]);
-        assert_eq!(source(&rig), Some(caller_leg), "the released talker's last packets still go out");
+        assert_eq!(
+            source(&rig),
+            Some(caller_leg),
+            "the released talker's last packets still go out"
+        );
         rig.tick(80);
         let _ = rig.sent();
         assert_eq!(source(&rig), None, "nobody is forwarded once the release grace is over");
