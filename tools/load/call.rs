@@ -208,9 +208,8 @@ async fn one_call(ctx: &Ctx, pair: usize, mut callee_events: mpsc::UnboundedRece
             sent: sent.packets,
         });
     }
-    let bye_at = Instant::now();
     {
-        let left = ctx.shared.wall_ns(bye_at);
+        let left = ctx.shared.wall_ns(Instant::now());
         let mut control = lock(&ctx.shared.control);
         let mut found = 0;
         for membership in control.memberships.iter_mut().rev() {
@@ -223,6 +222,9 @@ async fn one_call(ctx: &Ctx, pair: usize, mut callee_events: mpsc::UnboundedRece
             }
         }
     }
+    // The last packets get a moment to arrive before the call goes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let bye_at = Instant::now();
     match caller.bye(&answered.call_id).await {
         Ok(_) => {
             let ended = wait_for(

@@ -675,11 +675,14 @@ impl GroupCall {
             return;
         };
         let ua = self.ctx.uas[self.terminal(0)].clone();
-        let sent = Instant::now();
-        // Every spurt is over: memberships end now (what comes later is not expected).
+        // Every spurt is over: memberships end now (what comes later is not expected). The
+        // last packets get a moment to arrive before the call goes.
+        let over = Instant::now();
         for position in 0..self.members.len() {
-            self.leave(position, sent);
+            self.leave(position, over);
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let sent = Instant::now();
         let ended = match ua.bye(&call_id).await {
             Ok(_) => true,
             Err(error) => {

@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::rtp;
-use crate::stats::{self, lock, ReceiverOutput, Shared, SlotResult};
+use crate::stats::{self, lock, ReceiverOutput, Shared, SlotResult, SpurtSeen};
 
 const BATCH: usize = 32;
 const BUFFER: usize = 2048;
@@ -76,7 +76,13 @@ impl Listener {
         if let Some((position, _)) = self.open.iter().enumerate().min_by_key(|(_, open)| open.spurt) {
             let open = self.open.swap_remove(position);
             self.closed_up_to = self.closed_up_to.max(open.spurt);
-            self.result.spurts.insert(open.spurt, open.unique);
+            self.result.spurts.insert(
+                open.spurt,
+                SpurtSeen {
+                    unique: open.unique,
+                    bits: open.bits,
+                },
+            );
         }
     }
 

@@ -117,6 +117,8 @@ pub struct ListenerIssue {
     pub seq_discontinuities: u64,
     pub ts_discontinuities: u64,
     pub ssrc_changes: u64,
+    /// Spurts with packets missing and which (first few).
+    pub missed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -257,8 +259,9 @@ pub fn build(scenario: &Scenario, plan: &Plan, collected: Collected) -> Report {
     for membership in &control.memberships {
         by_session.entry(membership.session).or_default().push(*membership);
     }
-    // Per listener slot: (expected, received).
+    // Per listener slot: (expected, received), and what was missed (first few spurts).
     let mut per_slot: HashMap<u32, (u64, u64)> = HashMap::new();
+    let mut missed: HashMap<u32, Vec<String>> = HashMap::new();
     for spurt in &control.spurts {
         if spurt.sent == 0 {
             continue;
@@ -273,13 +276,32 @@ pub fn build(scenario: &Scenario, plan: &Plan, collected: Collected) -> Report {
             {
                 continue;
             }
-            let heard = slots
+            let seen = slots
                 .get(membership.slot as usize)
                 .and_then(|slot| slot.as_ref())
-                .and_then(|slot| slot.spurts.get(&spurt.id))
-                .copied()
-                .unwrap_or(0)
-                .min(spurt.sent);
+                .and_then(|slot| slot.spurts.get(&spurt.id));
+            let heard = seen.map_or(0, |seen| seen.unique).min(spurt.sent);
+            if heard < spurt.sent {
+                let list = missed.entry(membership.slot).or_default();
+                if list.len() < 5 {
+                    let indexes: Vec<String> = (0..spurt.sent)
+                        .filter(|&index| !seen.is_some_and(|seen| seen.has(index)))
+                        .take(12)
+                        .map(|index| index.to_string())
+                        .collect();
+                    let talker = plan
+                        .slots
+                        .get(spurt.talker_slot as usize)
+                        .map_or_else(String::new, |slot| plan.terminals[slot.terminal].number.clone());
+                    list.push(format!(
+                        "spurt {} of {talker} ({} sent): missing index {}{}",
+                        spurt.id,
+                        spurt.sent,
+                        indexes.join(","),
+                        if spurt.sent - heard > 12 { ",..." } else { "" }
+                    ));
+                }
+            }
             let entry = per_slot.entry(membership.slot).or_default();
             entry.0 += u64::from(spurt.sent);
             entry.1 += u64::from(heard);
@@ -320,6 +342,7 @@ pub fn build(scenario: &Scenario, plan: &Plan, collected: Collected) -> Report {
                 seq_discontinuities: result.seq_discontinuities,
                 ts_discontinuities: result.ts_discontinuities,
                 ssrc_changes: result.ssrc_changes,
+                missed: missed.remove(&slot).unwrap_or_default(),
             });
         }
     }
@@ -593,6 +616,9 @@ pub fn text(report: &Report) -> String {
                 issue.ts_discontinuities,
                 issue.ssrc_changes
             );
+            for missed in &issue.missed {
+                let _ = writeln!(out, "      {missed}");
+            }
         }
     }
     if !report.evidence.is_empty() {

@@ -220,12 +220,27 @@ impl Shared {
     }
 }
 
+/// What a listener received of one spurt: the distinct packets, and which (a bit per index).
+#[derive(Debug, Default, Clone)]
+pub struct SpurtSeen {
+    pub unique: u32,
+    pub bits: Vec<u64>,
+}
+
+impl SpurtSeen {
+    pub fn has(&self, index: u32) -> bool {
+        self.bits
+            .get((index / 64) as usize)
+            .is_some_and(|word| word & (1u64 << (index % 64)) != 0)
+    }
+}
+
 /// What one listener slot saw (from a receiver thread).
 #[derive(Debug, Default, Clone)]
 pub struct SlotResult {
     pub slot: u32,
-    /// Distinct packets received per spurt.
-    pub spurts: HashMap<u32, u32>,
+    /// What was received of each spurt.
+    pub spurts: HashMap<u32, SpurtSeen>,
     pub packets: u64,
     pub duplicates: u64,
     pub reordered: u64,

@@ -91,7 +91,8 @@ pub struct Event {
 
 #[derive(Debug, Clone)]
 pub enum EventKind {
-    /// We answered an INVITE with 200 (a group call member session, or a single call).
+    /// We answered an INVITE with 200 and the ACK came (a group call member session, or a
+    /// single call).
     Joined {
         remote_rtp: Option<SocketAddr>,
         payload_type: Option<u8>,
@@ -262,6 +263,8 @@ struct Session {
     remote_rtp: Option<SocketAddr>,
     payload_type: Option<u8>,
     origin_version: u64,
+    /// We answered the dialog's INVITE with 200 and wait for the ACK (then: Joined).
+    awaiting_ack: bool,
 }
 
 enum Pending {
@@ -600,6 +603,16 @@ impl Ua {
                     let cseq = ack.cseq().map_or(0, |cseq| cseq.number);
                     self.resend
                         .retain(|resend| !(resend.call_id == call_id && resend.cseq == cseq));
+                    if let Some(session) = self.sessions.get_mut(&call_id) {
+                        if std::mem::take(&mut session.awaiting_ack) {
+                            let kind = EventKind::Joined {
+                                remote_rtp: session.remote_rtp,
+                                payload_type: session.payload_type,
+                            };
+                            let gdn = session.gdn.clone();
+                            self.emit(gdn.as_deref(), &call_id, now, kind);
+                        }
+                    }
                 }
             }
             TransactionUserEvent::Response { key, status, bytes } => {
@@ -746,6 +759,7 @@ impl Ua {
                 remote_rtp: answer.negotiated.remote_rtp,
                 payload_type: voice_payload_type(&answer.negotiated),
                 origin_version: 1,
+                awaiting_ack: false,
             },
         );
         let mode = if gdn.is_some() {
@@ -790,12 +804,9 @@ impl Ua {
             return;
         };
         let _ = session.dialog.confirm(&response);
-        let kind = EventKind::Joined {
-            remote_rtp: session.remote_rtp,
-            payload_type: session.payload_type,
-        };
-        let gdn = session.gdn.clone();
-        self.emit(gdn.as_deref(), call_id, now, kind);
+        // Joined once the ACK comes: then the TCF has taken our answer (and pointed its leg at
+        // our RTP socket), so what is sent from then on must reach us.
+        session.awaiting_ack = true;
     }
 
     fn cancel(&mut self, now: Instant, key: TransactionKey, request: Message) {
@@ -941,6 +952,7 @@ impl Ua {
                         remote_rtp: answered.remote_rtp,
                         payload_type: answered.payload_type,
                         origin_version: 1,
+                        awaiting_ack: false,
                     });
                     let cseq = invite.cseq().map_or(1, |cseq| cseq.number);
                     let ack = session.as_ref().and_then(|session| {
