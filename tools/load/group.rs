@@ -451,7 +451,7 @@ impl GroupCall {
         }
         self.granted.clear();
         // The holder talks; the requests come in before its spurt ends.
-        let spurt = Duration::from_millis(self.ctx.scenario.group.spurt_ms);
+        let spurt = self.spurt_length();
         let (talking, started) = self.start_spurt(holder, grant_at);
         self.pause(started + spurt.mul_f64(0.8), true).await;
         let mut requests = tokio::task::JoinSet::new();
@@ -579,9 +579,20 @@ impl GroupCall {
     }
 
     /// `position` talks one spurt (or until the floor is taken away / the run stops).
-    async fn talk(&mut self, position: usize, grant_at: Instant) {
-        let (talking, started) = self.start_spurt(position, grant_at);
+    /// The length of the next spurt: `spurt_ms`, except the call's first, which is 20–100 % of
+    /// it at random so that the group calls of a run do not all change talkers in step.
+    fn spurt_length(&mut self) -> Duration {
         let spurt = Duration::from_millis(self.ctx.scenario.group.spurt_ms);
+        if self.spurts == 0 {
+            spurt.mul_f64(self.rng.random_range(0.2..=1.0))
+        } else {
+            spurt
+        }
+    }
+
+    async fn talk(&mut self, position: usize, grant_at: Instant) {
+        let spurt = self.spurt_length();
+        let (talking, started) = self.start_spurt(position, grant_at);
         self.pause(started + spurt, true).await;
         self.end_spurt(talking).await;
     }
@@ -595,6 +606,10 @@ impl GroupCall {
             self.revoked = false;
             self.holder = None;
             return;
+        }
+        let delay = Duration::from_millis(self.ctx.scenario.group.release_delay_ms);
+        if !delay.is_zero() {
+            self.pause(Instant::now() + delay, false).await;
         }
         let ua = self.ctx.uas[self.terminal(position)].clone();
         let sent = Instant::now();

@@ -87,6 +87,9 @@ struct RunArgs {
     /// Pause between a release and the next request, ms.
     #[arg(long)]
     gap_ms: Option<u64>,
+    /// Pause between a talker's last packet and its release, ms.
+    #[arg(long)]
+    release_delay_ms: Option<u64>,
     /// PCMU, PCMA, AMR or AMR-WB.
     #[arg(long)]
     codec: Option<String>,
@@ -181,6 +184,7 @@ fn apply(scenario: &mut Scenario, args: &RunArgs) {
     set!(scenario.group.burst_size, args.burst_size);
     set!(scenario.group.spurt_ms, args.spurt_ms);
     set!(scenario.group.gap_ms, args.gap_ms);
+    set!(scenario.group.release_delay_ms, args.release_delay_ms);
     set!(scenario.group.codec, args.codec);
     set!(scenario.group.packet_rate, args.packet_rate);
     set!(scenario.group.payload_size, args.payload_size);

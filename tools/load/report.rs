@@ -63,6 +63,12 @@ pub struct Media {
     pub received: u64,
     pub lost: u64,
     pub loss_ratio: f64,
+    /// Lost packets that were the first of their spurt (and every one before the first
+    /// received): what a floor grant racing the talker's first packet loses.
+    pub lost_at_spurt_start: u64,
+    /// Lost packets that were the last of their spurt (and every one after the last
+    /// received): what a release racing the talker's last packet loses.
+    pub lost_at_spurt_end: u64,
     pub duplicates: u64,
     pub reordered: u64,
     /// Packets of a spurt that arrived after a later spurt had started at the listener.
@@ -210,6 +216,13 @@ pub struct Collected {
     pub fault: Option<FaultReport>,
 }
 
+/// Missing packets before the first received and after the last received of a spurt.
+fn edge_losses(sent: u32, has: impl Fn(u32) -> bool) -> (u32, u32) {
+    let start = (0..sent).take_while(|&index| !has(index)).count() as u32;
+    let end = (0..sent).rev().take_while(|&index| !has(index)).count() as u32;
+    (start, end)
+}
+
 pub fn build(scenario: &Scenario, plan: &Plan, collected: Collected) -> Report {
     let Collected {
         mut control,
@@ -262,6 +275,7 @@ pub fn build(scenario: &Scenario, plan: &Plan, collected: Collected) -> Report {
     // Per listener slot: (expected, received), and what was missed (first few spurts).
     let mut per_slot: HashMap<u32, (u64, u64)> = HashMap::new();
     let mut missed: HashMap<u32, Vec<String>> = HashMap::new();
+    let mut edges: HashMap<u32, (u64, u64)> = HashMap::new();
     for spurt in &control.spurts {
         if spurt.sent == 0 {
             continue;
@@ -281,6 +295,13 @@ pub fn build(scenario: &Scenario, plan: &Plan, collected: Collected) -> Report {
                 .and_then(|slot| slot.as_ref())
                 .and_then(|slot| slot.spurts.get(&spurt.id));
             let heard = seen.map_or(0, |seen| seen.unique).min(spurt.sent);
+            let has = |index: u32| seen.is_some_and(|seen| seen.has(index));
+            if heard < spurt.sent && heard > 0 {
+                let (start, end) = edge_losses(spurt.sent, has);
+                let entry = edges.entry(membership.slot).or_default();
+                entry.0 += u64::from(start);
+                entry.1 += u64::from(end);
+            }
             if heard < spurt.sent {
                 let list = missed.entry(membership.slot).or_default();
                 if list.len() < 5 {
@@ -320,6 +341,10 @@ pub fn build(scenario: &Scenario, plan: &Plan, collected: Collected) -> Report {
             &mut media
         };
         bucket.add_slot(result);
+        if let Some((start, end)) = edges.get(&slot) {
+            bucket.lost_at_spurt_start += start;
+            bucket.lost_at_spurt_end += end;
+        }
         if expected > 0 {
             bucket.listeners += 1;
             bucket.expected += expected;
@@ -463,6 +488,13 @@ fn media_lines(out: &mut String, title: &str, media: &Media) {
         media.lost,
         media.loss_ratio * 100.0
     );
+    if media.lost > 0 {
+        let _ = writeln!(
+            out,
+            "  of the lost: {} at a spurt's start, {} at a spurt's end",
+            media.lost_at_spurt_start, media.lost_at_spurt_end
+        );
+    }
     let _ = writeln!(
         out,
         "  duplicates {}  reordered {}  late {}  seq-discontinuities {}  ts-discontinuities {}  ssrc-changes {}  marker-missing {}  corrupt {}  self-heard {}",
@@ -634,4 +666,18 @@ pub fn text(report: &Report) -> String {
         report.slo.violations.join("; ")
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_at_the_edges_of_a_spurt() {
+        let received = [2u32, 3, 5, 6];
+        let has = |index: u32| received.contains(&index);
+        // 0 and 1 before the first received, 7..=9 after the last; 4 is in the middle.
+        assert_eq!(edge_losses(10, has), (2, 3));
+        assert_eq!(edge_losses(7, has), (2, 0));
+    }
 }

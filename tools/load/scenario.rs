@@ -131,6 +131,9 @@ pub struct GroupScenario {
     pub spurt_ms: u64,
     /// Pause between a release and the next request, ms.
     pub gap_ms: u64,
+    /// Pause between a talker's last packet and its release, ms (0: at once, as a terminal
+    /// does when the PTT key goes up).
+    pub release_delay_ms: u64,
     /// The codec offered: `PCMU`, `PCMA`, `AMR`, `AMR-WB` (the group call's codec).
     pub codec: String,
     /// RTP packets per second per talker.
@@ -153,6 +156,7 @@ impl Default for GroupScenario {
             burst_size: 3,
             spurt_ms: 2000,
             gap_ms: 0,
+            release_delay_ms: 0,
             codec: "PCMU".to_owned(),
             packet_rate: 50,
             payload_size: 160,
