@@ -369,7 +369,8 @@ struct Ua {
 }
 
 async fn run(mut ua: Ua, mut commands: mpsc::UnboundedReceiver<Command>) {
-    let mut buffer = vec![0u8; 65_536];
+    // SIP from a TCF is a few hundred bytes to a few KiB; larger datagrams are cut and refused.
+    let mut buffer = vec![0u8; 16 * 1024];
     loop {
         let deadline = ua
             .next_deadline()
