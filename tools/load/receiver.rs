@@ -67,11 +67,19 @@ struct Last {
     seq: u16,
     timestamp: u32,
     rx_ns: u64,
+    sent_ns: u64,
     spurt: u32,
     index: u32,
 }
 
 impl Listener {
+    /// Keeps the first few discontinuities, described, for the report.
+    fn note(&mut self, text: String) {
+        if self.result.notes.len() < 3 {
+            self.result.notes.push(text);
+        }
+    }
+
     fn close_oldest(&mut self) {
         if let Some((position, _)) = self.open.iter().enumerate().min_by_key(|(_, open)| open.spurt) {
             let open = self.open.swap_remove(position);
@@ -139,13 +147,22 @@ impl Listener {
                 let index_delta = probe.index - last.index;
                 if u32::from(seq_delta) != index_delta & 0xffff {
                     self.result.seq_discontinuities += 1;
+                    self.note(format!(
+                        "spurt {}: seq +{seq_delta} for packet index +{index_delta}",
+                        probe.spurt
+                    ));
                 }
                 if ts_delta != index_delta.wrapping_mul(self.samples_per_packet) {
                     self.result.ts_discontinuities += 1;
+                    self.note(format!(
+                        "spurt {}: timestamp +{} for packet index +{index_delta}",
+                        probe.spurt, ts_delta as i32
+                    ));
                 }
             } else {
                 if seq_delta != 1 {
                     self.result.seq_discontinuities += 1;
+                    self.note(format!("switch to spurt {}: seq +{}", probe.spurt, seq_delta as i16));
                 }
                 let elapsed = rx_ns.saturating_sub(last.rx_ns) as i64;
                 let expected = elapsed as i128 * i128::from(self.clock_rate) / 1_000_000_000;
@@ -153,6 +170,14 @@ impl Listener {
                 let advance = i128::from(ts_delta as i32);
                 if advance < i128::from(self.samples_per_packet) || (advance - expected).abs() > tolerance {
                     self.result.ts_discontinuities += 1;
+                    let ms = |samples: i128| samples as f64 * 1000.0 / f64::from(self.clock_rate);
+                    self.note(format!(
+                        "switch to spurt {}: timestamp +{advance} ({:.1} ms) with {:.1} ms between the packets' arrivals ({:.1} ms between their sending)",
+                        probe.spurt,
+                        ms(advance),
+                        elapsed as f64 / 1e6,
+                        (probe.sent_ns as i64 - last.sent_ns as i64) as f64 / 1e6
+                    ));
                 }
                 if !header.marker {
                     self.result.marker_missing += 1;
@@ -165,6 +190,7 @@ impl Listener {
                 seq: header.seq,
                 timestamp: header.timestamp,
                 rx_ns,
+                sent_ns: probe.sent_ns,
                 spurt: probe.spurt,
                 index: probe.index,
             });

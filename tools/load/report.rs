@@ -125,6 +125,8 @@ pub struct ListenerIssue {
     pub ssrc_changes: u64,
     /// Spurts with packets missing and which (first few).
     pub missed: Vec<String>,
+    /// The first discontinuities, described.
+    pub discontinuities: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -368,6 +370,7 @@ pub fn build(scenario: &Scenario, plan: &Plan, collected: Collected) -> Report {
                 ts_discontinuities: result.ts_discontinuities,
                 ssrc_changes: result.ssrc_changes,
                 missed: missed.remove(&slot).unwrap_or_default(),
+                discontinuities: result.notes.clone(),
             });
         }
     }
@@ -648,8 +651,8 @@ pub fn text(report: &Report) -> String {
                 issue.ts_discontinuities,
                 issue.ssrc_changes
             );
-            for missed in &issue.missed {
-                let _ = writeln!(out, "      {missed}");
+            for line in issue.missed.iter().chain(&issue.discontinuities) {
+                let _ = writeln!(out, "      {line}");
             }
         }
     }

@@ -253,6 +253,8 @@ pub struct SlotResult {
     pub self_heard: u64,
     pub foreign: u64,
     pub rtcp: u64,
+    /// The first discontinuities, described.
+    pub notes: Vec<String>,
 }
 
 /// What a receiver thread hands back.
