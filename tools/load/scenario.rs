@@ -342,3 +342,32 @@ pub fn source_text(source: &str, demo: &str) -> Result<String, String> {
         std::fs::read_to_string(PathBuf::from(source)).map_err(|error| format!("{source}: {error}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_demo_scenario_is_valid_and_plans() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/load/scenarios/demo.toml");
+        let scenario = Scenario::load(&path).expect("the demo scenario parses");
+        scenario.validate().expect("and is valid");
+        let plan = crate::plan::Plan::build(&scenario, None).expect("and plans against the demo network");
+        // Group 2001 = 1001-1010 + a dispatcher, 2002 = 1001-1005 + a dispatcher.
+        assert_eq!(plan.groups.len(), 2);
+        assert_eq!(plan.groups[0].members.len(), 11);
+        assert_eq!(plan.groups[1].members.len(), 6);
+        assert!(plan.terminals.iter().any(|terminal| terminal.dispatcher));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        assert!(toml::from_str::<Scenario>("[group]\nbogus = 1\n").is_err());
+        let mut scenario = Scenario::default();
+        scenario.group.payload_size = 10;
+        assert!(scenario.validate().is_err());
+        let mut scenario = Scenario::default();
+        scenario.group.codec = "OPUS".to_owned();
+        assert!(scenario.validate().is_err());
+    }
+}
