@@ -600,12 +600,25 @@ impl Message {
         self.headers_of(name).next()
     }
 
+    /// The values of the header fields named `name`, in order (no name text looked at).
+    fn values_of(&self, name: HeaderName) -> impl Iterator<Item = &[u8]> + '_ {
+        self.headers
+            .iter()
+            .filter(move |entry| entry.name == name)
+            .map(|entry| self.slice(entry.value))
+    }
+
+    /// The value of the first header field named `name`.
+    fn first_value(&self, name: HeaderName) -> Option<&[u8]> {
+        self.values_of(name).next()
+    }
+
     /// The list elements of every `name` header field, split at commas outside quotes and angle
     /// brackets, trimmed, empty elements skipped. For Accept, Allow, Supported, Require,
     /// Proxy-Require and the like.
     pub fn list_values(&self, name: HeaderName) -> impl Iterator<Item = &[u8]> + '_ {
-        self.headers_of(name)
-            .flat_map(|header| split_list(header.value))
+        self.values_of(name)
+            .flat_map(split_list)
             .filter(|item| !item.is_empty())
     }
 
@@ -617,20 +630,18 @@ impl Message {
     // ---- typed access ------------------------------------------------------------------------
 
     fn single(&self, name: HeaderName) -> Result<&[u8], HeaderError> {
-        self.header(name).map(|header| header.value).ok_or(HeaderError::Missing)
+        self.first_value(name).ok_or(HeaderError::Missing)
     }
 
     /// Every Via value, top first, across all Via header fields and comma-separated values.
     pub fn vias(&self) -> impl Iterator<Item = Result<Via<'_>, HeaderError>> + '_ {
-        self.headers_of(HeaderName::Via)
-            .flat_map(|header| split_list(header.value))
-            .map(|item| {
-                if item.is_empty() {
-                    Err(HeaderError::Empty)
-                } else {
-                    Via::parse(item)
-                }
-            })
+        self.values_of(HeaderName::Via).flat_map(split_list).map(|item| {
+            if item.is_empty() {
+                Err(HeaderError::Empty)
+            } else {
+                Via::parse(item)
+            }
+        })
     }
 
     /// The topmost Via value.
@@ -660,9 +671,9 @@ impl Message {
 
     /// Max-Forwards, 0 to 255; `Ok(None)` when absent (RFC 2543 peers omit it).
     pub fn max_forwards(&self) -> Result<Option<u8>, HeaderError> {
-        match self.header(HeaderName::MaxForwards) {
+        match self.first_value(HeaderName::MaxForwards) {
             None => Ok(None),
-            Some(header) => parse_number(header.value)
+            Some(value) => parse_number(value)
                 .and_then(|hops| u8::try_from(hops).map_err(|_| HeaderError::OutOfRange))
                 .map(Some),
         }
@@ -670,56 +681,73 @@ impl Message {
 
     /// Content-Length; `Ok(None)` when absent.
     pub fn content_length(&self) -> Result<Option<u32>, HeaderError> {
-        self.header(HeaderName::ContentLength)
-            .map(|header| parse_number(header.value))
+        self.first_value(HeaderName::ContentLength)
+            .map(parse_number)
             .transpose()
     }
 
     /// Content-Type; `Ok(None)` when absent.
     pub fn content_type(&self) -> Result<Option<MediaType<'_>>, HeaderError> {
-        self.header(HeaderName::ContentType)
-            .map(|header| MediaType::parse(header.value))
+        self.first_value(HeaderName::ContentType)
+            .map(MediaType::parse)
             .transpose()
     }
 
     /// Expires in seconds; `Ok(None)` when absent. Overflowing values are an error that the
     /// registrar may treat as its default expiry (RFC 4475 scalar02).
     pub fn expires(&self) -> Result<Option<u32>, HeaderError> {
-        self.header(HeaderName::Expires)
-            .map(|header| parse_number(header.value))
-            .transpose()
+        self.first_value(HeaderName::Expires).map(parse_number).transpose()
     }
 
     /// Date; `Ok(None)` when absent. Only `GMT` dates are accepted.
     pub fn date(&self) -> Result<Option<SipDate>, HeaderError> {
-        self.header(HeaderName::Date)
-            .map(|header| SipDate::parse(header.value))
-            .transpose()
+        self.first_value(HeaderName::Date).map(SipDate::parse).transpose()
     }
 
     /// The Contact header fields: `*`, or all addresses in order. `Ok(Addresses(empty))` when
     /// there is no Contact.
     pub fn contacts(&self) -> Result<ContactList<'_>, HeaderError> {
-        let mut items = self
-            .headers_of(HeaderName::Contact)
-            .flat_map(|header| split_list(header.value))
-            .peekable();
+        let mut contacts = Vec::new();
+        if self.visit_contacts(|contact| contacts.push(contact))? {
+            Ok(ContactList::Star)
+        } else {
+            Ok(ContactList::Addresses(contacts))
+        }
+    }
+
+    /// Parses every Contact address, handing each to `visit`; `Ok(true)` for `*`. The work of
+    /// [`Message::contacts`] without collecting the addresses.
+    fn visit_contacts<'s>(&'s self, mut visit: impl FnMut(Contact<'s>)) -> Result<bool, HeaderError> {
+        let mut items = self.values_of(HeaderName::Contact).flat_map(split_list).peekable();
         if items.peek() == Some(&&b"*"[..]) {
             items.next();
             return if items.next().is_none() {
-                Ok(ContactList::Star)
+                Ok(true)
             } else {
                 Err(HeaderError::Syntax)
             };
         }
-        let mut contacts = Vec::new();
         for item in items {
             if item.is_empty() {
                 return Err(HeaderError::Empty);
             }
-            contacts.push(Contact::parse(item)?);
+            visit(Contact::parse(item)?);
         }
-        Ok(ContactList::Addresses(contacts))
+        Ok(false)
+    }
+
+    /// The first Contact address and the number of addresses (`Ok(None)` for `*`), without
+    /// collecting them: what a registrar binding one contact needs.
+    pub fn first_contact(&self) -> Result<Option<(Option<Contact<'_>>, usize)>, HeaderError> {
+        let mut first = None;
+        let mut count = 0;
+        let star = self.visit_contacts(|contact| {
+            count += 1;
+            if first.is_none() {
+                first = Some(contact);
+            }
+        })?;
+        Ok((!star).then_some((first, count)))
     }
 
     /// The Route values, top first.
@@ -733,15 +761,13 @@ impl Message {
     }
 
     fn name_addr_list(&self, name: HeaderName) -> impl Iterator<Item = Result<NameAddr<'_>, HeaderError>> + '_ {
-        self.headers_of(name)
-            .flat_map(|header| split_list(header.value))
-            .map(|item| {
-                if item.is_empty() {
-                    Err(HeaderError::Empty)
-                } else {
-                    NameAddr::parse(item)
-                }
-            })
+        self.values_of(name).flat_map(split_list).map(|item| {
+            if item.is_empty() {
+                Err(HeaderError::Empty)
+            } else {
+                NameAddr::parse(item)
+            }
+        })
     }
 
     /// The first Authorization; `Ok(None)` when absent.
@@ -765,15 +791,13 @@ impl Message {
     }
 
     fn auth(&self, name: HeaderName) -> Result<Option<AuthHeader<'_>>, HeaderError> {
-        self.header(name)
-            .map(|header| AuthHeader::parse(header.value))
-            .transpose()
+        self.first_value(name).map(AuthHeader::parse).transpose()
     }
 
     /// The first Ptt-Extension; `Ok(None)` when absent.
     pub fn ptt_extension(&self) -> Result<Option<PttExtension<'_>>, HeaderError> {
-        self.header(HeaderName::PttExtension)
-            .map(|header| PttExtension::parse(header.value))
+        self.first_value(HeaderName::PttExtension)
+            .map(PttExtension::parse)
             .transpose()
     }
 
@@ -789,7 +813,7 @@ impl Message {
             HeaderName::CSeq,
         ]
         .iter()
-        .all(|&name| self.header(name).is_some_and(|header| !header.value.is_empty()))
+        .all(|&name| self.first_value(name).is_some_and(|value| !value.is_empty()))
     }
 
     /// The checks a UAS makes before acting on a message (RFC 3261 section 8.2), as far as the
@@ -820,7 +844,7 @@ impl Message {
             HeaderName::CallId,
             HeaderName::CSeq,
         ] {
-            if self.header(name).is_none() {
+            if self.first_value(name).is_none() {
                 return Err(ParseError::MissingHeader(name));
             }
         }
@@ -834,7 +858,7 @@ impl Message {
             HeaderName::ContentType,
             HeaderName::Expires,
         ] {
-            if self.headers_of(name).nth(1).is_some() {
+            if self.values_of(name).nth(1).is_some() {
                 return Err(ParseError::DuplicateHeader(name));
             }
         }
@@ -858,7 +882,7 @@ impl Message {
         self.call_id().map_err(invalid(HeaderName::CallId))?;
         self.max_forwards().map_err(invalid(HeaderName::MaxForwards))?;
         self.content_type().map_err(invalid(HeaderName::ContentType))?;
-        self.contacts().map_err(invalid(HeaderName::Contact))?;
+        self.visit_contacts(|_| {}).map_err(invalid(HeaderName::Contact))?;
         for route in self.routes() {
             route.map_err(invalid(HeaderName::Route))?;
         }

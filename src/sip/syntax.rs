@@ -52,6 +52,13 @@ pub(crate) fn ascii_str(bytes: &[u8]) -> Option<&str> {
     }
 }
 
+/// `part`, a sub-slice of `whole`'s bytes, as a `&str` borrowed from `whole`: the text was
+/// validated once, its pieces need not be again. `None` when `part` does not lie within `whole`.
+pub(crate) fn substr<'a>(whole: &'a str, part: &[u8]) -> Option<&'a str> {
+    let offset = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    whole.get(offset..offset.checked_add(part.len())?)
+}
+
 /// Parses a run of ASCII digits into a `u64`, refusing empty input and overflow.
 pub(crate) fn parse_u64(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {
@@ -312,7 +319,8 @@ impl<'a> Cursor<'a> {
         if token.is_empty() {
             None
         } else {
-            ascii_str(token)
+            // Token characters are ASCII: one UTF-8 check is all it takes.
+            std::str::from_utf8(token).ok()
         }
     }
 
@@ -380,6 +388,15 @@ mod tests {
         assert!(unescaped_eq_ignore_case(b"n%61me", b"NAME"));
         assert!(!escapes_valid(b"%Z1"));
         assert!(escapes_valid(b"a%20b"));
+    }
+
+    #[test]
+    fn substr_borrows_from_the_whole() {
+        let whole = "sip:alice@example.com";
+        let bytes = whole.as_bytes();
+        assert_eq!(substr(whole, &bytes[4..9]), Some("alice"));
+        assert_eq!(substr(whole, &bytes[21..]), Some(""));
+        assert_eq!(substr(whole, b"elsewhere"), None);
     }
 
     #[test]
