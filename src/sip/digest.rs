@@ -20,6 +20,7 @@
 //! Nonces are stateless (an HMAC over their issue time proves we issued them); only the highest
 //! nonce-count seen per nonce is kept, in a table of bounded size ([`NonceCounts`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -361,24 +362,31 @@ pub fn parse_authorization(value: &str) -> Result<Credentials, DigestError> {
     let mut opaque = None;
     let mut qop = None;
     let mut nc = None;
-    for (name, param) in parse_params(value)? {
-        match name.as_str() {
-            "username" => username = Some(param),
-            "realm" => realm = Some(param),
-            "nonce" => nonce = Some(param),
-            "uri" => uri = Some(param),
-            "response" => response = Some(param),
-            "algorithm" => algorithm = Algorithm::from_name(&param)?,
-            "cnonce" => cnonce = Some(param),
-            "opaque" => opaque = Some(param),
-            "qop" => {
-                if !param.eq_ignore_ascii_case("auth") {
-                    return Err(DigestError::UnsupportedQop(truncated(&param)));
-                }
-                qop = Some(Qop::Auth);
+    for (name, param) in split_params(value)? {
+        let is = |expected: &str| name.eq_ignore_ascii_case(expected.as_bytes());
+        if is("username") {
+            username = Some(param.into_owned());
+        } else if is("realm") {
+            realm = Some(param.into_owned());
+        } else if is("nonce") {
+            nonce = Some(param.into_owned());
+        } else if is("uri") {
+            uri = Some(param.into_owned());
+        } else if is("response") {
+            response = Some(param.into_owned());
+        } else if is("algorithm") {
+            algorithm = Algorithm::from_name(&param)?;
+        } else if is("cnonce") {
+            cnonce = Some(param.into_owned());
+        } else if is("opaque") {
+            opaque = Some(param.into_owned());
+        } else if is("qop") {
+            if !param.eq_ignore_ascii_case("auth") {
+                return Err(DigestError::UnsupportedQop(truncated(&param)));
             }
-            "nc" => nc = Some(parse_nonce_count(&param)?),
-            _ => {}
+            qop = Some(Qop::Auth);
+        } else if is("nc") {
+            nc = Some(parse_nonce_count(&param)?);
         }
     }
     if qop.is_some() {
@@ -410,7 +418,8 @@ pub fn parse_authorization(value: &str) -> Result<Credentials, DigestError> {
 /// same across restarts (and across TCFs that share a realm) or outstanding nonces become invalid.
 #[derive(Clone)]
 pub struct NonceManager {
-    key: [u8; 32],
+    /// HMAC-SHA256 already keyed (its key blocks hashed once, not per nonce).
+    keyed: Hmac<Sha256>,
     realm: String,
     lifetime: Duration,
 }
@@ -434,8 +443,10 @@ const NONCE_LEN: usize = NONCE_RAW_LEN.div_ceil(3) * 4 - (3 - NONCE_RAW_LEN % 3)
 impl NonceManager {
     /// A manager for `realm` whose nonces are valid for `lifetime` after issue.
     pub fn new(key: [u8; 32], realm: &str, lifetime: Duration) -> Self {
+        // Local invariant: HMAC accepts keys of any length, so this cannot fail.
+        let keyed = <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC takes any key length");
         Self {
-            key,
+            keyed,
             realm: realm.to_owned(),
             lifetime,
         }
@@ -481,8 +492,7 @@ impl NonceManager {
     }
 
     fn mac(&self, issued_and_random: &[u8]) -> Hmac<Sha256> {
-        // Local invariant: HMAC accepts keys of any length, so this cannot fail.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut mac = self.keyed.clone();
         mac.update(issued_and_random);
         mac.update(self.realm.as_bytes());
         mac
@@ -970,6 +980,18 @@ fn truncated(value: &str) -> String {
 
 /// Splits `Digest name=value, name="value", ...` into lowercase names and unescaped values.
 fn parse_params(value: &str) -> Result<Vec<(String, String)>, DigestError> {
+    Ok(split_params(value)?
+        .into_iter()
+        .map(|(name, param)| (String::from_utf8_lossy(name).to_ascii_lowercase(), param.into_owned()))
+        .collect())
+}
+
+/// A digest parameter: its name as received and its unescaped value.
+type RawParam<'a> = (&'a [u8], Cow<'a, str>);
+
+/// Splits `Digest name=value, name="value", ...` into names as received and unescaped values,
+/// borrowing both from `value` where it can (a quoted string without escapes).
+fn split_params(value: &str) -> Result<Vec<RawParam<'_>>, DigestError> {
     if value.len() > MAX_HEADER_LEN {
         return Err(DigestError::TooLong("header value"));
     }
@@ -985,7 +1007,7 @@ fn parse_params(value: &str) -> Result<Vec<(String, String)>, DigestError> {
     if !cursor.at_end() && !cursor.skip_whitespace() {
         return Err(cursor.error("expected whitespace after the scheme"));
     }
-    let mut params: Vec<(String, String)> = Vec::new();
+    let mut params: Vec<RawParam<'_>> = Vec::with_capacity(12);
     loop {
         cursor.skip_whitespace();
         if cursor.at_end() {
@@ -1019,14 +1041,20 @@ fn parse_params(value: &str) -> Result<Vec<(String, String)>, DigestError> {
             if token.len() > MAX_VALUE_LEN {
                 return Err(DigestError::TooLong("parameter value"));
             }
-            token.to_vec()
+            Cow::Borrowed(token)
         };
-        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
-        if params.iter().any(|(seen, _)| *seen == name) {
-            return Err(DigestError::DuplicateParameter(name));
+        if params.iter().any(|(seen, _)| seen.eq_ignore_ascii_case(name)) {
+            return Err(DigestError::DuplicateParameter(
+                String::from_utf8_lossy(name).to_ascii_lowercase(),
+            ));
         }
         // Only ASCII delimiters were split on, so the bytes stay valid UTF-8.
-        let param = String::from_utf8(param).map_err(|_| cursor.error("invalid UTF-8"))?;
+        let param = match param {
+            Cow::Borrowed(bytes) => {
+                Cow::Borrowed(std::str::from_utf8(bytes).map_err(|_| cursor.error("invalid UTF-8"))?)
+            }
+            Cow::Owned(bytes) => Cow::Owned(String::from_utf8(bytes).map_err(|_| cursor.error("invalid UTF-8"))?),
+        };
         params.push((name, param));
         cursor.skip_whitespace();
         if !cursor.at_end() && !cursor.eat(b',') {
@@ -1084,10 +1112,32 @@ impl<'a> Cursor<'a> {
         &self.bytes[start..self.position]
     }
 
-    /// A quoted-string starting at the opening quote, unescaped.
-    fn quoted_string(&mut self) -> Result<Vec<u8>, DigestError> {
+    /// A quoted-string starting at the opening quote, unescaped (borrowed when it holds no
+    /// escape).
+    fn quoted_string(&mut self) -> Result<Cow<'a, [u8]>, DigestError> {
         let opening = self.position;
         self.position += 1;
+        // The common case: no backslash before the closing quote, nothing to unescape.
+        if let Some(length) = self.bytes[self.position..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\')
+        {
+            let end = self.position + length;
+            if self.bytes[end] == b'"' {
+                let inner = &self.bytes[self.position..end];
+                // The same checks, in the same order, as the byte-by-byte loop below.
+                let checked = &inner[..inner.len().min(MAX_VALUE_LEN + 1)];
+                if let Some(offset) = checked.iter().position(|&b| b.is_ascii_control() && b != b'\t') {
+                    self.position += offset + 1;
+                    return Err(self.error("control character in quoted string"));
+                }
+                if inner.len() > MAX_VALUE_LEN {
+                    return Err(DigestError::TooLong("parameter value"));
+                }
+                self.position = end + 1;
+                return Ok(Cow::Borrowed(inner));
+            }
+        }
         let mut value = Vec::new();
         loop {
             let Some(byte) = self.peek() else {
@@ -1098,7 +1148,7 @@ impl<'a> Cursor<'a> {
             };
             self.position += 1;
             let byte = match byte {
-                b'"' => return Ok(value),
+                b'"' => return Ok(Cow::Owned(value)),
                 b'\\' => match self.peek() {
                     Some(escaped) if escaped != b'\r' && escaped != b'\n' => {
                         self.position += 1;
