@@ -27,7 +27,7 @@ use crate::sip::transaction::{
     LayerConfig, Method as TxMethod, Output as TxOutput, TimerConfig, TimerConfigError, TransactionKey,
     TransactionLayer, TransactionUserEvent,
 };
-use crate::sip::{ErrorAction, HeaderName, Message, MessageBuilder, Method};
+use crate::sip::{ErrorAction, FirstContact, HeaderName, Message, MessageBuilder, Method};
 
 /// Settings of the SIP core: the node's `[sip]` section plus what the node derives for it.
 #[derive(Debug, Clone)]
@@ -846,9 +846,9 @@ impl Tcf {
     fn register(&mut self, now: Now, key: TransactionKey, request: Message) {
         let source = self.current_source;
         // To and Contact are parsed once here for the whole REGISTER.
-        let (user, to_is_sip) = match request.to() {
-            Ok(to) => (number_in(&to), to.uri().as_sip().is_some()),
-            Err(_) => (None, false),
+        let (to_is_sip, user) = match request.to_sip_user() {
+            Ok((sip, user)) => (sip, user.and_then(|user| Number::parse(user).ok())),
+            Err(_) => (false, None),
         };
         let Some(user) = user else {
             // RFC 3261 §10.3 step 3: a SIP address of record that is no user of this network is
@@ -1670,12 +1670,9 @@ fn response_destination_of(request: &Message, from: SocketAddr) -> SocketAddr {
 
 /// The user number in the To URI.
 fn to_user(request: &Message) -> Option<Number> {
-    number_in(&request.to().ok()?)
-}
-
-/// The user number in a name-addr's SIP URI.
-fn number_in(address: &crate::sip::NameAddr<'_>) -> Option<Number> {
-    Number::parse(address.uri().as_sip()?.user()?).ok()
+    let to = request.to().ok()?;
+    let user = to.uri().as_sip()?.user()?;
+    Number::parse(user).ok()
 }
 
 /// The user number in the Request-URI.
@@ -1688,17 +1685,17 @@ fn request_user(request: &Message) -> Option<Number> {
 /// `Some(0)` for `Contact: *`) and its first Contact address (`<uri>`, without parameters), from
 /// one parse of the Contact fields. `Err` when a value is malformed.
 fn expires_and_contact(request: &Message) -> Result<(Option<u32>, Option<String>), ()> {
-    let first = match request.first_contact() {
-        Ok(None) => return Ok((Some(0), None)),
-        Ok(Some((first, _))) => first,
+    let (uri, expires) = match request.first_contact() {
+        Ok(FirstContact::Star) => return Ok((Some(0), None)),
+        Ok(FirstContact::Absent) => (None, None),
+        Ok(FirstContact::Address { uri, expires }) => (Some(uri), expires),
         Err(_) => return Err(()),
     };
-    let contact = first.as_ref().map(|contact| format!("<{}>", contact.uri().as_str()));
-    let expires = match first.as_ref().and_then(|contact| contact.expires()) {
+    let expires = match expires {
         Some(expires) => Some(expires.map_err(|_| ())?),
         None => request.expires().map_err(|_| ())?,
     };
-    Ok((expires, contact))
+    Ok((expires, uri.map(|uri| format!("<{uri}>"))))
 }
 
 #[cfg(test)]

@@ -250,6 +250,12 @@ fn push_stamped_via(out: &mut Vec<u8>, raw: &[u8], source: std::net::SocketAddr)
     let Ok(via) = crate::sip::headers::Via::parse(raw) else {
         return false;
     };
+    push_stamped(out, &via, source);
+    true
+}
+
+/// Writes `via` stamped for `source` (see [`response_to_from`]).
+fn push_stamped(out: &mut Vec<u8>, via: &crate::sip::headers::Via<'_>, source: std::net::SocketAddr) {
     out.extend_from_slice(via.protocol_name().as_bytes());
     out.push(b'/');
     out.extend_from_slice(via.protocol_version().as_bytes());
@@ -283,7 +289,6 @@ fn push_stamped_via(out: &mut Vec<u8>, raw: &[u8], source: std::net::SocketAddr)
         out.extend_from_slice(b";received=");
         push_ip(out, source.ip());
     }
-    true
 }
 
 fn build_response(
@@ -300,6 +305,13 @@ fn build_response(
     for (index, via) in request.headers_of(HeaderName::Via).enumerate() {
         let value = via.unfolded();
         if let (Some(source), 0) = (source, index) {
+            // A validated request's top Via, alone in its field, was parsed already.
+            if let Some(top) = request.top_via_alone().then(|| request.top_via().ok()).flatten() {
+                builder.head.extend_from_slice(b"Via: ");
+                push_stamped(&mut builder.head, &top, source);
+                builder.head.extend_from_slice(b"\r\n");
+                continue;
+            }
             let mark = builder.head.len();
             builder.head.extend_from_slice(b"Via: ");
             if push_stamped_via(&mut builder.head, &value, source) {
@@ -319,7 +331,11 @@ fn build_response(
         if name == HeaderName::To && status > 100 {
             // Only add a tag when the To value parses and has none; a malformed To is echoed.
             if let Some(tag) = to_tag {
-                if NameAddr::parse(&value).is_ok_and(|to| to.tag().is_none()) {
+                let untagged = match request.to_tagged() {
+                    Some(tagged) => !tagged,
+                    None => NameAddr::parse(&value).is_ok_and(|to| to.tag().is_none()),
+                };
+                if untagged {
                     builder.start_header_append(b";tag=", tag.as_bytes());
                 }
             }

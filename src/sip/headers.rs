@@ -393,6 +393,33 @@ impl<'a> Via<'a> {
         Ok(via)
     }
 
+    /// The parts of a parsed Via, to rebuild it later without parsing it again
+    /// ([`Via::from_parts`]).
+    pub(crate) fn parts(&self) -> ViaParts<'a> {
+        ViaParts {
+            protocol_name: self.protocol_name,
+            protocol_version: self.protocol_version,
+            transport: self.transport,
+            host: self.host,
+            host_raw: self.host_raw,
+            port: self.port,
+            params: self.params.raw,
+        }
+    }
+
+    /// A Via from the parts of one that parsed ([`Via::parts`]).
+    pub(crate) fn from_parts(parts: ViaParts<'a>) -> Self {
+        Via {
+            protocol_name: parts.protocol_name,
+            protocol_version: parts.protocol_version,
+            transport: parts.transport,
+            host: parts.host,
+            host_raw: parts.host_raw,
+            port: parts.port,
+            params: Params { raw: parts.params },
+        }
+    }
+
     fn check_known_params(&self) -> Result<(), HeaderError> {
         for param in self.params.iter_raw() {
             let value = param.value.unwrap_or_default();
@@ -518,6 +545,18 @@ impl<'a> Via<'a> {
                 .any(|known| param.name.eq_ignore_ascii_case(known))
         })
     }
+}
+
+/// What [`Via::parts`] returns.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ViaParts<'a> {
+    pub(crate) protocol_name: &'a str,
+    pub(crate) protocol_version: &'a str,
+    pub(crate) transport: &'a str,
+    pub(crate) host: Host<'a>,
+    pub(crate) host_raw: &'a str,
+    pub(crate) port: Option<u16>,
+    pub(crate) params: &'a [u8],
 }
 
 fn expect_slash(cursor: &mut Cursor<'_>) -> Result<(), HeaderError> {

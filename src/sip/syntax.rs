@@ -10,12 +10,23 @@ use std::borrow::Cow;
 
 /// `token` characters (RFC 3261 section 25.1).
 pub(crate) fn is_token(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric()
-        || matches!(
-            byte,
-            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-        )
+    TOKEN.get(usize::from(byte)).copied().unwrap_or(false)
 }
+
+/// [`is_token`] as a table: the parsers ask it for every byte of every name and token.
+// Evaluated at compile time over its own bounds; no network data reaches this indexing.
+#[allow(clippy::indexing_slicing)]
+static TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~');
+        byte += 1;
+    }
+    table
+};
 
 /// `word` characters, used by Call-ID.
 pub(crate) fn is_word(byte: u8) -> bool {
