@@ -82,7 +82,8 @@ impl MessageBuilder {
 
     fn empty() -> Self {
         Self {
-            head: Vec::with_capacity(512),
+            // Room for a challenge with two WWW-Authenticate fields without growing.
+            head: Vec::with_capacity(1024),
             body: Bytes::new(),
             error: None,
         }

@@ -600,17 +600,17 @@ impl Message {
 
     /// The method of a request.
     pub fn method(&self) -> Option<Method<'_>> {
-        match self.start_line() {
-            StartLine::Request { method, .. } => Some(method),
-            StartLine::Response { .. } => None,
+        match self.start {
+            StartSpans::Request { method, .. } => Some(Method::from_token(self.slice_str(method))),
+            StartSpans::Response { .. } => None,
         }
     }
 
     /// The Request-URI of a request, as received.
     pub fn request_uri_raw(&self) -> Option<&[u8]> {
-        match self.start_line() {
-            StartLine::Request { uri, .. } => Some(uri),
-            StartLine::Response { .. } => None,
+        match self.start {
+            StartSpans::Request { uri, .. } => Some(self.slice(uri)),
+            StartSpans::Response { .. } => None,
         }
     }
 
