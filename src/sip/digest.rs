@@ -84,6 +84,11 @@ impl Algorithm {
 
     /// `H(parts[0]:parts[1]:...)` as lowercase hex.
     fn hash_hex(self, parts: &[&str]) -> String {
+        self.hash_hex_digest(parts).as_str().to_owned()
+    }
+
+    /// [`Algorithm::hash_hex`] on the stack.
+    fn hash_hex_digest(self, parts: &[&str]) -> HexDigest {
         match self {
             Self::Md5 => hash_joined::<Md5>(parts),
             Self::Sha256 => hash_joined::<Sha256>(parts),
@@ -803,23 +808,34 @@ impl Verifier {
         if status == NonceStatus::Invalid {
             return Verdict::Reject(RejectReason::NonceInvalid);
         }
-        let ha1 = match secret {
-            UserSecret::Password(password) => ha1(algorithm, &credentials.username, &credentials.realm, password),
+        let computed_ha1;
+        let stored_ha1;
+        let ha1: &str = match secret {
+            UserSecret::Password(password) => {
+                computed_ha1 = algorithm.hash_hex_digest(&[&credentials.username, &credentials.realm, password]);
+                computed_ha1.as_str()
+            }
             UserSecret::Ha1(stored) => match stored.for_algorithm(algorithm) {
-                Some(ha1) => ha1.to_ascii_lowercase(),
+                Some(ha1) => {
+                    stored_ha1 = ha1.to_ascii_lowercase();
+                    &stored_ha1
+                }
                 None => return Verdict::Reject(RejectReason::NoStoredHa1(algorithm)),
             },
         };
-        let expected = compute_response(
-            algorithm,
-            &ha1,
-            &credentials.nonce,
-            qop_fields,
-            method,
-            &credentials.uri,
-        );
-        let received = credentials.response.to_ascii_lowercase();
-        if !bool::from(expected.as_bytes().ct_eq(received.as_bytes())) {
+        let expected =
+            compute_response_digest(algorithm, ha1, &credentials.nonce, qop_fields, method, &credentials.uri);
+        // The received digest lowercased on the stack; one longer than any digest cannot match.
+        let mut received = [0u8; 64];
+        let matches = match received.get_mut(..credentials.response.len()) {
+            Some(slot) => {
+                slot.copy_from_slice(credentials.response.as_bytes());
+                slot.make_ascii_lowercase();
+                bool::from(expected.as_str().as_bytes().ct_eq(slot))
+            }
+            None => false,
+        };
+        if !matches {
             return Verdict::Reject(RejectReason::ResponseMismatch);
         }
         if status == NonceStatus::Stale {
@@ -897,17 +913,51 @@ fn compute_response(
     method: &str,
     uri: &str,
 ) -> String {
-    let ha2 = algorithm.hash_hex(&[method, uri]);
+    compute_response_digest(algorithm, ha1, nonce, qop, method, uri)
+        .as_str()
+        .to_owned()
+}
+
+/// [`compute_response`] on the stack.
+fn compute_response_digest(
+    algorithm: Algorithm,
+    ha1: &str,
+    nonce: &str,
+    qop: Option<QopFields<'_>>,
+    method: &str,
+    uri: &str,
+) -> HexDigest {
+    let ha2 = algorithm.hash_hex_digest(&[method, uri]);
     match qop {
         Some(fields) => {
-            let nc = format!("{:08x}", fields.nc);
-            algorithm.hash_hex(&[ha1, nonce, &nc, fields.cnonce, fields.qop.name(), &ha2])
+            let mut nc = [0u8; 8];
+            for (index, slot) in nc.iter_mut().enumerate() {
+                let nibble = (fields.nc >> (28 - 4 * index)) & 0xf;
+                *slot = HEX_DIGITS[nibble as usize];
+            }
+            let nc = std::str::from_utf8(&nc).unwrap_or_default();
+            algorithm.hash_hex_digest(&[ha1, nonce, nc, fields.cnonce, fields.qop.name(), ha2.as_str()])
         }
-        None => algorithm.hash_hex(&[ha1, nonce, &ha2]),
+        None => algorithm.hash_hex_digest(&[ha1, nonce, ha2.as_str()]),
     }
 }
 
-fn hash_joined<D: sha2::Digest>(parts: &[&str]) -> String {
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// A digest as lowercase hex, on the stack (SHA-256 has the longest: 64 digits).
+#[derive(Clone, Copy)]
+struct HexDigest {
+    digits: [u8; 64],
+    len: usize,
+}
+
+impl HexDigest {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.digits[..self.len]).unwrap_or_default()
+    }
+}
+
+fn hash_joined<D: sha2::Digest>(parts: &[&str]) -> HexDigest {
     let mut hasher = D::new();
     for (index, part) in parts.iter().enumerate() {
         if index > 0 {
@@ -915,17 +965,17 @@ fn hash_joined<D: sha2::Digest>(parts: &[&str]) -> String {
         }
         hasher.update(part.as_bytes());
     }
-    hex_lower(&hasher.finalize())
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    let hash = hasher.finalize();
+    let mut digest = HexDigest {
+        digits: [0; 64],
+        len: 0,
+    };
+    for (pair, byte) in digest.digits.chunks_exact_mut(2).zip(hash.iter()) {
+        pair[0] = HEX_DIGITS[usize::from(byte >> 4)];
+        pair[1] = HEX_DIGITS[usize::from(byte & 0x0f)];
+        digest.len += 2;
     }
-    out
+    digest
 }
 
 fn unix_seconds(time: SystemTime) -> u64 {
