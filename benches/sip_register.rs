@@ -40,7 +40,9 @@
 //! last phase shows the cap with the production T1.
 //!
 //! Run: `cargo bench --bench sip_register` (about a minute and a half). `SIP_BENCH_QUICK=1` shortens every
-//! phase to one second. Results go to stdout as Markdown tables (BENCHMARKS.md).
+//! phase to one second; `SIP_BENCH_NODE=/path/to/floorcast` runs another build of the node (an
+//! A/B comparison: the machine's load changes from minute to minute, so compare builds by
+//! alternating runs). Results go to stdout as Markdown tables (BENCHMARKS.md).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -74,6 +76,12 @@ const BENCH_T1_MS: u64 = 2;
 const PRODUCTION_T1_MS: u64 = 500;
 /// The target: node CPU per authenticated REGISTER (two round trips).
 const TARGET_US: f64 = 50.0;
+
+/// The node binary: the one Cargo built for this bench, or `SIP_BENCH_NODE` (another build of
+/// floorcast, for an A/B comparison under the same load in the same hour).
+fn node_binary() -> String {
+    std::env::var("SIP_BENCH_NODE").unwrap_or_else(|_| env!("CARGO_BIN_EXE_floorcast").to_owned())
+}
 
 fn quick() -> bool {
     std::env::var_os("SIP_BENCH_QUICK").is_some()
@@ -249,7 +257,7 @@ impl NodeProcess {
             ),
         )
         .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_floorcast"))
+        let child = Command::new(node_binary())
             .arg("run")
             .arg("--config")
             .arg(&config)
@@ -975,9 +983,9 @@ fn main() {
     if !std::env::args().any(|arg| arg == "--bench") {
         return;
     }
-    let binary = env!("CARGO_BIN_EXE_floorcast");
+    let binary = node_binary();
     assert!(
-        Path::new(binary).exists(),
+        Path::new(&binary).exists(),
         "{binary} is missing: run through `cargo bench`"
     );
     let window = measured_window();

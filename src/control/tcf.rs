@@ -28,7 +28,7 @@ use crate::sip::transaction::{
     LayerConfig, Method as TxMethod, Output as TxOutput, TimerConfig, TimerConfigError, TransactionKey,
     TransactionLayer, TransactionUserEvent,
 };
-use crate::sip::{ContactList, ErrorAction, HeaderName, Message, MessageBuilder, Method};
+use crate::sip::{ErrorAction, FirstContact, HeaderName, Message, MessageBuilder, Method};
 
 /// Settings of the SIP core: the node's `[sip]` section plus what the node derives for it.
 #[derive(Debug, Clone)]
@@ -1032,18 +1032,23 @@ impl Tcf {
 
     fn register(&mut self, now: Now, key: TransactionKey, request: Message) {
         let source = self.current_source;
-        let Some(user) = to_user(&request) else {
+        // To and Contact are parsed once here for the whole REGISTER.
+        let (to_is_sip, user) = match request.to_sip_user() {
+            Ok((sip, user)) => (sip, user.and_then(|user| Number::parse(user).ok())),
+            Err(_) => (false, None),
+        };
+        let Some(user) = user else {
             // RFC 3261 §10.3 step 3: a SIP address of record that is no user of this network is
             // unknown here (404); a To that is no SIP address at all is a bad request.
-            if request.to().is_ok_and(|to| to.uri().as_sip().is_some()) {
+            if to_is_sip {
                 self.respond(now, &key, &request, 404, "Not Found", &[]);
             } else {
                 self.respond(now, &key, &request, 400, "Bad Request (To names no user number)", &[]);
             }
             return;
         };
-        let expires = match requested_expires(&request) {
-            Ok(expires) => expires.unwrap_or(self.config.sip.default_expires),
+        let (expires, contact) = match expires_and_contact(&request) {
+            Ok((expires, contact)) => (expires.unwrap_or(self.config.sip.default_expires), contact),
             Err(()) => {
                 self.respond(now, &key, &request, 400, "Bad Request (Expires)", &[]);
                 return;
@@ -1059,14 +1064,24 @@ impl Tcf {
             .and_then(|address| self.network.tcf_at(address))
             .map(|tcf| tcf.name.clone());
         match peer {
-            Some(peer) => self.register_from_peer(now, key, request, user, expires, peer),
-            None => self.register_from_terminal(now, key, request, user, expires),
+            Some(peer) => self.register_from_peer(now, key, request, user, expires, peer, contact),
+            None => self.register_from_terminal(now, key, request, user, expires, contact),
         }
     }
 
-    /// D interface: a terminal or DC registers with the TCF serving it.
-    fn register_from_terminal(&mut self, now: Now, key: TransactionKey, request: Message, user: Number, expires: u32) {
-        let Some(subscriber) = self.subscribers.user(&user).cloned() else {
+    /// D interface: a terminal or DC registers with the TCF serving it. `contact` is the
+    /// request's first Contact address (`<uri>`), if any.
+    fn register_from_terminal(
+        &mut self,
+        now: Now,
+        key: TransactionKey,
+        request: Message,
+        user: Number,
+        expires: u32,
+        contact: Option<String>,
+    ) {
+        let subscribers = Arc::clone(&self.subscribers);
+        let Some(subscriber) = subscribers.user(&user) else {
             self.respond(now, &key, &request, 404, "Not Found", &[]);
             return;
         };
@@ -1107,7 +1122,7 @@ impl Tcf {
             }
         }
         let source = self.current_source.unwrap_or(self.address);
-        let contact = first_contact(&request).unwrap_or_else(|| format!("<sip:{user}@{source}>"));
+        let contact = contact.unwrap_or_else(|| format!("<sip:{user}@{source}>"));
         let binding = (expires > 0).then(|| Binding {
             user: user.clone(),
             contact: contact.clone(),
@@ -1222,6 +1237,7 @@ impl Tcf {
     }
 
     /// TC2 interface: a V-TCF registers one of our users with us (we are its H-TCF).
+    #[allow(clippy::too_many_arguments)]
     fn register_from_peer(
         &mut self,
         now: Now,
@@ -1230,6 +1246,7 @@ impl Tcf {
         user: Number,
         expires: u32,
         peer: String,
+        contact: Option<String>,
     ) {
         if self.requires_peer_auth {
             let peer_secret = self
@@ -1285,7 +1302,7 @@ impl Tcf {
             return;
         }
         self.home_register(now, &user, peer, expires);
-        let contact = first_contact(&request).unwrap_or_default();
+        let contact = contact.unwrap_or_default();
         self.registered(now, &key, &request, &contact, expires);
     }
 
@@ -1855,27 +1872,21 @@ fn request_user(request: &Message) -> Option<Number> {
     Number::parse(uri.as_sip()?.user()?).ok()
 }
 
-/// The expiry a REGISTER asks for: the first Contact's `expires`, else the Expires header.
-/// `Err` when a value is malformed.
-fn requested_expires(request: &Message) -> Result<Option<u32>, ()> {
-    match request.contacts() {
-        Ok(ContactList::Star) => return Ok(Some(0)),
-        Ok(ContactList::Addresses(contacts)) => {
-            if let Some(expires) = contacts.first().and_then(|contact| contact.expires()) {
-                return expires.map(Some).map_err(|_| ());
-            }
-        }
+/// The expiry a REGISTER asks for (the first Contact's `expires`, else the Expires header;
+/// `Some(0)` for `Contact: *`) and its first Contact address (`<uri>`, without parameters), from
+/// one parse of the Contact fields. `Err` when a value is malformed.
+fn expires_and_contact(request: &Message) -> Result<(Option<u32>, Option<String>), ()> {
+    let (uri, expires) = match request.first_contact() {
+        Ok(FirstContact::Star) => return Ok((Some(0), None)),
+        Ok(FirstContact::Absent) => (None, None),
+        Ok(FirstContact::Address { uri, expires }) => (Some(uri), expires),
         Err(_) => return Err(()),
-    }
-    request.expires().map_err(|_| ())
-}
-
-/// The first Contact address (`<uri>`), without parameters.
-fn first_contact(request: &Message) -> Option<String> {
-    match request.contacts().ok()? {
-        ContactList::Addresses(contacts) => Some(format!("<{}>", contacts.first()?.uri().as_str())),
-        ContactList::Star => None,
-    }
+    };
+    let expires = match expires {
+        Some(expires) => Some(expires.map_err(|_| ())?),
+        None => request.expires().map_err(|_| ())?,
+    };
+    Ok((expires, uri.map(|uri| format!("<{uri}>"))))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 
-use crate::sip::headers::HeaderName;
+use crate::sip::headers::{HeaderName, NameAddr};
 use crate::sip::message::{Message, Method, Rejection};
 use crate::sip::syntax::is_token;
 
@@ -72,28 +72,63 @@ impl MessageBuilder {
         } else if has_line_break(reason.as_bytes()) {
             builder.error = Some(BuildError::LineBreak);
         }
-        builder
-            .head
-            .extend_from_slice(format!("SIP/2.0 {status} {reason}\r\n").as_bytes());
+        builder.head.extend_from_slice(b"SIP/2.0 ");
+        push_decimal(&mut builder.head, u64::from(status));
+        builder.head.push(b' ');
+        builder.head.extend_from_slice(reason.as_bytes());
+        builder.head.extend_from_slice(b"\r\n");
         builder
     }
 
     fn empty() -> Self {
         Self {
-            head: Vec::with_capacity(512),
+            // Room for a challenge with two WWW-Authenticate fields without growing, yet below
+            // 1 KiB: glibc serves larger requests from its large bins, consolidating first.
+            head: Vec::with_capacity(960),
             body: Bytes::new(),
             error: None,
         }
     }
 
     /// Appends a header field with a known name, written in its long form.
-    pub fn header(self, name: HeaderName, value: impl AsRef<[u8]>) -> Self {
-        if name == HeaderName::Other {
-            let mut builder = self;
-            builder.error.get_or_insert(BuildError::HeaderName(String::new()));
-            return builder;
+    pub fn header(mut self, name: HeaderName, value: impl AsRef<[u8]>) -> Self {
+        self.push_header(name, value.as_ref());
+        self
+    }
+
+    /// [`MessageBuilder::header`] through a reference (no move of the builder per field).
+    fn push_header(&mut self, name: HeaderName, value: &[u8]) {
+        match name {
+            HeaderName::Other => {
+                self.error.get_or_insert(BuildError::HeaderName(String::new()));
+            }
+            HeaderName::ContentLength => {
+                self.error.get_or_insert(BuildError::ContentLength);
+            }
+            _ => {}
         }
-        self.raw_header(name.as_str(), value)
+        // Known names are tokens: only the value needs checking.
+        self.start_header(name.as_str(), value);
+        self.head.extend_from_slice(b"\r\n");
+    }
+
+    /// Appends `separator` and `more` to the value being written by [`MessageBuilder::start_header`].
+    fn start_header_append(&mut self, separator: &[u8], more: &[u8]) {
+        if has_line_break(more) {
+            self.error.get_or_insert(BuildError::LineBreak);
+        }
+        self.head.extend_from_slice(separator);
+        self.head.extend_from_slice(more);
+    }
+
+    /// Writes `name: value` without the line end, so that a caller can append to the value.
+    fn start_header(&mut self, name: &str, value: &[u8]) {
+        if has_line_break(value) {
+            self.error.get_or_insert(BuildError::LineBreak);
+        }
+        self.head.extend_from_slice(name.as_bytes());
+        self.head.extend_from_slice(b": ");
+        self.head.extend_from_slice(value);
     }
 
     /// Appends a header field by name (for extension headers).
@@ -101,7 +136,7 @@ impl MessageBuilder {
         let value = value.as_ref();
         if name.is_empty() || !name.bytes().all(is_token) {
             self.error.get_or_insert(BuildError::HeaderName(name.to_owned()));
-        } else if HeaderName::from_bytes(name.as_bytes()) == HeaderName::ContentLength {
+        } else if name.eq_ignore_ascii_case("Content-Length") || name.eq_ignore_ascii_case("l") {
             self.error.get_or_insert(BuildError::ContentLength);
         } else if has_line_break(value) {
             self.error.get_or_insert(BuildError::LineBreak);
@@ -136,7 +171,7 @@ impl MessageBuilder {
         let mut out = self.head;
         out.reserve(self.body.len() + 24);
         out.extend_from_slice(b"Content-Length: ");
-        out.extend_from_slice(self.body.len().to_string().as_bytes());
+        push_decimal(&mut out, u64::try_from(self.body.len()).unwrap_or(u64::MAX));
         out.extend_from_slice(b"\r\n\r\n");
         out.extend_from_slice(&self.body);
         Ok(Bytes::from(out))
@@ -144,7 +179,44 @@ impl MessageBuilder {
 }
 
 fn has_line_break(bytes: &[u8]) -> bool {
-    bytes.iter().any(|&b| b == b'\r' || b == b'\n')
+    memchr::memchr2(b'\r', b'\n', bytes).is_some()
+}
+
+/// Appends `value` in decimal (no allocation, unlike `to_string`).
+pub(crate) fn push_decimal(out: &mut Vec<u8>, value: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut rest = value;
+    loop {
+        start -= 1;
+        if let Some(slot) = digits.get_mut(start) {
+            // `rest % 10` is below 10.
+            *slot = b'0' + (rest % 10) as u8;
+        }
+        rest /= 10;
+        if rest == 0 || start == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(start..).unwrap_or_default());
+}
+
+/// Appends an IP address as `Display` writes it, without a `format!` allocation.
+fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (index, octet) in v4.octets().into_iter().enumerate() {
+                if index > 0 {
+                    out.push(b'.');
+                }
+                push_decimal(out, u64::from(octet));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// Starts a response to `request` as RFC 3261 section 8.2.6.2 requires: the Via fields (all of
@@ -174,23 +246,28 @@ pub fn response_to_from(
     build_response(request, status, reason, to_tag, Some(source))
 }
 
-/// The top Via of a response to a request from `source` (see [`response_to_from`]); `None`
-/// when the Via does not parse (it is then echoed unchanged).
-fn stamped_via(raw: &[u8], source: std::net::SocketAddr) -> Option<Vec<u8>> {
-    let via = crate::sip::headers::Via::parse(raw).ok()?;
-    let mut out = Vec::with_capacity(raw.len() + 40);
-    out.extend_from_slice(
-        format!(
-            "{}/{}/{} {}",
-            via.protocol_name(),
-            via.protocol_version(),
-            via.transport(),
-            via.host_raw()
-        )
-        .as_bytes(),
-    );
+/// The top Via of a response to a request from `source` (see [`response_to_from`]), appended to
+/// `out`; `false` (and nothing written) when the Via does not parse (it is then echoed unchanged).
+fn push_stamped_via(out: &mut Vec<u8>, raw: &[u8], source: std::net::SocketAddr) -> bool {
+    let Ok(via) = crate::sip::headers::Via::parse(raw) else {
+        return false;
+    };
+    push_stamped(out, &via, source);
+    true
+}
+
+/// Writes `via` stamped for `source` (see [`response_to_from`]).
+fn push_stamped(out: &mut Vec<u8>, via: &crate::sip::headers::Via<'_>, source: std::net::SocketAddr) {
+    out.extend_from_slice(via.protocol_name().as_bytes());
+    out.push(b'/');
+    out.extend_from_slice(via.protocol_version().as_bytes());
+    out.push(b'/');
+    out.extend_from_slice(via.transport().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(via.host_raw().as_bytes());
     if let Some(port) = via.port() {
-        out.extend_from_slice(format!(":{port}").as_bytes());
+        out.push(b':');
+        push_decimal(out, u64::from(port));
     }
     let mut rport = false;
     for param in via.params().iter() {
@@ -200,7 +277,8 @@ fn stamped_via(raw: &[u8], source: std::net::SocketAddr) -> Option<Vec<u8>> {
         out.push(b';');
         if param.name.eq_ignore_ascii_case("rport") && param.value.is_none() {
             rport = true;
-            out.extend_from_slice(format!("rport={}", source.port()).as_bytes());
+            out.extend_from_slice(b"rport=");
+            push_decimal(out, u64::from(source.port()));
             continue;
         }
         out.extend_from_slice(param.name.as_bytes());
@@ -210,9 +288,9 @@ fn stamped_via(raw: &[u8], source: std::net::SocketAddr) -> Option<Vec<u8>> {
         }
     }
     if rport || via.host().ip() != Some(source.ip()) {
-        out.extend_from_slice(format!(";received={}", source.ip()).as_bytes());
+        out.extend_from_slice(b";received=");
+        push_ip(out, source.ip());
     }
-    Some(out)
 }
 
 fn build_response(
@@ -227,29 +305,44 @@ fn build_response(
     }
     let mut builder = MessageBuilder::response(status, reason);
     for (index, via) in request.headers_of(HeaderName::Via).enumerate() {
-        let stamped = match source {
-            Some(source) if index == 0 => stamped_via(&via.unfolded(), source),
-            _ => None,
-        };
-        match stamped {
-            Some(value) => builder = builder.header(HeaderName::Via, value),
-            None => builder = builder.header(HeaderName::Via, via.unfolded()),
+        let value = via.unfolded();
+        if let (Some(source), 0) = (source, index) {
+            // A validated request's top Via, alone in its field, was parsed already.
+            if let Some(top) = request.top_via_alone().then(|| request.top_via().ok()).flatten() {
+                builder.head.extend_from_slice(b"Via: ");
+                push_stamped(&mut builder.head, &top, source);
+                builder.head.extend_from_slice(b"\r\n");
+                continue;
+            }
+            let mark = builder.head.len();
+            builder.head.extend_from_slice(b"Via: ");
+            if push_stamped_via(&mut builder.head, &value, source) {
+                builder.head.extend_from_slice(b"\r\n");
+                continue;
+            }
+            builder.head.truncate(mark);
         }
+        builder.push_header(HeaderName::Via, &value);
     }
     for name in [HeaderName::From, HeaderName::To, HeaderName::CallId, HeaderName::CSeq] {
         let Some(header) = request.header(name) else {
             return Err(BuildError::Unaddressable);
         };
-        let mut value = header.unfolded().into_owned();
+        let value = header.unfolded();
+        builder.start_header(name.as_str(), &value);
         if name == HeaderName::To && status > 100 {
             // Only add a tag when the To value parses and has none; a malformed To is echoed.
-            let needs_tag = request.to().is_ok_and(|to| to.tag().is_none());
-            if let (true, Some(tag)) = (needs_tag, to_tag) {
-                value.extend_from_slice(b";tag=");
-                value.extend_from_slice(tag.as_bytes());
+            if let Some(tag) = to_tag {
+                let untagged = match request.to_tagged() {
+                    Some(tagged) => !tagged,
+                    None => NameAddr::parse(&value).is_ok_and(|to| to.tag().is_none()),
+                };
+                if untagged {
+                    builder.start_header_append(b";tag=", tag.as_bytes());
+                }
             }
         }
-        builder = builder.header(name, value);
+        builder.head.extend_from_slice(b"\r\n");
     }
     Ok(builder)
 }

@@ -20,6 +20,7 @@
 //! Nonces are stateless (an HMAC over their issue time proves we issued them); only the highest
 //! nonce-count seen per nonce is kept, in a table of bounded size ([`NonceCounts`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -83,6 +84,11 @@ impl Algorithm {
 
     /// `H(parts[0]:parts[1]:...)` as lowercase hex.
     fn hash_hex(self, parts: &[&str]) -> String {
+        self.hash_hex_digest(parts).as_str().to_owned()
+    }
+
+    /// [`Algorithm::hash_hex`] on the stack.
+    fn hash_hex_digest(self, parts: &[&str]) -> HexDigest {
         match self {
             Self::Md5 => hash_joined::<Md5>(parts),
             Self::Sha256 => hash_joined::<Sha256>(parts),
@@ -361,24 +367,31 @@ pub fn parse_authorization(value: &str) -> Result<Credentials, DigestError> {
     let mut opaque = None;
     let mut qop = None;
     let mut nc = None;
-    for (name, param) in parse_params(value)? {
-        match name.as_str() {
-            "username" => username = Some(param),
-            "realm" => realm = Some(param),
-            "nonce" => nonce = Some(param),
-            "uri" => uri = Some(param),
-            "response" => response = Some(param),
-            "algorithm" => algorithm = Algorithm::from_name(&param)?,
-            "cnonce" => cnonce = Some(param),
-            "opaque" => opaque = Some(param),
-            "qop" => {
-                if !param.eq_ignore_ascii_case("auth") {
-                    return Err(DigestError::UnsupportedQop(truncated(&param)));
-                }
-                qop = Some(Qop::Auth);
+    for (name, param) in split_params(value)? {
+        let is = |expected: &str| name.eq_ignore_ascii_case(expected.as_bytes());
+        if is("username") {
+            username = Some(param.into_owned());
+        } else if is("realm") {
+            realm = Some(param.into_owned());
+        } else if is("nonce") {
+            nonce = Some(param.into_owned());
+        } else if is("uri") {
+            uri = Some(param.into_owned());
+        } else if is("response") {
+            response = Some(param.into_owned());
+        } else if is("algorithm") {
+            algorithm = Algorithm::from_name(&param)?;
+        } else if is("cnonce") {
+            cnonce = Some(param.into_owned());
+        } else if is("opaque") {
+            opaque = Some(param.into_owned());
+        } else if is("qop") {
+            if !param.eq_ignore_ascii_case("auth") {
+                return Err(DigestError::UnsupportedQop(truncated(&param)));
             }
-            "nc" => nc = Some(parse_nonce_count(&param)?),
-            _ => {}
+            qop = Some(Qop::Auth);
+        } else if is("nc") {
+            nc = Some(parse_nonce_count(&param)?);
         }
     }
     if qop.is_some() {
@@ -410,7 +423,8 @@ pub fn parse_authorization(value: &str) -> Result<Credentials, DigestError> {
 /// same across restarts (and across TCFs that share a realm) or outstanding nonces become invalid.
 #[derive(Clone)]
 pub struct NonceManager {
-    key: [u8; 32],
+    /// HMAC-SHA256 already keyed (its key blocks hashed once, not per nonce).
+    keyed: Hmac<Sha256>,
     realm: String,
     lifetime: Duration,
 }
@@ -434,8 +448,10 @@ const NONCE_LEN: usize = NONCE_RAW_LEN.div_ceil(3) * 4 - (3 - NONCE_RAW_LEN % 3)
 impl NonceManager {
     /// A manager for `realm` whose nonces are valid for `lifetime` after issue.
     pub fn new(key: [u8; 32], realm: &str, lifetime: Duration) -> Self {
+        // Local invariant: HMAC accepts keys of any length, so this cannot fail.
+        let keyed = <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC takes any key length");
         Self {
-            key,
+            keyed,
             realm: realm.to_owned(),
             lifetime,
         }
@@ -481,8 +497,7 @@ impl NonceManager {
     }
 
     fn mac(&self, issued_and_random: &[u8]) -> Hmac<Sha256> {
-        // Local invariant: HMAC accepts keys of any length, so this cannot fail.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut mac = self.keyed.clone();
         mac.update(issued_and_random);
         mac.update(self.realm.as_bytes());
         mac
@@ -793,23 +808,34 @@ impl Verifier {
         if status == NonceStatus::Invalid {
             return Verdict::Reject(RejectReason::NonceInvalid);
         }
-        let ha1 = match secret {
-            UserSecret::Password(password) => ha1(algorithm, &credentials.username, &credentials.realm, password),
+        let computed_ha1;
+        let stored_ha1;
+        let ha1: &str = match secret {
+            UserSecret::Password(password) => {
+                computed_ha1 = algorithm.hash_hex_digest(&[&credentials.username, &credentials.realm, password]);
+                computed_ha1.as_str()
+            }
             UserSecret::Ha1(stored) => match stored.for_algorithm(algorithm) {
-                Some(ha1) => ha1.to_ascii_lowercase(),
+                Some(ha1) => {
+                    stored_ha1 = ha1.to_ascii_lowercase();
+                    &stored_ha1
+                }
                 None => return Verdict::Reject(RejectReason::NoStoredHa1(algorithm)),
             },
         };
-        let expected = compute_response(
-            algorithm,
-            &ha1,
-            &credentials.nonce,
-            qop_fields,
-            method,
-            &credentials.uri,
-        );
-        let received = credentials.response.to_ascii_lowercase();
-        if !bool::from(expected.as_bytes().ct_eq(received.as_bytes())) {
+        let expected =
+            compute_response_digest(algorithm, ha1, &credentials.nonce, qop_fields, method, &credentials.uri);
+        // The received digest lowercased on the stack; one longer than any digest cannot match.
+        let mut received = [0u8; 64];
+        let matches = match received.get_mut(..credentials.response.len()) {
+            Some(slot) => {
+                slot.copy_from_slice(credentials.response.as_bytes());
+                slot.make_ascii_lowercase();
+                bool::from(expected.as_str().as_bytes().ct_eq(slot))
+            }
+            None => false,
+        };
+        if !matches {
             return Verdict::Reject(RejectReason::ResponseMismatch);
         }
         if status == NonceStatus::Stale {
@@ -887,17 +913,51 @@ fn compute_response(
     method: &str,
     uri: &str,
 ) -> String {
-    let ha2 = algorithm.hash_hex(&[method, uri]);
+    compute_response_digest(algorithm, ha1, nonce, qop, method, uri)
+        .as_str()
+        .to_owned()
+}
+
+/// [`compute_response`] on the stack.
+fn compute_response_digest(
+    algorithm: Algorithm,
+    ha1: &str,
+    nonce: &str,
+    qop: Option<QopFields<'_>>,
+    method: &str,
+    uri: &str,
+) -> HexDigest {
+    let ha2 = algorithm.hash_hex_digest(&[method, uri]);
     match qop {
         Some(fields) => {
-            let nc = format!("{:08x}", fields.nc);
-            algorithm.hash_hex(&[ha1, nonce, &nc, fields.cnonce, fields.qop.name(), &ha2])
+            let mut nc = [0u8; 8];
+            for (index, slot) in nc.iter_mut().enumerate() {
+                let nibble = (fields.nc >> (28 - 4 * index)) & 0xf;
+                *slot = HEX_DIGITS[nibble as usize];
+            }
+            let nc = std::str::from_utf8(&nc).unwrap_or_default();
+            algorithm.hash_hex_digest(&[ha1, nonce, nc, fields.cnonce, fields.qop.name(), ha2.as_str()])
         }
-        None => algorithm.hash_hex(&[ha1, nonce, &ha2]),
+        None => algorithm.hash_hex_digest(&[ha1, nonce, ha2.as_str()]),
     }
 }
 
-fn hash_joined<D: sha2::Digest>(parts: &[&str]) -> String {
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// A digest as lowercase hex, on the stack (SHA-256 has the longest: 64 digits).
+#[derive(Clone, Copy)]
+struct HexDigest {
+    digits: [u8; 64],
+    len: usize,
+}
+
+impl HexDigest {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.digits[..self.len]).unwrap_or_default()
+    }
+}
+
+fn hash_joined<D: sha2::Digest>(parts: &[&str]) -> HexDigest {
     let mut hasher = D::new();
     for (index, part) in parts.iter().enumerate() {
         if index > 0 {
@@ -905,17 +965,17 @@ fn hash_joined<D: sha2::Digest>(parts: &[&str]) -> String {
         }
         hasher.update(part.as_bytes());
     }
-    hex_lower(&hasher.finalize())
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    let hash = hasher.finalize();
+    let mut digest = HexDigest {
+        digits: [0; 64],
+        len: 0,
+    };
+    for (pair, byte) in digest.digits.chunks_exact_mut(2).zip(hash.iter()) {
+        pair[0] = HEX_DIGITS[usize::from(byte >> 4)];
+        pair[1] = HEX_DIGITS[usize::from(byte & 0x0f)];
+        digest.len += 2;
     }
-    out
+    digest
 }
 
 fn unix_seconds(time: SystemTime) -> u64 {
@@ -970,6 +1030,18 @@ fn truncated(value: &str) -> String {
 
 /// Splits `Digest name=value, name="value", ...` into lowercase names and unescaped values.
 fn parse_params(value: &str) -> Result<Vec<(String, String)>, DigestError> {
+    Ok(split_params(value)?
+        .into_iter()
+        .map(|(name, param)| (String::from_utf8_lossy(name).to_ascii_lowercase(), param.into_owned()))
+        .collect())
+}
+
+/// A digest parameter: its name as received and its unescaped value.
+type RawParam<'a> = (&'a [u8], Cow<'a, str>);
+
+/// Splits `Digest name=value, name="value", ...` into names as received and unescaped values,
+/// borrowing both from `value` where it can (a quoted string without escapes).
+fn split_params(value: &str) -> Result<Vec<RawParam<'_>>, DigestError> {
     if value.len() > MAX_HEADER_LEN {
         return Err(DigestError::TooLong("header value"));
     }
@@ -985,7 +1057,7 @@ fn parse_params(value: &str) -> Result<Vec<(String, String)>, DigestError> {
     if !cursor.at_end() && !cursor.skip_whitespace() {
         return Err(cursor.error("expected whitespace after the scheme"));
     }
-    let mut params: Vec<(String, String)> = Vec::new();
+    let mut params: Vec<RawParam<'_>> = Vec::with_capacity(12);
     loop {
         cursor.skip_whitespace();
         if cursor.at_end() {
@@ -1019,14 +1091,20 @@ fn parse_params(value: &str) -> Result<Vec<(String, String)>, DigestError> {
             if token.len() > MAX_VALUE_LEN {
                 return Err(DigestError::TooLong("parameter value"));
             }
-            token.to_vec()
+            Cow::Borrowed(token)
         };
-        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
-        if params.iter().any(|(seen, _)| *seen == name) {
-            return Err(DigestError::DuplicateParameter(name));
+        if params.iter().any(|(seen, _)| seen.eq_ignore_ascii_case(name)) {
+            return Err(DigestError::DuplicateParameter(
+                String::from_utf8_lossy(name).to_ascii_lowercase(),
+            ));
         }
         // Only ASCII delimiters were split on, so the bytes stay valid UTF-8.
-        let param = String::from_utf8(param).map_err(|_| cursor.error("invalid UTF-8"))?;
+        let param = match param {
+            Cow::Borrowed(bytes) => {
+                Cow::Borrowed(std::str::from_utf8(bytes).map_err(|_| cursor.error("invalid UTF-8"))?)
+            }
+            Cow::Owned(bytes) => Cow::Owned(String::from_utf8(bytes).map_err(|_| cursor.error("invalid UTF-8"))?),
+        };
         params.push((name, param));
         cursor.skip_whitespace();
         if !cursor.at_end() && !cursor.eat(b',') {
@@ -1084,10 +1162,32 @@ impl<'a> Cursor<'a> {
         &self.bytes[start..self.position]
     }
 
-    /// A quoted-string starting at the opening quote, unescaped.
-    fn quoted_string(&mut self) -> Result<Vec<u8>, DigestError> {
+    /// A quoted-string starting at the opening quote, unescaped (borrowed when it holds no
+    /// escape).
+    fn quoted_string(&mut self) -> Result<Cow<'a, [u8]>, DigestError> {
         let opening = self.position;
         self.position += 1;
+        // The common case: no backslash before the closing quote, nothing to unescape.
+        if let Some(length) = self.bytes[self.position..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\')
+        {
+            let end = self.position + length;
+            if self.bytes[end] == b'"' {
+                let inner = &self.bytes[self.position..end];
+                // The same checks, in the same order, as the byte-by-byte loop below.
+                let checked = &inner[..inner.len().min(MAX_VALUE_LEN + 1)];
+                if let Some(offset) = checked.iter().position(|&b| b.is_ascii_control() && b != b'\t') {
+                    self.position += offset + 1;
+                    return Err(self.error("control character in quoted string"));
+                }
+                if inner.len() > MAX_VALUE_LEN {
+                    return Err(DigestError::TooLong("parameter value"));
+                }
+                self.position = end + 1;
+                return Ok(Cow::Borrowed(inner));
+            }
+        }
         let mut value = Vec::new();
         loop {
             let Some(byte) = self.peek() else {
@@ -1098,7 +1198,7 @@ impl<'a> Cursor<'a> {
             };
             self.position += 1;
             let byte = match byte {
-                b'"' => return Ok(value),
+                b'"' => return Ok(Cow::Owned(value)),
                 b'\\' => match self.peek() {
                     Some(escaped) if escaped != b'\r' && escaped != b'\n' => {
                         self.position += 1;

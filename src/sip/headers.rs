@@ -219,8 +219,14 @@ impl<'a> Params<'a> {
     pub fn parse(raw: &'a [u8]) -> Result<Self, HeaderError> {
         let params = Params { raw };
         let mut cursor = Cursor::new(raw);
-        while next_param(&mut cursor)?.is_some() {}
+        while next_raw_param(&mut cursor)?.is_some() {}
         Ok(params)
+    }
+
+    /// The parameters in order, names as bytes (no text conversion until one is wanted).
+    fn iter_raw(&self) -> impl Iterator<Item = RawParam<'a>> + 'a {
+        let mut cursor = Cursor::new(self.raw);
+        std::iter::from_fn(move || next_raw_param(&mut cursor).ok().flatten())
     }
 
     /// The parameters in order.
@@ -231,7 +237,9 @@ impl<'a> Params<'a> {
 
     /// The first parameter named `name` (ASCII case-insensitive).
     pub fn get(&self, name: &str) -> Option<Param<'a>> {
-        self.iter().find(|param| param.name.eq_ignore_ascii_case(name))
+        self.iter_raw()
+            .find(|param| param.name.eq_ignore_ascii_case(name.as_bytes()))
+            .and_then(RawParam::into_param)
     }
 
     /// True when a parameter named `name` is present, with or without a value.
@@ -260,8 +268,29 @@ fn is_gen_value_char(byte: u8) -> bool {
     is_token(byte) || matches!(byte, b':' | b'[' | b']')
 }
 
+/// A parameter with its name as bytes (`token` characters, so ASCII).
+#[derive(Clone, Copy)]
+struct RawParam<'a> {
+    name: &'a [u8],
+    value: Option<&'a [u8]>,
+}
+
+impl<'a> RawParam<'a> {
+    fn into_param(self) -> Option<Param<'a>> {
+        Some(Param {
+            name: std::str::from_utf8(self.name).ok()?,
+            value: self.value,
+        })
+    }
+}
+
 /// Reads `SEMI name [EQUAL value]`; `Ok(None)` at the end of the input.
 fn next_param<'a>(cursor: &mut Cursor<'a>) -> Result<Option<Param<'a>>, HeaderError> {
+    Ok(next_raw_param(cursor)?.and_then(RawParam::into_param))
+}
+
+/// [`next_param`] with the name left as bytes.
+fn next_raw_param<'a>(cursor: &mut Cursor<'a>) -> Result<Option<RawParam<'a>>, HeaderError> {
     cursor.skip_ws();
     if cursor.at_end() {
         return Ok(None);
@@ -270,7 +299,10 @@ fn next_param<'a>(cursor: &mut Cursor<'a>) -> Result<Option<Param<'a>>, HeaderEr
         return Err(HeaderError::Syntax);
     }
     cursor.skip_ws();
-    let name = cursor.token().ok_or(HeaderError::Syntax)?;
+    let name = cursor.take_while(is_token);
+    if name.is_empty() {
+        return Err(HeaderError::Syntax);
+    }
     cursor.skip_ws();
     let value = if cursor.eat(b'=') {
         cursor.skip_ws();
@@ -287,7 +319,7 @@ fn next_param<'a>(cursor: &mut Cursor<'a>) -> Result<Option<Param<'a>>, HeaderEr
     } else {
         None
     };
-    Ok(Some(Param { name, value }))
+    Ok(Some(RawParam { name, value }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -361,24 +393,51 @@ impl<'a> Via<'a> {
         Ok(via)
     }
 
+    /// The parts of a parsed Via, to rebuild it later without parsing it again
+    /// ([`Via::from_parts`]).
+    pub(crate) fn parts(&self) -> ViaParts<'a> {
+        ViaParts {
+            protocol_name: self.protocol_name,
+            protocol_version: self.protocol_version,
+            transport: self.transport,
+            host: self.host,
+            host_raw: self.host_raw,
+            port: self.port,
+            params: self.params.raw,
+        }
+    }
+
+    /// A Via from the parts of one that parsed ([`Via::parts`]).
+    pub(crate) fn from_parts(parts: ViaParts<'a>) -> Self {
+        Via {
+            protocol_name: parts.protocol_name,
+            protocol_version: parts.protocol_version,
+            transport: parts.transport,
+            host: parts.host,
+            host_raw: parts.host_raw,
+            port: parts.port,
+            params: Params { raw: parts.params },
+        }
+    }
+
     fn check_known_params(&self) -> Result<(), HeaderError> {
-        for param in self.params.iter() {
+        for param in self.params.iter_raw() {
             let value = param.value.unwrap_or_default();
-            if param.name.eq_ignore_ascii_case("branch") || param.name.eq_ignore_ascii_case("maddr") {
+            if param.name.eq_ignore_ascii_case(b"branch") || param.name.eq_ignore_ascii_case(b"maddr") {
                 if value.is_empty() {
                     return Err(HeaderError::Syntax);
                 }
-            } else if param.name.eq_ignore_ascii_case("ttl") {
+            } else if param.name.eq_ignore_ascii_case(b"ttl") {
                 parse_u32(value)
                     .filter(|ttl| *ttl <= 255)
                     .ok_or(HeaderError::OutOfRange)?;
-            } else if param.name.eq_ignore_ascii_case("rport") {
+            } else if param.name.eq_ignore_ascii_case(b"rport") {
                 if param.value.is_some() {
                     parse_u64(value)
                         .and_then(|port| u16::try_from(port).ok())
                         .ok_or(HeaderError::OutOfRange)?;
                 }
-            } else if param.name.eq_ignore_ascii_case("received") {
+            } else if param.name.eq_ignore_ascii_case(b"received") {
                 Host::parse(value)
                     .ok()
                     .and_then(|host| host.ip())
@@ -486,6 +545,18 @@ impl<'a> Via<'a> {
                 .any(|known| param.name.eq_ignore_ascii_case(known))
         })
     }
+}
+
+/// What [`Via::parts`] returns.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ViaParts<'a> {
+    pub(crate) protocol_name: &'a str,
+    pub(crate) protocol_version: &'a str,
+    pub(crate) transport: &'a str,
+    pub(crate) host: Host<'a>,
+    pub(crate) host_raw: &'a str,
+    pub(crate) port: Option<u16>,
+    pub(crate) params: &'a [u8],
 }
 
 fn expect_slash(cursor: &mut Cursor<'_>) -> Result<(), HeaderError> {

@@ -24,10 +24,10 @@ use bytes::Bytes;
 use crate::sip::builder::{response_to, MessageBuilder};
 use crate::sip::headers::{
     parse_call_id, parse_number, AuthHeader, CSeq, Contact, ContactList, HeaderError, HeaderName, MediaType, NameAddr,
-    PttExtension, SipDate, Via,
+    PttExtension, SipDate, Via, ViaParts,
 };
 use crate::sip::syntax::{ascii_str, is_token, is_ws, split_list, trim_ws, unfold};
-use crate::sip::uri::Uri;
+use crate::sip::uri::{Host, Uri};
 
 /// Header fields a message may carry before the parser gives up on it.
 pub const MAX_HEADERS: usize = 256;
@@ -425,12 +425,86 @@ pub(crate) enum Framing {
 
 /// A parsed SIP message over an owned, shared buffer. Cloning is cheap (the buffer is
 /// reference-counted); typed accessors borrow from it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Message {
     buffer: Bytes,
     start: StartSpans,
     headers: Vec<HeaderEntry>,
     body: Span,
+    /// What a successful validation parsed of the fields read on every request, so that they
+    /// are not parsed again (`None`: not validated, or by [`Message::validate`] alone).
+    facts: Option<Box<Facts>>,
+}
+
+/// Two messages are equal when their bytes and index are; recorded facts follow from those.
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.buffer == other.buffer
+            && self.start == other.start
+            && self.headers == other.headers
+            && self.body == other.body
+    }
+}
+
+impl Eq for Message {}
+
+/// The parts of To and Contact that [`Message::validate`] parses anyway, as spans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Facts {
+    /// To carries a `tag` parameter.
+    to_tagged: bool,
+    /// The To URI is `sip:`/`sips:`, and its user part.
+    to_sip: bool,
+    to_user: Option<Span>,
+    /// The first Contact address.
+    contact: ContactFacts,
+    /// The top Via, when its header field holds it alone on one line.
+    top_via: Option<ViaSpans>,
+}
+
+/// A parsed Via as spans of the buffer (see [`Via::parts`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ViaSpans {
+    protocol_name: Span,
+    protocol_version: Span,
+    transport: Span,
+    host: HostSpan,
+    host_raw: Span,
+    port: Option<u16>,
+    params: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HostSpan {
+    Name(Span),
+    V4(std::net::Ipv4Addr),
+    V6(std::net::Ipv6Addr),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ContactFacts {
+    /// `Contact: *`.
+    Star,
+    /// No Contact.
+    Absent,
+    /// The first address: its URI, and its `expires` parameter (`Some(None)`: out of range).
+    Address { uri: Span, expires: Option<Option<u32>> },
+}
+
+/// The first Contact of a request, as a registrar reads it ([`Message::first_contact`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstContact<'a> {
+    /// `Contact: *` (remove every binding).
+    Star,
+    /// No Contact header field.
+    Absent,
+    /// The first address.
+    Address {
+        /// Its URI, as received.
+        uri: &'a str,
+        /// Its `expires` parameter; `Err(OutOfRange)` when the digits overflow a `u32`.
+        expires: Option<Result<u32, HeaderError>>,
+    },
 }
 
 impl fmt::Debug for Message {
@@ -448,10 +522,17 @@ impl Message {
     /// Parses and validates a UDP datagram. On success the message is ready for the transaction
     /// layer; on failure the [`Rejection`] says whether to answer 400/505 or drop.
     pub fn parse_datagram(datagram: Bytes) -> Result<Message, Rejection> {
-        let message = Self::parse_datagram_unvalidated(datagram)?;
-        match message.validate() {
-            Ok(()) => Ok(message),
-            Err(error) => Err(Rejection::new(error, Some(message))),
+        Self::parse_datagram_unvalidated(datagram)?.validated()
+    }
+
+    /// Validates, keeping what validation parsed of To and Contact.
+    fn validated(mut self) -> Result<Message, Rejection> {
+        match self.validate_recording() {
+            Ok(facts) => {
+                self.facts = Some(Box::new(facts));
+                Ok(self)
+            }
+            Err(error) => Err(Rejection::new(error, Some(self))),
         }
     }
 
@@ -463,15 +544,18 @@ impl Message {
     }
 
     pub(crate) fn parse_framed(message: Bytes) -> Result<Message, Rejection> {
-        let message = parse_structure(message, Framing::Framed)?;
-        match message.validate() {
-            Ok(()) => Ok(message),
-            Err(error) => Err(Rejection::new(error, Some(message))),
-        }
+        parse_structure(message, Framing::Framed)?.validated()
     }
 
     fn slice(&self, span: Span) -> &[u8] {
         self.buffer.get(span.start..span.end).unwrap_or_default()
+    }
+
+    /// The span of `part`, a slice borrowed from this message's buffer (`None` otherwise).
+    fn span_of(&self, part: &[u8]) -> Option<Span> {
+        let start = (part.as_ptr() as usize).checked_sub(self.buffer.as_ptr() as usize)?;
+        let end = start.checked_add(part.len())?;
+        (end <= self.buffer.len()).then_some(Span { start, end })
     }
 
     fn slice_str(&self, span: Span) -> &str {
@@ -516,17 +600,17 @@ impl Message {
 
     /// The method of a request.
     pub fn method(&self) -> Option<Method<'_>> {
-        match self.start_line() {
-            StartLine::Request { method, .. } => Some(method),
-            StartLine::Response { .. } => None,
+        match self.start {
+            StartSpans::Request { method, .. } => Some(Method::from_token(self.slice_str(method))),
+            StartSpans::Response { .. } => None,
         }
     }
 
     /// The Request-URI of a request, as received.
     pub fn request_uri_raw(&self) -> Option<&[u8]> {
-        match self.start_line() {
-            StartLine::Request { uri, .. } => Some(uri),
-            StartLine::Response { .. } => None,
+        match self.start {
+            StartSpans::Request { uri, .. } => Some(self.slice(uri)),
+            StartSpans::Response { .. } => None,
         }
     }
 
@@ -600,12 +684,25 @@ impl Message {
         self.headers_of(name).next()
     }
 
+    /// The values of the header fields named `name`, in order (no name text looked at).
+    fn values_of(&self, name: HeaderName) -> impl Iterator<Item = &[u8]> + '_ {
+        self.headers
+            .iter()
+            .filter(move |entry| entry.name == name)
+            .map(|entry| self.slice(entry.value))
+    }
+
+    /// The value of the first header field named `name`.
+    fn first_value(&self, name: HeaderName) -> Option<&[u8]> {
+        self.values_of(name).next()
+    }
+
     /// The list elements of every `name` header field, split at commas outside quotes and angle
     /// brackets, trimmed, empty elements skipped. For Accept, Allow, Supported, Require,
     /// Proxy-Require and the like.
     pub fn list_values(&self, name: HeaderName) -> impl Iterator<Item = &[u8]> + '_ {
-        self.headers_of(name)
-            .flat_map(|header| split_list(header.value))
+        self.values_of(name)
+            .flat_map(split_list)
             .filter(|item| !item.is_empty())
     }
 
@@ -617,25 +714,67 @@ impl Message {
     // ---- typed access ------------------------------------------------------------------------
 
     fn single(&self, name: HeaderName) -> Result<&[u8], HeaderError> {
-        self.header(name).map(|header| header.value).ok_or(HeaderError::Missing)
+        self.first_value(name).ok_or(HeaderError::Missing)
     }
 
     /// Every Via value, top first, across all Via header fields and comma-separated values.
     pub fn vias(&self) -> impl Iterator<Item = Result<Via<'_>, HeaderError>> + '_ {
-        self.headers_of(HeaderName::Via)
-            .flat_map(|header| split_list(header.value))
-            .map(|item| {
-                if item.is_empty() {
-                    Err(HeaderError::Empty)
-                } else {
-                    Via::parse(item)
-                }
-            })
+        self.values_of(HeaderName::Via).flat_map(split_list).map(|item| {
+            if item.is_empty() {
+                Err(HeaderError::Empty)
+            } else {
+                Via::parse(item)
+            }
+        })
     }
 
-    /// The topmost Via value.
+    /// The topmost Via value (from the validation's parse when there was one).
     pub fn top_via(&self) -> Result<Via<'_>, HeaderError> {
+        if let Some(spans) = self.facts.as_ref().and_then(|facts| facts.top_via) {
+            return Ok(self.via_from_spans(&spans));
+        }
         self.vias().next().unwrap_or(Err(HeaderError::Missing))
+    }
+
+    /// Whether the top Via header field holds one Via on one line (then [`Message::top_via`]
+    /// is that field's whole value).
+    pub(crate) fn top_via_alone(&self) -> bool {
+        self.facts.as_ref().is_some_and(|facts| facts.top_via.is_some())
+    }
+
+    fn via_from_spans(&self, spans: &ViaSpans) -> Via<'_> {
+        Via::from_parts(ViaParts {
+            protocol_name: self.slice_str(spans.protocol_name),
+            protocol_version: self.slice_str(spans.protocol_version),
+            transport: self.slice_str(spans.transport),
+            host: match spans.host {
+                HostSpan::Name(name) => Host::Name(self.slice_str(name)),
+                HostSpan::V4(address) => Host::V4(address),
+                HostSpan::V6(address) => Host::V6(address),
+            },
+            host_raw: self.slice_str(spans.host_raw),
+            port: spans.port,
+            params: self.slice(spans.params),
+        })
+    }
+
+    /// The spans of `via`, a Via parsed from this message's buffer.
+    fn via_spans(&self, via: &Via<'_>) -> Option<ViaSpans> {
+        let parts = via.parts();
+        let span = |text: &str| self.span_of(text.as_bytes());
+        Some(ViaSpans {
+            protocol_name: span(parts.protocol_name)?,
+            protocol_version: span(parts.protocol_version)?,
+            transport: span(parts.transport)?,
+            host: match parts.host {
+                Host::Name(name) => HostSpan::Name(span(name)?),
+                Host::V4(address) => HostSpan::V4(address),
+                Host::V6(address) => HostSpan::V6(address),
+            },
+            host_raw: span(parts.host_raw)?,
+            port: parts.port,
+            params: self.span_of(parts.params)?,
+        })
     }
 
     /// From.
@@ -660,9 +799,9 @@ impl Message {
 
     /// Max-Forwards, 0 to 255; `Ok(None)` when absent (RFC 2543 peers omit it).
     pub fn max_forwards(&self) -> Result<Option<u8>, HeaderError> {
-        match self.header(HeaderName::MaxForwards) {
+        match self.first_value(HeaderName::MaxForwards) {
             None => Ok(None),
-            Some(header) => parse_number(header.value)
+            Some(value) => parse_number(value)
                 .and_then(|hops| u8::try_from(hops).map_err(|_| HeaderError::OutOfRange))
                 .map(Some),
         }
@@ -670,56 +809,104 @@ impl Message {
 
     /// Content-Length; `Ok(None)` when absent.
     pub fn content_length(&self) -> Result<Option<u32>, HeaderError> {
-        self.header(HeaderName::ContentLength)
-            .map(|header| parse_number(header.value))
+        self.first_value(HeaderName::ContentLength)
+            .map(parse_number)
             .transpose()
     }
 
     /// Content-Type; `Ok(None)` when absent.
     pub fn content_type(&self) -> Result<Option<MediaType<'_>>, HeaderError> {
-        self.header(HeaderName::ContentType)
-            .map(|header| MediaType::parse(header.value))
+        self.first_value(HeaderName::ContentType)
+            .map(MediaType::parse)
             .transpose()
     }
 
     /// Expires in seconds; `Ok(None)` when absent. Overflowing values are an error that the
     /// registrar may treat as its default expiry (RFC 4475 scalar02).
     pub fn expires(&self) -> Result<Option<u32>, HeaderError> {
-        self.header(HeaderName::Expires)
-            .map(|header| parse_number(header.value))
-            .transpose()
+        self.first_value(HeaderName::Expires).map(parse_number).transpose()
     }
 
     /// Date; `Ok(None)` when absent. Only `GMT` dates are accepted.
     pub fn date(&self) -> Result<Option<SipDate>, HeaderError> {
-        self.header(HeaderName::Date)
-            .map(|header| SipDate::parse(header.value))
-            .transpose()
+        self.first_value(HeaderName::Date).map(SipDate::parse).transpose()
     }
 
     /// The Contact header fields: `*`, or all addresses in order. `Ok(Addresses(empty))` when
     /// there is no Contact.
     pub fn contacts(&self) -> Result<ContactList<'_>, HeaderError> {
-        let mut items = self
-            .headers_of(HeaderName::Contact)
-            .flat_map(|header| split_list(header.value))
-            .peekable();
+        let mut contacts = Vec::new();
+        if self.visit_contacts(|contact| contacts.push(contact))? {
+            Ok(ContactList::Star)
+        } else {
+            Ok(ContactList::Addresses(contacts))
+        }
+    }
+
+    /// Parses every Contact address, handing each to `visit`; `Ok(true)` for `*`. The work of
+    /// [`Message::contacts`] without collecting the addresses.
+    fn visit_contacts<'s>(&'s self, mut visit: impl FnMut(Contact<'s>)) -> Result<bool, HeaderError> {
+        let mut items = self.values_of(HeaderName::Contact).flat_map(split_list).peekable();
         if items.peek() == Some(&&b"*"[..]) {
             items.next();
             return if items.next().is_none() {
-                Ok(ContactList::Star)
+                Ok(true)
             } else {
                 Err(HeaderError::Syntax)
             };
         }
-        let mut contacts = Vec::new();
         for item in items {
             if item.is_empty() {
                 return Err(HeaderError::Empty);
             }
-            contacts.push(Contact::parse(item)?);
+            visit(Contact::parse(item)?);
         }
-        Ok(ContactList::Addresses(contacts))
+        Ok(false)
+    }
+
+    /// The first Contact address with its `expires` parameter, `*`, or none: what a registrar
+    /// binding one contact reads. Taken from the validation's parse when there was one.
+    pub fn first_contact(&self) -> Result<FirstContact<'_>, HeaderError> {
+        if let Some(facts) = &self.facts {
+            return Ok(match facts.contact {
+                ContactFacts::Star => FirstContact::Star,
+                ContactFacts::Absent => FirstContact::Absent,
+                ContactFacts::Address { uri, expires } => FirstContact::Address {
+                    uri: self.slice_str(uri),
+                    expires: expires.map(|expires| expires.ok_or(HeaderError::OutOfRange)),
+                },
+            });
+        }
+        let mut first = None;
+        let star = self.visit_contacts(|contact| {
+            if first.is_none() {
+                first = Some(contact);
+            }
+        })?;
+        Ok(match first {
+            _ if star => FirstContact::Star,
+            None => FirstContact::Absent,
+            Some(contact) => FirstContact::Address {
+                uri: contact.uri().as_str(),
+                expires: contact.expires(),
+            },
+        })
+    }
+
+    /// Whether the To URI is a SIP URI, and its user part: taken from the validation's parse
+    /// when there was one.
+    pub fn to_sip_user(&self) -> Result<(bool, Option<&str>), HeaderError> {
+        if let Some(facts) = &self.facts {
+            return Ok((facts.to_sip, facts.to_user.map(|user| self.slice_str(user))));
+        }
+        let to = self.to()?;
+        let sip = to.uri().as_sip();
+        Ok((sip.is_some(), sip.and_then(|uri| uri.user())))
+    }
+
+    /// Whether To carries a tag, when a validation recorded it.
+    pub(crate) fn to_tagged(&self) -> Option<bool> {
+        self.facts.as_ref().map(|facts| facts.to_tagged)
     }
 
     /// The Route values, top first.
@@ -733,15 +920,13 @@ impl Message {
     }
 
     fn name_addr_list(&self, name: HeaderName) -> impl Iterator<Item = Result<NameAddr<'_>, HeaderError>> + '_ {
-        self.headers_of(name)
-            .flat_map(|header| split_list(header.value))
-            .map(|item| {
-                if item.is_empty() {
-                    Err(HeaderError::Empty)
-                } else {
-                    NameAddr::parse(item)
-                }
-            })
+        self.values_of(name).flat_map(split_list).map(|item| {
+            if item.is_empty() {
+                Err(HeaderError::Empty)
+            } else {
+                NameAddr::parse(item)
+            }
+        })
     }
 
     /// The first Authorization; `Ok(None)` when absent.
@@ -765,15 +950,13 @@ impl Message {
     }
 
     fn auth(&self, name: HeaderName) -> Result<Option<AuthHeader<'_>>, HeaderError> {
-        self.header(name)
-            .map(|header| AuthHeader::parse(header.value))
-            .transpose()
+        self.first_value(name).map(AuthHeader::parse).transpose()
     }
 
     /// The first Ptt-Extension; `Ok(None)` when absent.
     pub fn ptt_extension(&self) -> Result<Option<PttExtension<'_>>, HeaderError> {
-        self.header(HeaderName::PttExtension)
-            .map(|header| PttExtension::parse(header.value))
+        self.first_value(HeaderName::PttExtension)
+            .map(PttExtension::parse)
             .transpose()
     }
 
@@ -789,7 +972,7 @@ impl Message {
             HeaderName::CSeq,
         ]
         .iter()
-        .all(|&name| self.header(name).is_some_and(|header| !header.value.is_empty()))
+        .all(|&name| self.first_value(name).is_some_and(|value| !value.is_empty()))
     }
 
     /// The checks a UAS makes before acting on a message (RFC 3261 section 8.2), as far as the
@@ -807,6 +990,11 @@ impl Message {
     /// unsupported bodies (415), Accept (406), Max-Forwards 0 (483), the Date value, expiry
     /// values, and the RFC 2543 fallback for branches without the magic cookie.
     pub fn validate(&self) -> Result<(), ParseError> {
+        self.validate_recording().map(drop)
+    }
+
+    /// [`Message::validate`], returning what it parsed of To and Contact.
+    fn validate_recording(&self) -> Result<Facts, ParseError> {
         if let StartSpans::Request { irregular: true, .. } = self.start {
             return Err(ParseError::MalformedRequestLine);
         }
@@ -820,7 +1008,7 @@ impl Message {
             HeaderName::CallId,
             HeaderName::CSeq,
         ] {
-            if self.header(name).is_none() {
+            if self.first_value(name).is_none() {
                 return Err(ParseError::MissingHeader(name));
             }
         }
@@ -834,7 +1022,7 @@ impl Message {
             HeaderName::ContentType,
             HeaderName::Expires,
         ] {
-            if self.headers_of(name).nth(1).is_some() {
+            if self.values_of(name).nth(1).is_some() {
                 return Err(ParseError::DuplicateHeader(name));
             }
         }
@@ -850,22 +1038,55 @@ impl Message {
                 _ => return Err(ParseError::InvalidRequestUri),
             }
         }
-        for via in self.vias() {
-            via.map_err(invalid(HeaderName::Via))?;
+        let mut top_via = None;
+        for (index, via) in self.vias().enumerate() {
+            let via = via.map_err(invalid(HeaderName::Via))?;
+            if index == 0 {
+                top_via = Some(via);
+            }
         }
+        // Recorded only when the top Via field is that Via alone, on one line: then a response
+        // may copy it from the recorded parts.
+        let top_via = top_via.filter(|_| {
+            self.first_value(HeaderName::Via).is_some_and(|value| {
+                split_list(value).nth(1).is_none() && memchr::memchr2(b'\r', b'\n', value).is_none()
+            })
+        });
         self.from().map_err(invalid(HeaderName::From))?;
-        self.to().map_err(invalid(HeaderName::To))?;
+        let to = self.to().map_err(invalid(HeaderName::To))?;
         self.call_id().map_err(invalid(HeaderName::CallId))?;
         self.max_forwards().map_err(invalid(HeaderName::MaxForwards))?;
         self.content_type().map_err(invalid(HeaderName::ContentType))?;
-        self.contacts().map_err(invalid(HeaderName::Contact))?;
+        let mut contact = ContactFacts::Absent;
+        let star = self
+            .visit_contacts(|address| {
+                if contact == ContactFacts::Absent {
+                    if let Some(uri) = self.span_of(address.uri().as_str().as_bytes()) {
+                        let expires = address.expires().map(Result::ok);
+                        contact = ContactFacts::Address { uri, expires };
+                    }
+                }
+            })
+            .map_err(invalid(HeaderName::Contact))?;
+        if star {
+            contact = ContactFacts::Star;
+        }
         for route in self.routes() {
             route.map_err(invalid(HeaderName::Route))?;
         }
         for route in self.record_routes() {
             route.map_err(invalid(HeaderName::RecordRoute))?;
         }
-        Ok(())
+        let sip = to.uri().as_sip();
+        Ok(Facts {
+            to_tagged: to.tag().is_some(),
+            to_sip: sip.is_some(),
+            to_user: sip
+                .and_then(|uri| uri.user())
+                .and_then(|user| self.span_of(user.as_bytes())),
+            contact,
+            top_via: top_via.and_then(|via| self.via_spans(&via)),
+        })
     }
 
     // ---- serialisation -----------------------------------------------------------------------
@@ -1235,6 +1456,7 @@ fn parse_structure(buffer: Bytes, framing: Framing) -> Result<Message, Rejection
         start,
         headers,
         body,
+        facts: None,
     };
     match first_error {
         None => Ok(message),
@@ -1339,6 +1561,46 @@ v=0\n";
         let response = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 999\r\n\r\n";
         let rejection = parse(response).unwrap_err();
         assert_eq!(rejection.action(), ErrorAction::Drop);
+    }
+
+    #[test]
+    fn recorded_facts_match_a_fresh_parse() {
+        let register = |via: &str, contact: &str| {
+            format!(
+                "REGISTER sip:h SIP/2.0\r\n{via}\r\nFrom: <sip:1000@h>;tag=f\r\nTo: <sip:1000@h>\r\n\
+                 Call-ID: c\r\nCSeq: 1 REGISTER\r\n{contact}Expires: 60\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        let source: std::net::SocketAddr = "192.0.2.9:5999".parse().unwrap();
+        for via in [
+            "Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKa;rport",
+            "v: SIP/2.0/UDP host.example;branch=z9hG4bKa;received=192.0.2.2",
+            "Via: SIP/2.0/UDP [2001:db8::1]:5070;branch=z9hG4bKa, SIP/2.0/TCP 192.0.2.3;branch=z9hG4bKb",
+            "Via: SIP/2.0/UDP 192.0.2.1\r\n ;branch=z9hG4bKa;x=\"q,\\\"r\"",
+        ] {
+            for contact in [
+                "",
+                "Contact: *\r\n",
+                "Contact: <sip:1000@192.0.2.1:5060>;expires=30, <sip:1000@b>\r\n",
+                "m: sip:1000@192.0.2.1;expires=99999999999\r\n",
+            ] {
+                let text = register(via, contact);
+                let validated = parse(text.as_bytes()).expect("valid");
+                let fresh = Message::parse_datagram_unvalidated(Bytes::from(text.clone())).expect("indexes");
+                assert!(validated.facts.is_some() && fresh.facts.is_none());
+                assert_eq!(validated, fresh);
+                assert_eq!(validated.top_via(), fresh.top_via(), "{text}");
+                assert_eq!(validated.first_contact(), fresh.first_contact(), "{text}");
+                assert_eq!(validated.to_sip_user(), fresh.to_sip_user(), "{text}");
+                let answer = |message: &Message| {
+                    crate::sip::response_to_from(message, 200, "OK", Some("t"), source)
+                        .unwrap()
+                        .build_bytes()
+                        .unwrap()
+                };
+                assert_eq!(answer(&validated), answer(&fresh), "{text}");
+            }
+        }
     }
 
     #[test]

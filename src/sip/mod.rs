@@ -48,6 +48,7 @@ pub use headers::{
     SipDate, Via, BRANCH_MAGIC_COOKIE,
 };
 pub use message::{
-    response_for_error, ErrorAction, Header, Message, Method, ParseError, Rejection, StartLine, MAX_HEADERS,
+    response_for_error, ErrorAction, FirstContact, Header, Message, Method, ParseError, Rejection, StartLine,
+    MAX_HEADERS,
 };
 pub use uri::{Host, OpaqueUri, SipUri, Uri, UriError, UriParam};

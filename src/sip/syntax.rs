@@ -10,12 +10,23 @@ use std::borrow::Cow;
 
 /// `token` characters (RFC 3261 section 25.1).
 pub(crate) fn is_token(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric()
-        || matches!(
-            byte,
-            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-        )
+    TOKEN.get(usize::from(byte)).copied().unwrap_or(false)
 }
+
+/// [`is_token`] as a table: the parsers ask it for every byte of every name and token.
+// Evaluated at compile time over its own bounds; no network data reaches this indexing.
+#[allow(clippy::indexing_slicing)]
+static TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~');
+        byte += 1;
+    }
+    table
+};
 
 /// `word` characters, used by Call-ID.
 pub(crate) fn is_word(byte: u8) -> bool {
@@ -50,6 +61,13 @@ pub(crate) fn ascii_str(bytes: &[u8]) -> Option<&str> {
     } else {
         None
     }
+}
+
+/// `part`, a sub-slice of `whole`'s bytes, as a `&str` borrowed from `whole`: the text was
+/// validated once, its pieces need not be again. `None` when `part` does not lie within `whole`.
+pub(crate) fn substr<'a>(whole: &'a str, part: &[u8]) -> Option<&'a str> {
+    let offset = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    whole.get(offset..offset.checked_add(part.len())?)
 }
 
 /// Parses a run of ASCII digits into a `u64`, refusing empty input and overflow.
@@ -312,7 +330,8 @@ impl<'a> Cursor<'a> {
         if token.is_empty() {
             None
         } else {
-            ascii_str(token)
+            // Token characters are ASCII: one UTF-8 check is all it takes.
+            std::str::from_utf8(token).ok()
         }
     }
 
@@ -380,6 +399,15 @@ mod tests {
         assert!(unescaped_eq_ignore_case(b"n%61me", b"NAME"));
         assert!(!escapes_valid(b"%Z1"));
         assert!(escapes_valid(b"a%20b"));
+    }
+
+    #[test]
+    fn substr_borrows_from_the_whole() {
+        let whole = "sip:alice@example.com";
+        let bytes = whole.as_bytes();
+        assert_eq!(substr(whole, &bytes[4..9]), Some("alice"));
+        assert_eq!(substr(whole, &bytes[21..]), Some(""));
+        assert_eq!(substr(whole, b"elsewhere"), None);
     }
 
     #[test]

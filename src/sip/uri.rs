@@ -10,7 +10,9 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::sip::syntax::{ascii_str, escapes_valid, is_unreserved, parse_u64, unescape, unescaped_eq_ignore_case};
+use crate::sip::syntax::{
+    ascii_str, escapes_valid, is_unreserved, parse_u64, substr, unescape, unescaped_eq_ignore_case,
+};
 
 /// Why a URI did not parse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -219,7 +221,11 @@ impl<'a> SipUri<'a> {
                         return Err(UriError::UserInfo);
                     }
                 }
-                (ascii_str(user), password.and_then(ascii_str), hostpart)
+                (
+                    substr(text, user),
+                    password.and_then(|password| substr(text, password)),
+                    hostpart,
+                )
             }
             None => (None, None, rest),
         };
@@ -283,7 +289,7 @@ impl<'a> SipUri<'a> {
                         return Err(UriError::Headers);
                     }
                 }
-                Some(ascii_str(headers).ok_or(UriError::Headers)?)
+                Some(substr(text, headers).ok_or(UriError::Headers)?)
             }
             _ => None,
         };
@@ -295,7 +301,7 @@ impl<'a> SipUri<'a> {
             password,
             host,
             port,
-            params: ascii_str(params).ok_or(UriError::Parameter)?,
+            params: substr(text, params).ok_or(UriError::Parameter)?,
             headers,
         })
     }
