@@ -1755,7 +1755,11 @@ impl Tcf {
         let Some(awaiting) = self.awaiting(key, request, false) else {
             return;
         };
-        let contact = format!("<sip:{}>", self.address);
+        // The same Contact as the dialog's other messages: the group number at this node.
+        let contact = match request_user(request) {
+            Some(user) => format!("<sip:{user}@{}>", self.address),
+            None => format!("<sip:{}>", self.address),
+        };
         self.group_reply(now, &awaiting, status, reason, Some(&contact), extension, body);
     }
 
