@@ -2302,15 +2302,14 @@ impl Tcf {
                 let Some(downlink) = home.downlinks.get_mut(target) else {
                     return;
                 };
-                if downlink.dialog.is_none() {
-                    downlink.dialog = Dialog::uac(&downlink.invite, &response).ok();
-                    if let Some(dialog) = &downlink.dialog {
-                        self.groups.by_dialog.insert(dialog.id().clone(), slot.clone());
-                    }
-                }
-                let negotiated = sdp::parse(response.body())
-                    .ok()
-                    .and_then(|answer| sdp::parse_answer(&downlink.offer, &answer).ok());
+                let negotiated = answered_session(
+                    &mut downlink.dialog,
+                    &downlink.invite,
+                    &downlink.offer,
+                    &response,
+                    &mut self.groups.by_dialog,
+                    &slot,
+                );
                 let leg = downlink.leg.id;
                 let _ = self.media.update_leg(leg, group_leg_spec(negotiated.as_ref(), true));
                 self.group_ack(&slot, &response);
@@ -2338,13 +2337,14 @@ impl Tcf {
                     self.group_ack(&slot, &response);
                     return;
                 };
-                member.dialog = Dialog::uac(&invite, &response).ok();
-                if let Some(dialog) = &member.dialog {
-                    self.groups.by_dialog.insert(dialog.id().clone(), slot.clone());
-                }
-                let negotiated = sdp::parse(response.body())
-                    .ok()
-                    .and_then(|answer| sdp::parse_answer(&offer, &answer).ok());
+                let negotiated = answered_session(
+                    &mut member.dialog,
+                    &invite,
+                    &offer,
+                    &response,
+                    &mut self.groups.by_dialog,
+                    &slot,
+                );
                 let leg = member.leg.id;
                 let _ = self.media.update_leg(leg, group_leg_spec(negotiated.as_ref(), true));
                 self.group_ack(&slot, &response);
@@ -2375,15 +2375,14 @@ impl Tcf {
                 let Some(talker) = local.talkers.get_mut(user) else {
                     return;
                 };
-                if talker.dialog.is_none() {
-                    talker.dialog = Dialog::uac(&talker.invite, &response).ok();
-                    if let Some(dialog) = &talker.dialog {
-                        self.groups.by_dialog.insert(dialog.id().clone(), slot.clone());
-                    }
-                }
-                let negotiated = sdp::parse(response.body())
-                    .ok()
-                    .and_then(|answer| sdp::parse_answer(&talker.offer, &answer).ok());
+                let negotiated = answered_session(
+                    &mut talker.dialog,
+                    &talker.invite,
+                    &talker.offer,
+                    &response,
+                    &mut self.groups.by_dialog,
+                    &slot,
+                );
                 let spec = group_leg_spec(negotiated.as_ref(), false);
                 talker.spec = Some(spec.clone());
                 let leg = talker.leg.id;
@@ -2725,6 +2724,26 @@ impl Tcf {
             }
         }
     }
+}
+
+/// A 2xx to one of our dialog-creating INVITEs: its UAC dialog (made once, indexed under
+/// `slot`) and what the answer negotiates for the leg.
+fn answered_session(
+    dialog: &mut Option<Dialog>,
+    invite: &Message,
+    offer: &Sdp,
+    response: &Message,
+    by_dialog: &mut HashMap<DialogId, Slot>,
+    slot: &Slot,
+) -> Option<sdp::Negotiated> {
+    if dialog.is_none() {
+        *dialog = Dialog::uac(invite, response).ok();
+        if let Some(dialog) = dialog {
+            by_dialog.insert(dialog.id().clone(), slot.clone());
+        }
+    }
+    let answer = sdp::parse(response.body()).ok()?;
+    sdp::parse_answer(offer, &answer).ok()
 }
 
 fn slot_of_home(slot: &Slot, gdn: &Number) -> bool {
