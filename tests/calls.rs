@@ -18,6 +18,14 @@ const A: usize = 0;
 const B: usize = 1;
 const C: usize = 2;
 
+/// The caller hangs up: 200 to its BYE, and the other side gets a BYE it answers.
+async fn hang_up(caller: &mut Phone, call: &mut Outgoing, other: &mut Phone) {
+    caller.in_dialog(call, "BYE", None).await;
+    caller.expect_response("BYE", 200).await;
+    let bye = other.expect_request("BYE").await;
+    other.ok(&bye).await;
+}
+
 /// Waits until no node holds a call any more (every resource freed).
 async fn assert_no_calls(cluster: &Cluster) {
     for index in 0..3 {
@@ -121,10 +129,7 @@ async fn f_sc_01_direct_answer_with_183_passed_through() {
     assert_eq!(caller.final_for(&mut call).await, 200);
     assert_eq!(caller.statuses("INVITE"), vec![100, 183, 200]);
     callee.expect_request("ACK").await;
-    caller.in_dialog(&mut call, "BYE", None).await;
-    caller.expect_response("BYE", 200).await;
-    let bye = callee.expect_request("BYE").await;
-    callee.ok(&bye).await;
+    hang_up(&mut caller, &mut call, &mut callee).await;
     assert_no_calls(&cluster).await;
     cluster.shutdown().await;
 }
@@ -150,10 +155,7 @@ async fn f_sc_02_callee_busy() {
     // The busy terminal saw nothing of the second call.
     assert!(busy.next(Duration::from_millis(300)).await.is_none());
 
-    first.in_dialog(&mut call, "BYE", None).await;
-    first.expect_response("BYE", 200).await;
-    let bye = busy.expect_request("BYE").await;
-    busy.ok(&bye).await;
+    hang_up(&mut first, &mut call, &mut busy).await;
     assert_no_calls(&cluster).await;
     cluster.shutdown().await;
 }
@@ -293,10 +295,7 @@ async fn f_sc_07_session_change_hold_and_resume() {
     }
     // Media still flows after the changes.
     check_rtp_flows(&caller, call.remote_rtp.unwrap(), &callee, 7).await;
-    caller.in_dialog(&mut call, "BYE", None).await;
-    caller.expect_response("BYE", 200).await;
-    let bye = callee.expect_request("BYE").await;
-    callee.ok(&bye).await;
+    hang_up(&mut caller, &mut call, &mut callee).await;
     assert_no_calls(&cluster).await;
     cluster.shutdown().await;
 }
@@ -384,10 +383,7 @@ async fn f_sc_09_forward_on_no_answer() {
     target.answer(&at_target).await;
     assert_eq!(caller.final_for(&mut call).await, 200);
     check_rtp_flows(&target, at_target.remote_rtp.unwrap(), &caller, 9).await;
-    caller.in_dialog(&mut call, "BYE", None).await;
-    caller.expect_response("BYE", 200).await;
-    let bye = target.expect_request("BYE").await;
-    target.ok(&bye).await;
+    hang_up(&mut caller, &mut call, &mut target).await;
     assert_no_calls(&cluster).await;
     cluster.shutdown().await;
 }
@@ -454,10 +450,7 @@ async fn f_sc_01_media_anchoring_always_and_edge() {
         );
         check_rtp_flows(&caller, call.remote_rtp.unwrap(), &callee, 10).await;
         check_rtp_flows(&callee, incoming.remote_rtp.unwrap(), &caller, 11).await;
-        caller.in_dialog(&mut call, "BYE", None).await;
-        caller.expect_response("BYE", 200).await;
-        let bye = callee.expect_request("BYE").await;
-        callee.ok(&bye).await;
+        hang_up(&mut caller, &mut call, &mut callee).await;
         assert_no_calls(&cluster).await;
         cluster.shutdown().await;
     }
