@@ -7,6 +7,11 @@ use clap::{Parser, Subcommand};
 use floorcast::config::{Config, LogFormat, Source};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's malloc: the SIP core allocates and frees small buffers per message,
+/// where glibc's allocator cost about a fifth of the SIP thread's time (BENCHMARKS.md, registration).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Floorcast: a B-TrunC trunking control function with a floor-gated RTP relay.
 #[derive(Debug, Parser)]
 #[command(version, about)]

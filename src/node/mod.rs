@@ -2,6 +2,7 @@
 //! then drains and stops. `run(config, shutdown)` in the mini-redis style: the caller decides
 //! what "shutdown" is (signals in `main`, a channel in tests).
 
+pub mod datagrams;
 pub mod metrics;
 pub mod sip;
 pub mod store;

@@ -3,15 +3,17 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::control::tcf::{Binding, Location, Now, Output, Registration, SipStats, StoreWrite, Tcf, TcfEvent};
+use crate::node::datagrams::{RecvDatagrams, SendDatagrams};
 use crate::node::store::{Store, Table};
 use crate::proto::Number;
 use crate::sip::{Frame, Message, Rejection, StreamFramer};
@@ -104,6 +106,10 @@ pub fn restore(tcf: &mut Tcf, store: &Store) -> anyhow::Result<()> {
 
 /// Most datagrams handled per wake-up before the answers go out (bounds the added latency).
 const RECEIVE_BURST: usize = 32;
+
+/// Bytes of receive buffers: as many datagram slots of `sip.max_message_size` as fit, up to
+/// [`RECEIVE_BURST`] (32 slots at the default 64 KiB).
+const RECEIVE_BUFFERS: usize = 2 * 1024 * 1024;
 
 /// What connection tasks tell the core task.
 enum Inbound {
@@ -199,26 +205,40 @@ fn spawn(
     let (inbound_sender, mut inbound) = mpsc::channel::<Inbound>(1024);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let task = tokio::spawn(async move {
-        let mut buffer = vec![0u8; limits.max_message_size + 1];
+        // One byte more than the longest message accepted, so that an oversize one shows.
+        let slot = limits.max_message_size + 1;
+        let mut inbound_datagrams = RecvDatagrams::new((RECEIVE_BUFFERS / slot).clamp(1, RECEIVE_BURST), slot);
+        let mut outbound_datagrams = SendDatagrams::new();
         let mut connections: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
         loop {
-            carry_out(&mut tcf, &socket, &connections, &store, &events).await;
+            carry_out(
+                &mut tcf,
+                &socket,
+                &mut outbound_datagrams,
+                &connections,
+                &store,
+                &events,
+            )
+            .await;
             let deadline = tokio::time::Instant::from_std(tcf.poll_timeout());
             tokio::select! {
-                received = socket.recv_from(&mut buffer) => match received {
-                    Ok((length, from)) => {
-                        let now = now();
-                        let datagram = Bytes::copy_from_slice(&buffer[..length]);
-                        tcf.handle_datagram(now, from, datagram);
-                        // Take what else is already queued (bounded) before sending anything:
-                        // one wake-up then serves a burst instead of one datagram.
-                        for _ in 1..RECEIVE_BURST {
-                            let Ok((length, from)) = socket.try_recv_from(&mut buffer) else { break };
-                            let datagram = Bytes::copy_from_slice(&buffer[..length]);
-                            tcf.handle_datagram(now, from, datagram);
+                ready = socket.readable() => {
+                    // One `recvmmsg` takes what is queued (bounded) before anything is sent:
+                    // one wake-up then serves a burst instead of one datagram.
+                    let received = match ready {
+                        Ok(()) => socket.try_io(Interest::READABLE, || inbound_datagrams.receive(socket.as_raw_fd())),
+                        Err(error) => Err(error),
+                    };
+                    match received {
+                        Ok(_) => {
+                            let now = now();
+                            for (from, bytes) in inbound_datagrams.datagrams() {
+                                tcf.handle_datagram(now, from, Bytes::copy_from_slice(bytes));
+                            }
                         }
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(error) => tracing::debug!(%error, "SIP receive failed"),
                     }
-                    Err(error) => tracing::debug!(%error, "SIP receive failed"),
                 },
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => match slots.clone().try_acquire_owned() {
@@ -244,7 +264,15 @@ fn spawn(
                 _ = shutdown.recv() => break,
             }
         }
-        carry_out(&mut tcf, &socket, &connections, &store, &events).await;
+        carry_out(
+            &mut tcf,
+            &socket,
+            &mut outbound_datagrams,
+            &connections,
+            &store,
+            &events,
+        )
+        .await;
         let flushed = tokio::task::spawn_blocking(move || store.flush()).await;
         if let Ok(Err(error)) = flushed {
             tracing::error!(%error, "store flush at shutdown failed");
@@ -321,6 +349,7 @@ fn answer(tcf: &Tcf, query: Query) {
 async fn carry_out(
     tcf: &mut Tcf,
     socket: &UdpSocket,
+    datagrams: &mut SendDatagrams,
     connections: &HashMap<SocketAddr, mpsc::Sender<Bytes>>,
     store: &Store,
     events: &broadcast::Sender<TcfEvent>,
@@ -335,16 +364,7 @@ async fn carry_out(
                         continue;
                     }
                 }
-                // Non-blocking first; only a full socket buffer waits.
-                let sent = match socket.try_send_to(&bytes, destination) {
-                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                        socket.send_to(&bytes, destination).await.map(|_| ())
-                    }
-                    other => other.map(|_| ()),
-                };
-                if let Err(error) = sent {
-                    tracing::debug!(%error, %destination, "SIP send failed");
-                }
+                datagrams.push(destination, bytes);
             }
             Output::Store(write) => {
                 let result = match write {
@@ -364,6 +384,29 @@ async fn carry_out(
             Output::Event(event) => {
                 tracing::debug!(?event, "sip event");
                 let _ = events.send(event);
+            }
+        }
+    }
+    send_datagrams(socket, datagrams).await;
+}
+
+/// Sends the queued datagrams with as few `sendmmsg` calls as the kernel allows. Only a full
+/// socket buffer waits; a datagram the kernel refuses (say, no route) is dropped and logged.
+async fn send_datagrams(socket: &UdpSocket, datagrams: &mut SendDatagrams) {
+    while !datagrams.is_empty() {
+        match socket.try_io(Interest::WRITABLE, || datagrams.send(socket.as_raw_fd())) {
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Err(error) = socket.writable().await {
+                    tracing::debug!(%error, "SIP socket not writable; dropping queued datagrams");
+                    datagrams.consume(datagrams.len());
+                }
+            }
+            Err(error) => {
+                if let Some((destination, _)) = datagrams.queued().first() {
+                    tracing::debug!(%error, %destination, "SIP send failed");
+                }
+                datagrams.consume(1);
             }
         }
     }
