@@ -3,6 +3,7 @@
 //! what "shutdown" is (signals in `main`, a channel in tests).
 
 pub mod datagrams;
+pub mod journal;
 pub mod metrics;
 pub mod sip;
 pub mod store;

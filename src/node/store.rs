@@ -2,17 +2,19 @@
 //! registrations (user number -> contact, serving node, expiry), dynamic regrouping and the
 //! stun/kill state of users.
 //!
-//! One [`Store`] per node wraps one embedded [redb](https://docs.rs/redb) file. Callers declare typed
-//! tables as constants ([`Table`]) and keep string keys (user numbers, group numbers); values are
-//! JSON so that a field added later with `#[serde(default)]` still reads rows written before it.
+//! One [`Store`] per node wraps one file, an append-only journal of row writes that is replayed
+//! into memory at open and compacted when mostly history (see [`crate::node::journal`]). Callers
+//! declare typed tables as constants ([`Table`]) and keep string keys (user numbers, group
+//! numbers); values are JSON so that a field added later with `#[serde(default)]` still reads rows
+//! written before it. Every committed row is held in memory (a few hundred bytes per user).
 //!
 //! # Writes: group commit
 //!
 //! [`Store::put`] and [`Store::remove`] serialize on the caller's thread and queue the row for a
 //! writer thread; they do not wait for the disk. The writer commits everything queued within
 //! [`StoreOptions::commit_interval`] of the first queued row (sooner once
-//! [`StoreOptions::max_batch`] rows are queued, or when [`Store::flush`] asks) as one redb write
-//! transaction: one fsync per batch, not per write. A row written again before its batch starts
+//! [`StoreOptions::max_batch`] rows are queued, or when [`Store::flush`] asks) as one append to
+//! the journal: one `fdatasync` per batch, not per write. A row written again before its batch starts
 //! replaces the queued one, so a burst of re-REGISTERs from one user costs one row.
 //!
 //! # Reads: read-your-writes
@@ -32,7 +34,8 @@
 //!
 //! # Crash window
 //!
-//! redb commits are atomic: after a crash the file holds exactly the batches committed before it.
+//! A batch is durable once its `fdatasync` returned; a crash during one leaves a torn tail that
+//! the next open cuts off, so the file holds exactly the batches committed before the crash.
 //! A kill therefore loses the writes accepted but not yet committed: about the last
 //! `commit_interval` plus the duration of one commit, more if the disk was backlogged. Whatever
 //! [`Store::flush`] or [`Store::put_durable`] returned `Ok` for survives.
@@ -58,7 +61,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableTable, TableDefinition, TableError};
+use crate::node::journal::{Journal, Tables};
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -120,7 +124,7 @@ impl StoreOptions {
 /// pub const REGISTRATIONS: Table<Registration> = Table::new("registrations");
 /// ```
 ///
-/// The name is the redb table name, so it must stay stable across releases, and two constants
+/// The name is stored with every row, so it must stay stable across releases, and two constants
 /// with one name must have one value type.
 pub struct Table<T> {
     name: &'static str,
@@ -175,6 +179,8 @@ pub struct StoreStats {
     pub rows_lost: u64,
     /// Stored rows that `scan` skipped because they did not decode.
     pub rows_skipped: u64,
+    /// Rewrites of the journal that dropped its history.
+    pub compactions: u64,
     /// Rows waiting for the next batch now.
     pub queued_rows: u64,
 }
@@ -183,23 +189,23 @@ pub struct StoreStats {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The database file could not be opened or created: bad path or permissions, another
-    /// process (or another open [`Store`]) holds it, or it is not a redb file.
+    /// The store file could not be opened, read or created: bad path or permissions, another
+    /// process (or another open [`Store`]) holds it, or it is not a store file.
     #[error("cannot open the state store {path}: {source}")]
     Open {
         /// The file.
         path: PathBuf,
         /// Why.
         #[source]
-        source: redb::DatabaseError,
+        source: std::io::Error,
     },
     /// The writer thread could not be started.
     #[error("cannot start the state store writer: {0}")]
     Io(#[source] std::io::Error),
-    /// The storage engine failed a read or a commit (I/O error, full disk, detected corruption).
-    /// Writes that a failed commit held stay queued and are retried.
+    /// A commit failed (I/O error, full disk). Writes that a failed commit held stay queued and
+    /// are retried.
     #[error("state store: {0}")]
-    Database(#[source] Arc<redb::Error>),
+    Database(#[source] Arc<std::io::Error>),
     /// A value could not be serialized; nothing was queued.
     #[error("cannot encode {table}/{key}: {source}")]
     Encode {
@@ -251,21 +257,23 @@ impl Store {
     /// for a large file).
     pub fn open(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         let options = options.normalized();
-        let database = Arc::new(Database::create(path).map_err(|source| StoreError::Open {
+        let (journal, opened) = Journal::open(path).map_err(|source| StoreError::Open {
             path: path.to_owned(),
             source,
-        })?);
+        })?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::new(Arc::clone(&database))),
+            state: Mutex::new(State::new(opened.tables)),
             wake_writer: Condvar::new(),
             progress: Condvar::new(),
             options,
+            #[cfg(test)]
+            stall: Mutex::new(()),
         });
         let writer = std::thread::Builder::new()
             .name("floorcast-store".to_owned())
             .spawn({
                 let shared = Arc::clone(&shared);
-                move || run_writer(&shared, &database)
+                move || run_writer(&shared, journal)
             })
             .map_err(StoreError::Io)?;
         Ok(Store {
@@ -320,56 +328,49 @@ impl Store {
 
     /// The value under `key`, including writes not committed yet.
     pub fn get<T: DeserializeOwned>(&self, table: &Table<T>, key: &str) -> Result<Option<T>, StoreError> {
-        let database = {
+        let bytes = {
             let state = self.inner.shared.lock();
-            if state.closing {
+            if state.closing || !state.open {
                 return Err(StoreError::Closed);
             }
             match state.queued(table.name, key) {
                 Some(None) => return Ok(None),
-                Some(Some(bytes)) => {
-                    let bytes = bytes.clone();
-                    drop(state);
-                    return decode(table.name, key, &bytes).map(Some);
-                }
-                // Not written since its last commit: the committed value is the latest, and a
-                // read transaction begun after this point sees it (or a newer one).
-                None => state.database.clone().ok_or(StoreError::Closed)?,
+                Some(Some(bytes)) => bytes.clone(),
+                // Not written since its last commit: the committed value is the latest.
+                None => match state.committed.get(table.name).and_then(|rows| rows.get(key)) {
+                    Some(bytes) => bytes.clone(),
+                    None => return Ok(None),
+                },
             }
         };
-        let transaction = database.begin_read().map_err(database_error)?;
-        let stored = match transaction.open_table(definition(table.name)) {
-            Ok(stored) => stored,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(error) => return Err(database_error(error)),
-        };
-        match stored.get(key).map_err(database_error)? {
-            Some(value) => decode(table.name, key, value.value()).map(Some),
-            None => Ok(None),
-        }
+        decode(table.name, key, &bytes).map(Some)
     }
 
     /// Every row of the table, by key, including writes not committed yet. Rows that do not
     /// decode are skipped, logged and counted in [`StoreStats::rows_skipped`]: a corrupted or
     /// outdated row must not keep the node from starting.
     pub fn scan<T: DeserializeOwned>(&self, table: &Table<T>) -> Result<Vec<(String, T)>, StoreError> {
-        let (transaction, queued) = {
+        // Copied under the lock: the committed rows and the queued ones are one consistent state.
+        let rows: HashMap<String, Option<Vec<u8>>> = {
             let state = self.inner.shared.lock();
-            if state.closing {
+            if state.closing || !state.open {
                 return Err(StoreError::Closed);
             }
-            let database = state.database.clone().ok_or(StoreError::Closed)?;
-            // Begun under the lock, so that no batch can both commit and leave the queued rows
-            // between this snapshot and the copy of the queue below: together they are one
-            // consistent state (a batch committing right now is in both, with the same values).
-            let transaction = database.begin_read().map_err(database_error)?;
-            let mut queued = HashMap::new();
-            for rows in [&state.committing, &state.pending] {
-                if let Some(rows) = rows.get(table.name) {
-                    queued.extend(rows.iter().map(|(key, value)| (key.clone(), value.clone())));
+            let mut rows: HashMap<String, Option<Vec<u8>>> = state
+                .committed
+                .get(table.name)
+                .map(|rows| {
+                    rows.iter()
+                        .map(|(key, value)| (key.clone(), Some(value.clone())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for queued in [&*state.committing, &state.pending] {
+                if let Some(queued) = queued.get(table.name) {
+                    rows.extend(queued.iter().map(|(key, value)| (key.clone(), value.clone())));
                 }
             }
-            (transaction, queued)
+            rows
         };
         let mut values = BTreeMap::new();
         let mut skipped = 0;
@@ -383,19 +384,7 @@ impl Store {
                     tracing::warn!(table = table.name, %key, %error, "skipping a stored row that does not decode");
                 }
             };
-        match transaction.open_table(definition(table.name)) {
-            Ok(stored) => {
-                for row in stored.iter().map_err(database_error)? {
-                    let (key, value) = row.map_err(database_error)?;
-                    if !queued.contains_key(key.value()) {
-                        keep(key.value().to_owned(), value.value(), &mut values);
-                    }
-                }
-            }
-            Err(TableError::TableDoesNotExist(_)) => {}
-            Err(error) => return Err(database_error(error)),
-        }
-        for (key, value) in queued {
+        for (key, value) in rows {
             if let Some(bytes) = value {
                 keep(key, &bytes, &mut values);
             }
@@ -434,7 +423,7 @@ impl Inner {
     fn shutdown(&self) -> Result<(), StoreError> {
         {
             let mut state = self.shared.lock();
-            if state.database.is_none() {
+            if !state.open {
                 return Ok(());
             }
             state.closing = true;
@@ -445,9 +434,9 @@ impl Inner {
         let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
         let panicked = writer.is_some_and(|writer| writer.join().is_err());
         let mut state = self.shared.lock();
-        // The writer has dropped its reference; this one closes the file (once any read that
-        // is still running finishes), so it can be reopened.
-        state.database = None;
+        // The writer has closed the file (so it can be reopened); forget the rows.
+        state.open = false;
+        state.committed = Arc::default();
         if panicked {
             tracing::error!(path = %self.path.display(), "the state store writer panicked; queued writes are lost");
             return Err(StoreError::Closed);
@@ -479,11 +468,16 @@ struct Shared {
     /// Signalled when the writer made progress: room in the queue, a batch finished, exit.
     progress: Condvar,
     options: StoreOptions,
+    /// Held by a test to stall the writer like a hung disk.
+    #[cfg(test)]
+    stall: Mutex<()>,
 }
 
 struct State {
-    /// For reads; `None` once closed.
-    database: Option<Arc<Database>>,
+    /// Until closed.
+    open: bool,
+    /// The committed rows (the writer changes them; a compaction reads a snapshot).
+    committed: Arc<Tables>,
     /// Rows waiting for the next batch.
     pending: Rows,
     pending_rows: usize,
@@ -495,9 +489,9 @@ struct State {
     batches_done: u64,
     /// The latest batch whose commit failed (0: none).
     last_failed_batch: u64,
-    last_error: Option<Arc<redb::Error>>,
+    last_error: Option<Arc<std::io::Error>>,
     /// The failure of the last commit at close, for [`Store::close`] to report.
-    close_error: Option<Arc<redb::Error>>,
+    close_error: Option<Arc<std::io::Error>>,
     /// A flush waits: commit without waiting out the interval.
     urgent: bool,
     /// Closing: refuse new work, commit what is queued, exit.
@@ -510,9 +504,10 @@ struct State {
 }
 
 impl State {
-    fn new(database: Arc<Database>) -> Self {
+    fn new(committed: Tables) -> Self {
         Self {
-            database: Some(database),
+            open: true,
+            committed: Arc::new(committed),
             pending: Rows::new(),
             pending_rows: 0,
             committing: Arc::default(),
@@ -616,7 +611,7 @@ impl Shared {
 
 /// The writer thread: takes the queued rows as one batch when the interval is over (or the batch
 /// is big enough, or a flush or close asks), commits it, and repeats until closed and drained.
-fn run_writer(shared: &Shared, database: &Database) {
+fn run_writer(shared: &Shared, mut journal: Journal) {
     let _exit = WriterExit(shared);
     let options = &shared.options;
     let mut window_end: Option<Instant> = None;
@@ -666,23 +661,30 @@ fn run_writer(shared: &Shared, database: &Database) {
 
         let started = Instant::now();
         let result = if inject_failure {
-            Err(Box::new(redb::Error::Corrupted("injected by a test".to_owned())))
+            Err(std::io::Error::other("injected by a test"))
         } else {
-            write_batch(database, &batch)
+            #[cfg(test)]
+            let _stalled = shared.stall.lock().unwrap_or_else(PoisonError::into_inner);
+            write_batch(&mut journal, &batch)
         };
 
         state = shared.lock();
         state.committing = Arc::default();
         state.batches_done = number;
+        let mut compact = None;
         match result {
             Ok(()) => {
                 state.stats.commits += 1;
                 state.stats.rows_written += rows as u64;
                 retry_delay = FIRST_RETRY_DELAY;
+                apply(&mut state, &mut journal, Arc::unwrap_or_clone(batch));
+                if journal.wants_compaction() {
+                    compact = Some(Arc::clone(&state.committed));
+                }
                 tracing::trace!(batch = number, rows, elapsed = ?started.elapsed(), "state store batch committed");
             }
             Err(error) => {
-                let error: Arc<redb::Error> = Arc::from(error);
+                let error = Arc::new(error);
                 state.stats.failed_commits += 1;
                 state.last_failed_batch = number;
                 state.last_error = Some(Arc::clone(&error));
@@ -702,6 +704,46 @@ fn run_writer(shared: &Shared, database: &Database) {
             }
         }
         shared.progress.notify_all();
+        if let Some(snapshot) = compact {
+            // Outside the lock: reads and new writes go on; only this thread changes the rows,
+            // so the snapshot is what the journal holds.
+            drop(state);
+            let started = Instant::now();
+            let result = journal.compact(&snapshot);
+            drop(snapshot);
+            match result {
+                Ok(()) => {
+                    tracing::info!(bytes = journal.length(), elapsed = ?started.elapsed(), "state store compacted")
+                }
+                Err(error) => tracing::warn!(%error, "state store compaction failed; the journal stays as it was"),
+            }
+            state = shared.lock();
+            state.stats.compactions = journal.compactions;
+        }
+    }
+}
+
+/// Moves a committed batch into the committed rows.
+fn apply(state: &mut State, journal: &mut Journal, batch: Rows) {
+    let committed = Arc::make_mut(&mut state.committed);
+    for (table, rows) in batch {
+        let stored = match committed.get_mut(table) {
+            Some(stored) => stored,
+            None => committed.entry(table.to_owned()).or_default(),
+        };
+        for (key, value) in rows {
+            match value {
+                Some(bytes) => {
+                    journal.account(table, &key, stored.get(&key).map(Vec::as_slice), Some(&bytes));
+                    stored.insert(key, bytes);
+                }
+                None => {
+                    if let Some(before) = stored.remove(&key) {
+                        journal.account(table, &key, Some(&before), None);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -728,27 +770,12 @@ impl Drop for WriterExit<'_> {
     }
 }
 
-/// Writes and commits one batch. The error is boxed: redb's is large, and it is kept anyway.
-fn write_batch(database: &Database, batch: &Rows) -> Result<(), Box<redb::Error>> {
-    fn boxed(error: impl Into<redb::Error>) -> Box<redb::Error> {
-        Box::new(error.into())
-    }
-    let transaction = database.begin_write().map_err(boxed)?;
-    for (&table, rows) in batch {
-        let mut stored = transaction.open_table(definition(table)).map_err(boxed)?;
-        for (key, value) in rows {
-            match value {
-                Some(bytes) => drop(stored.insert(key.as_str(), bytes.as_slice()).map_err(boxed)?),
-                None => drop(stored.remove(key.as_str()).map_err(boxed)?),
-            }
-        }
-    }
-    transaction.commit().map_err(boxed)
-}
-
-/// Every table stores JSON bytes under string keys; the value type lives in [`Table`].
-fn definition(name: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
-    TableDefinition::new(name)
+/// Appends one batch to the journal and makes it durable.
+fn write_batch(journal: &mut Journal, batch: &Rows) -> std::io::Result<()> {
+    journal.append(batch.iter().flat_map(|(&table, rows)| {
+        rows.iter()
+            .map(move |(key, value)| (table, key.as_str(), value.as_deref()))
+    }))
 }
 
 fn encode<T: Serialize>(table: &'static str, key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
@@ -765,10 +792,6 @@ fn decode<T: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> 
         key: key.to_owned(),
         source,
     })
-}
-
-fn database_error(error: impl Into<redb::Error>) -> StoreError {
-    StoreError::Database(Arc::new(error.into()))
 }
 
 #[cfg(test)]
@@ -815,7 +838,7 @@ mod tests {
     }
 
     fn database_path(directory: &TempDir) -> PathBuf {
-        directory.path().join("state.redb")
+        directory.path().join("state.db")
     }
 
     /// Options under which the writer commits only on `max_batch`, flush or close.
@@ -826,20 +849,10 @@ mod tests {
         }
     }
 
-    fn raw_database(store: &Store) -> Arc<Database> {
-        store.inner.shared.lock().database.clone().unwrap()
-    }
-
     /// What is committed, bypassing the queue.
     fn committed(store: &Store, table: &str, key: &str) -> Option<Vec<u8>> {
-        let database = raw_database(store);
-        let transaction = database.begin_read().unwrap();
-        let stored = match transaction.open_table(definition(table)) {
-            Ok(stored) => stored,
-            Err(TableError::TableDoesNotExist(_)) => return None,
-            Err(error) => panic!("{error}"),
-        };
-        stored.get(key).unwrap().map(|value| value.value().to_vec())
+        let state = store.inner.shared.lock();
+        state.committed.get(table).and_then(|rows| rows.get(key)).cloned()
     }
 
     #[test]
@@ -1057,17 +1070,15 @@ mod tests {
                 .unwrap();
         }
         store.flush().unwrap();
-        {
-            // Garbage, and a row of an older schema, written under the same table.
-            let database = raw_database(&store);
-            let transaction = database.begin_write().unwrap();
-            {
-                let mut stored = transaction.open_table(definition("registrations")).unwrap();
-                stored.insert("15", b"\xff\x00garbage".as_slice()).unwrap();
-                stored.insert("25", br#"{"contact":5}"#.as_slice()).unwrap();
-            }
-            transaction.commit().unwrap();
-        }
+        // Garbage, and a row of an older schema, written under the same table.
+        let shared = &store.inner.shared;
+        shared
+            .enqueue("registrations", "15", Some(b"\xff\x00garbage".to_vec()))
+            .unwrap();
+        shared
+            .enqueue("registrations", "25", Some(br#"{"contact":5}"#.to_vec()))
+            .unwrap();
+        store.flush().unwrap();
 
         let rows = store.scan(&REGISTRATIONS).unwrap();
         assert_eq!(
@@ -1094,6 +1105,45 @@ mod tests {
     }
 
     #[test]
+    fn a_journal_of_mostly_history_is_compacted_and_loses_nothing() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = database_path(&directory);
+        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        let row = |user: u64, round: u64| Registration {
+            expires: round,
+            ..registration(user)
+        };
+        // About 200 rows of ~90 bytes rewritten until the journal passed the compaction size
+        // more than once.
+        let mut round = 0;
+        while store.stats().compactions < 2 {
+            assert!(round < 2_000, "no compaction after {round} rounds: {:?}", store.stats());
+            for user in 0..200 {
+                store.put(&REGISTRATIONS, &user.to_string(), &row(user, round)).unwrap();
+            }
+            store.remove(&REGISTRATIONS, &(round % 200).to_string()).unwrap();
+            store.flush().unwrap();
+            round += 1;
+        }
+        let last = round - 1;
+        let expected = |user: u64| (user != last % 200).then(|| row(user, last));
+        for user in 0..200 {
+            assert_eq!(store.get(&REGISTRATIONS, &user.to_string()).unwrap(), expected(user));
+        }
+        store.close().unwrap();
+        assert!(
+            std::fs::metadata(&path).unwrap().len() < crate::node::journal::COMPACT_MIN_BYTES,
+            "the journal was not cut down"
+        );
+        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        let rows: HashMap<String, Registration> = store.scan(&REGISTRATIONS).unwrap().into_iter().collect();
+        assert_eq!(rows.len(), 199);
+        for user in 0..200 {
+            assert_eq!(rows.get(&user.to_string()).cloned(), expected(user), "user {user}");
+        }
+    }
+
+    #[test]
     fn a_full_queue_blocks_then_refuses() {
         let directory = tempfile::tempdir().unwrap();
         let options = StoreOptions {
@@ -1103,9 +1153,8 @@ mod tests {
             ..StoreOptions::default()
         };
         let store = Store::open(&database_path(&directory), options).unwrap();
-        // Holding redb's single write transaction stalls the writer like a hung disk.
-        let database = raw_database(&store);
-        let stall = database.begin_write().unwrap();
+        // Holding the stall lock stalls the writer like a hung disk.
+        let stall = store.inner.shared.stall.lock().unwrap();
 
         let mut accepted = Vec::new();
         let refused = loop {
@@ -1132,7 +1181,6 @@ mod tests {
             late.join().unwrap().unwrap();
         });
         store.flush().unwrap();
-        drop(database);
 
         let rows: HashMap<String, Restriction> = store.scan(&RESTRICTIONS).unwrap().into_iter().collect();
         assert_eq!(rows.len(), accepted.len() + 1);
