@@ -128,10 +128,11 @@ fn f_up_06_malformed_flood_leaves_healthy_call_intact() {
 }
 
 /// Ports run out cleanly (an error for the caller, not a panic), and freed ports come back
-/// after their quarantine, not before.
+/// after their quarantine, not before. (The exact ports asserted here lie below Linux's
+/// ephemeral range, 32768–60999, so that no socket bound to port 0 elsewhere can hold one.)
 #[test]
 fn port_exhaustion_and_release() {
-    let mut config = media_config(43200, 43207); // four port pairs
+    let mut config = media_config(23200, 23207); // four port pairs
     config.port_quarantine = Duration::from_millis(300);
     let engine = floorcast::io::Engine::start(&config, "ports").unwrap();
     let bridge = engine.create_bridge(BridgeKind::Group(Default::default())).unwrap();
@@ -143,7 +144,7 @@ fn port_exhaustion_and_release() {
         Err(EngineError::PortsExhausted)
     ));
     let ports: Vec<u16> = legs.iter().map(|leg| leg.local_rtp.port()).collect();
-    assert_eq!(ports, vec![43200, 43202, 43204, 43206]);
+    assert_eq!(ports, vec![23200, 23202, 23204, 23206]);
     assert!(legs.iter().all(|leg| leg.local_rtcp.port() == leg.local_rtp.port() + 1));
 
     engine.remove_leg(legs[1].id).unwrap();
@@ -153,7 +154,7 @@ fn port_exhaustion_and_release() {
     ));
     std::thread::sleep(Duration::from_millis(350));
     let again = engine.add_leg(bridge, LegSpec::default()).unwrap();
-    assert_eq!(again.local_rtp.port(), 43202);
+    assert_eq!(again.local_rtp.port(), 23202);
 
     // Removing the bridge frees every leg's ports.
     engine.remove_bridge(bridge).unwrap();
@@ -179,11 +180,11 @@ fn port_exhaustion_and_release() {
 /// A port taken by another program is skipped, not fatal.
 #[test]
 fn port_in_use_elsewhere_is_skipped() {
-    let squatter = std::net::UdpSocket::bind("127.0.0.1:43301").unwrap(); // RTCP port of pair 43300
-    let engine = engine(43300, 43309);
+    let squatter = std::net::UdpSocket::bind("127.0.0.1:23301").unwrap(); // RTCP port of pair 23300
+    let engine = engine(23300, 23309);
     let bridge = engine.create_bridge(BridgeKind::Relay).unwrap();
     let leg = engine.add_leg(bridge, LegSpec::default()).unwrap();
-    assert_eq!(leg.local_rtp.port(), 43302);
+    assert_eq!(leg.local_rtp.port(), 23302);
     drop(squatter);
 }
 
@@ -192,7 +193,7 @@ fn port_in_use_elsewhere_is_skipped() {
 /// forwards again at once, none stuck.
 #[test]
 fn overload_then_recovery_every_leg_forwards() {
-    let mut config = media_config(43400, 43599);
+    let mut config = media_config(23400, 23599);
     config.socket_rcvbuf = 65_536; // small queues: overload shows as kernel drops quickly
     let engine = floorcast::io::Engine::start(&config, "overload").unwrap();
     const CALLS: usize = 20;
