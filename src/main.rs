@@ -9,6 +9,8 @@ use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of glibc's malloc: the SIP core allocates and frees small buffers per message,
 /// where glibc's allocator cost about a fifth of the SIP thread's time (BENCHMARKS.md, registration).
+/// `--no-default-features` builds with the system allocator instead.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
