@@ -15,6 +15,8 @@
 #   SLOTS=10       concurrent cycling group calls (cycle); CYCLE_SPURT_MS=0 (a spurt per cycle)
 #   DURATION=20    traffic seconds; RAMP_START=20 RAMP_STEP=10 RAMP_MAX=200 RAMP_STEP_S=20
 #   BASE_PORT=5721 SIP port of node 0; OUT=/tmp/floorcast-bench-groups (network, JSON reports)
+#   RELEASE_DELAY_MS  pause between a talker's last packet and its release (ramp 40, else 0)
+#   MAX_LOSS=0 MAX_P99_MS=50  the SLO of a level or run (loss fraction, mouth-to-ear p99)
 #   WORKERS=1      media workers per node (3 nodes share the 2 cores)
 #   PORT_QUARANTINE_MS  a freed media port's quarantine (node default 5000; cycle: 1000, since
 #                  cycles use up legs × rate × quarantine port pairs)
@@ -28,7 +30,7 @@ mode=${1:-}
 case "$mode" in
 ramp | switch | cycle) ;;
 *)
-    sed -n '2,22p' "$0"
+    sed -n '2,25p' "$0"
     exit 2
     ;;
 esac
@@ -106,7 +108,11 @@ for pid in "${pids[@]}"; do
 done
 echo "== $(date -u +%FT%TZ) $mode: $NODES node(s), $MEMBERS members per group; uptime:$(uptime | sed 's/.*load average/ load average/')" >&2
 
-common=(--release-delay-ms 0 --max-loss 0 --max-p99-ms 50 --quiet "${node_args[@]}")
+# The ramp (fan-out capacity) releases 40 ms after the last packet, as the one-node ramps in
+# BENCHMARKS.md did: a release overtaking the talker's last packets under scheduling delays
+# beyond the node's 60 ms release grace would otherwise cap every level (tools/README.md).
+[ "$mode" = ramp ] && RELEASE_DELAY_MS=${RELEASE_DELAY_MS:-40}
+common=(--release-delay-ms "${RELEASE_DELAY_MS:-0}" --max-loss "${MAX_LOSS:-0}" --max-p99-ms "${MAX_P99_MS:-50}" --quiet "${node_args[@]}")
 status=0
 case "$mode" in
 ramp)
