@@ -417,6 +417,10 @@ fn listeners_on_other_nodes_than_the_group_home_lose_nothing() {
     assert_eq!(u64_at(&report, "/groups/media_at_other_nodes/lost"), 0, "{text}");
     assert!(u64_at(&report, "/groups/switch_at_other_nodes/count") > 0, "{text}");
     assert!(u64_at(&report, "/groups/switch_at_group_home/count") > 0, "{text}");
+    assert!(
+        u64_at(&report, "/groups/floor_grant_at_other_nodes/count") > 0,
+        "{text}"
+    );
     assert_clean_media(&report, &text);
 }
 

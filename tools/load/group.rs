@@ -133,6 +133,11 @@ impl GroupCall {
         self.plan().slots[position]
     }
 
+    /// Whether the member is served by another TCF than the group's home.
+    fn remote(&self, position: usize) -> bool {
+        self.ctx.plan.slots[self.slot(position) as usize].remote
+    }
+
     fn number(&self, position: usize) -> String {
         self.ctx.plan.terminals[self.terminal(position)].number.clone()
     }
@@ -491,9 +496,11 @@ impl GroupCall {
                 }
                 Ok(answered) if answered.status == 200 && answered.extension.contains("pttaccept") => {
                     let now = Instant::now();
+                    let place = usize::from(self.remote(position));
                     let mut control = lock(&self.ctx.shared.control);
                     control.counters.floor_granted += 1;
                     record(&mut control.latencies.floor_grant, now - sent);
+                    record(&mut control.latencies.floor_grant_by_place[place], now - sent);
                     granted_now = Some((position, now));
                 }
                 Ok(_) => lock(&self.ctx.shared.control).counters.floor_rejected += 1,
@@ -653,9 +660,11 @@ impl GroupCall {
             match ua.reinvite(&call_id, "pttrequest", Direction::SendOnly).await {
                 Ok(answered) if answered.status == 200 && answered.extension.contains("pttaccept") => {
                     let now = Instant::now();
+                    let place = usize::from(self.remote(position));
                     let mut control = lock(&self.ctx.shared.control);
                     control.counters.floor_granted += 1;
                     record(&mut control.latencies.floor_grant, now - sent);
+                    record(&mut control.latencies.floor_grant_by_place[place], now - sent);
                     drop(control);
                     self.holder = Some(position);
                     return Some(now);

@@ -61,6 +61,9 @@ pub struct Latencies {
     /// Group call set-up to the last member joined (INVITE → every member's ACK).
     pub group_setup_all: Histogram<u64>,
     pub floor_grant: Histogram<u64>,
+    /// Floor grants of requesters served by the group's home (`[0]`) and by other TCFs (`[1]`,
+    /// whose request and grant cross a member TCF).
+    pub floor_grant_by_place: [Histogram<u64>; 2],
     pub queued_grant: Histogram<u64>,
     pub release: Histogram<u64>,
     pub teardown: Histogram<u64>,
@@ -76,6 +79,7 @@ impl Default for Latencies {
             join: histogram(),
             group_setup_all: histogram(),
             floor_grant: histogram(),
+            floor_grant_by_place: [histogram(), histogram()],
             queued_grant: histogram(),
             release: histogram(),
             teardown: histogram(),
