@@ -1,7 +1,8 @@
 //! One group call, driven as its members would: the first member sets it up (INVITE to the
 //! group number), the others are invited by the TCF and answer; then the floor moves in the
 //! scenario's pattern (re-INVITEs `pttrequest` / `pttreleasefloor` in the members' sessions)
-//! and each holder talks for a spurt; the initiator's BYE ends it.
+//! and each holder talks for a spurt; the initiator's BYE ends it. In cycle mode the call is set
+//! up and torn down again and again (group calls per second).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -53,6 +54,8 @@ struct GroupCall {
     revoked: bool,
     spurts: u32,
     failure: Option<Failure>,
+    /// Cycle mode: the first failure of any cycle (what the outcome reports).
+    first_failure: Option<Failure>,
     rng: StdRng,
 }
 
@@ -88,6 +91,7 @@ pub async fn run(
         revoked: false,
         spurts: 0,
         failure: None,
+        first_failure: None,
         rng: StdRng::seed_from_u64(seed),
     };
     tokio::time::sleep(start_after).await;
@@ -101,8 +105,12 @@ pub async fn run(
                 break;
             }
         }
-        call.traffic().await;
-        call.tear_down().await;
+        if ctx.scenario.group.cycle {
+            call.cycles().await;
+        } else {
+            call.traffic().await;
+            call.tear_down().await;
+        }
         ctx.shared.groups_up.fetch_sub(1, Ordering::Relaxed);
     }
     call.finish();
@@ -123,6 +131,11 @@ impl GroupCall {
 
     fn slot(&self, position: usize) -> u32 {
         self.plan().slots[position]
+    }
+
+    /// Whether the member is served by another TCF than the group's home.
+    fn remote(&self, position: usize) -> bool {
+        self.ctx.plan.slots[self.slot(position) as usize].remote
     }
 
     fn number(&self, position: usize) -> String {
@@ -334,6 +347,12 @@ impl GroupCall {
             }
         }
         let missing = self.members.len() - self.joined_count();
+        if missing == 0 {
+            record(
+                &mut lock(&self.ctx.shared.control).latencies.group_setup_all,
+                sent.elapsed(),
+            );
+        }
         if missing > 0 {
             let absent: Vec<String> = (0..self.members.len())
                 .filter(|&position| !self.members[position].joined)
@@ -477,9 +496,11 @@ impl GroupCall {
                 }
                 Ok(answered) if answered.status == 200 && answered.extension.contains("pttaccept") => {
                     let now = Instant::now();
+                    let place = usize::from(self.remote(position));
                     let mut control = lock(&self.ctx.shared.control);
                     control.counters.floor_granted += 1;
                     record(&mut control.latencies.floor_grant, now - sent);
+                    record(&mut control.latencies.floor_grant_by_place[place], now - sent);
                     granted_now = Some((position, now));
                 }
                 Ok(_) => lock(&self.ctx.shared.control).counters.floor_rejected += 1,
@@ -639,9 +660,11 @@ impl GroupCall {
             match ua.reinvite(&call_id, "pttrequest", Direction::SendOnly).await {
                 Ok(answered) if answered.status == 200 && answered.extension.contains("pttaccept") => {
                     let now = Instant::now();
+                    let place = usize::from(self.remote(position));
                     let mut control = lock(&self.ctx.shared.control);
                     control.counters.floor_granted += 1;
                     record(&mut control.latencies.floor_grant, now - sent);
+                    record(&mut control.latencies.floor_grant_by_place[place], now - sent);
                     drop(control);
                     self.holder = Some(position);
                     return Some(now);
@@ -684,10 +707,71 @@ impl GroupCall {
         None
     }
 
-    async fn tear_down(&mut self) {
+    /// Cycle mode: the call is up; an optional spurt by the initiator, the BYE, every member's
+    /// BYE, and a new set-up — until the run stops. A cycle that goes wrong is counted and
+    /// reported (the first failure is the outcome's); the slot goes on with a new cycle.
+    async fn cycles(&mut self) {
+        let spurt = Duration::from_millis(self.ctx.scenario.group.cycle_spurt_ms);
+        let mut up = true;
+        loop {
+            if up && self.joined_count() < self.members.len() {
+                self.fail("member(s) not invited within the set-up timeout".to_owned());
+            }
+            if up && !spurt.is_zero() && self.holder == Some(0) && !self.ctx.shared.stopping() {
+                let (talking, started) = self.start_spurt(0, Instant::now());
+                self.pause(started + spurt, false).await;
+                self.end_spurt(talking).await;
+            }
+            let complete = up && self.tear_down().await;
+            let counted_in_time = !self.ctx.shared.stopping();
+            {
+                let mut control = lock(&self.ctx.shared.control);
+                if complete && self.failure.is_none() {
+                    if counted_in_time {
+                        control.counters.cycles_completed += 1;
+                    }
+                } else {
+                    control.counters.cycles_failed += 1;
+                }
+            }
+            if self.failure.is_some() {
+                // Whatever is left of the failed call: the initiator hangs up (ignoring the
+                // outcome), then a pause before the next cycle.
+                if let Some(call_id) = self.members[0].call_id.clone() {
+                    let ua = self.ctx.uas[self.terminal(0)].clone();
+                    let _ = ua.bye(&call_id).await;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            if self.ctx.shared.stopping() {
+                break;
+            }
+            self.next_cycle();
+            up = self.set_up().await;
+        }
+    }
+
+    /// Cycle mode: forgets the previous call (its members, floor and failure) and takes a new
+    /// session id for the next.
+    fn next_cycle(&mut self) {
+        if self.first_failure.is_none() {
+            self.first_failure = self.failure.take();
+        }
+        self.failure = None;
+        // What is still queued belongs to the previous call (a late BYE, an INFO).
+        while self.events.try_recv().is_ok() {}
+        self.session = self.ctx.shared.session_id();
+        self.members = vec![Member::default(); self.members.len()];
+        self.holder = None;
+        self.granted.clear();
+        self.revoked = false;
+    }
+
+    /// The initiator's BYE; every other member must get the TCF's BYE. Returns whether all did.
+    async fn tear_down(&mut self) -> bool {
         self.absorb_queued();
         let Some(call_id) = self.members[0].call_id.clone() else {
-            return;
+            return false;
         };
         let ua = self.ctx.uas[self.terminal(0)].clone();
         // Every spurt is over: memberships end now (what comes later is not expected). The
@@ -696,7 +780,9 @@ impl GroupCall {
         for position in 0..self.members.len() {
             self.leave(position, over);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if self.spurts > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let sent = Instant::now();
         let ended = match ua.bye(&call_id).await {
             Ok(_) => true,
@@ -708,7 +794,7 @@ impl GroupCall {
             }
         };
         if !ended || self.failure.is_some() {
-            return;
+            return false;
         }
         // Every other member gets its BYE.
         let mut waiting: Vec<usize> = (1..self.members.len())
@@ -738,7 +824,9 @@ impl GroupCall {
                 self.plan().number,
                 numbers.join(", ")
             ));
+            return false;
         }
+        true
     }
 
     fn finish(self) {
@@ -749,7 +837,7 @@ impl GroupCall {
             members: self.members.len(),
             joined: self.members.iter().filter(|member| member.joined).count(),
             spurts: self.spurts,
-            failure: self.failure,
+            failure: self.first_failure.or(self.failure),
         };
         lock(&self.ctx.shared.control).groups.push(outcome);
     }

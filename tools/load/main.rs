@@ -99,6 +99,15 @@ struct RunArgs {
     /// RTP payload bytes.
     #[arg(long)]
     payload_size: Option<usize>,
+    /// Pause between the initial group call set-ups, ms.
+    #[arg(long)]
+    setup_interval_ms: Option<u64>,
+    /// Cycle mode: set group calls up and tear them down in a loop (group calls per second).
+    #[arg(long)]
+    cycle: bool,
+    /// The initiator's spurt in each cycle, ms (0: none).
+    #[arg(long)]
+    cycle_spurt_ms: Option<u64>,
     /// No group calls (single calls only).
     #[arg(long)]
     no_groups: bool,
@@ -188,6 +197,11 @@ fn apply(scenario: &mut Scenario, args: &RunArgs) {
     set!(scenario.group.codec, args.codec);
     set!(scenario.group.packet_rate, args.packet_rate);
     set!(scenario.group.payload_size, args.payload_size);
+    set!(scenario.group.cycle_spurt_ms, args.cycle_spurt_ms);
+    set!(scenario.group.setup_interval_ms, args.setup_interval_ms);
+    if args.cycle {
+        scenario.group.cycle = true;
+    }
     set!(scenario.calls.users, args.call_users);
     set!(scenario.calls.rate, args.call_rate);
     set!(scenario.calls.hold_ms, args.hold_ms);

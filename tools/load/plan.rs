@@ -44,6 +44,10 @@ pub struct Slot {
     pub terminal: usize,
     /// The group number, or `None` for the terminal's single-call socket.
     pub group: Option<String>,
+    /// The TCF serving the terminal (name).
+    pub node: String,
+    /// A group slot whose terminal is served by another TCF than the group's home.
+    pub remote: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -69,6 +73,14 @@ fn numbers(ranges: &[String]) -> Result<Vec<Number>, String> {
 }
 
 impl Plan {
+    /// The name of the TCF at `address` (the address itself when it is none of the network's).
+    pub fn node_name(&self, address: SocketAddr) -> String {
+        self.nodes
+            .iter()
+            .find(|(_, sip)| *sip == address)
+            .map_or_else(|| address.to_string(), |(name, _)| name.clone())
+    }
+
     /// Builds the plan for `groups` group calls (overriding the scenario's count when given).
     pub fn build(scenario: &Scenario, groups: Option<usize>) -> Result<Plan, String> {
         let network_text = source_text(&scenario.target.network, DEMO_NETWORK)?;
@@ -152,6 +164,8 @@ impl Plan {
                     plan.slots.push(Slot {
                         terminal,
                         group: Some(plan_group.number.clone()),
+                        node: plan.node_name(server),
+                        remote: server != home.sip,
                     });
                     plan_group.members.push(terminal);
                     plan_group.slots.push((plan.slots.len() - 1) as u32);
@@ -173,14 +187,15 @@ impl Plan {
             for pair in users.chunks_exact(2) {
                 let caller = terminal(&mut plan, &pair[0], home_of(&pair[0])?)?;
                 let callee = terminal(&mut plan, &pair[1], home_of(&pair[1])?)?;
-                plan.slots.push(Slot {
-                    terminal: caller,
-                    group: None,
-                });
-                plan.slots.push(Slot {
-                    terminal: callee,
-                    group: None,
-                });
+                for terminal in [caller, callee] {
+                    let node = plan.node_name(plan.terminals[terminal].server);
+                    plan.slots.push(Slot {
+                        terminal,
+                        group: None,
+                        node,
+                        remote: false,
+                    });
+                }
                 let slots = plan.slots.len() as u32;
                 plan.pairs.push(CallPair {
                     caller,

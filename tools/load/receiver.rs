@@ -40,6 +40,9 @@ pub struct SlotSocket {
     /// RTP clock rate and samples per packet of the session's codec.
     pub clock_rate: u32,
     pub samples_per_packet: u32,
+    /// The listener is served by a TCF other than the group's home (its packets cross a
+    /// member TCF): its switch and mouth-to-ear latencies are kept apart.
+    pub remote: bool,
 }
 
 struct OpenSpurt {
@@ -51,6 +54,7 @@ struct OpenSpurt {
 
 struct Listener {
     socket: UdpSocket,
+    remote: bool,
     clock_rate: u32,
     samples_per_packet: u32,
     result: SlotResult,
@@ -287,6 +291,9 @@ fn kernel_timestamp(header: &libc::msghdr) -> Option<u64> {
 fn receive(sockets: Vec<SlotSocket>, shared: &Shared) -> ReceiverOutput {
     let mut mouth_to_ear = stats::histogram();
     let mut switch = stats::histogram();
+    // [served by the group home, served by another node]
+    let mut switch_by_place = [stats::histogram(), stats::histogram()];
+    let mut mouth_to_ear_by_place = [stats::histogram(), stats::histogram()];
     let mut interval = stats::histogram();
     let mut kernel_timestamps = true;
     let mut listeners: Vec<Listener> = Vec::with_capacity(sockets.len());
@@ -305,6 +312,7 @@ fn receive(sockets: Vec<SlotSocket>, shared: &Shared) -> ReceiverOutput {
         }
         listeners.push(Listener {
             socket: slot.socket,
+            remote: slot.remote,
             clock_rate: slot.clock_rate.max(1),
             samples_per_packet: slot.samples_per_packet,
             result: SlotResult {
@@ -379,10 +387,13 @@ fn receive(sockets: Vec<SlotSocket>, shared: &Shared) -> ReceiverOutput {
                     let packet = &buffers[index][..length.min(BUFFER)];
                     if let Some((latency, opened)) = listener.packet(run, packet, rx_ns) {
                         received_since_flush += 1;
+                        let place = usize::from(listener.remote);
                         stats::record_ns(&mut mouth_to_ear, latency);
+                        stats::record_ns(&mut mouth_to_ear_by_place[place], latency);
                         stats::record_ns(&mut interval, latency);
                         if let Some(switch_ns) = opened {
                             stats::record_ns(&mut switch, switch_ns);
+                            stats::record_ns(&mut switch_by_place[place], switch_ns);
                         }
                     }
                 }
@@ -410,6 +421,8 @@ fn receive(sockets: Vec<SlotSocket>, shared: &Shared) -> ReceiverOutput {
         slots: listeners.into_iter().map(Listener::finish).collect(),
         mouth_to_ear,
         switch,
+        switch_by_place,
+        mouth_to_ear_by_place,
         kernel_timestamps,
     }
 }

@@ -118,6 +118,9 @@ impl Media {
 pub struct ListenerIssue {
     pub user: String,
     pub session_of: String,
+    /// The TCF serving the listener, and whether that is the group's home.
+    pub node: String,
+    pub at_group_home: bool,
     pub expected: u64,
     pub received: u64,
     pub seq_discontinuities: u64,
@@ -150,11 +153,47 @@ pub struct GroupsReport {
     pub setup: Summary,
     pub join: Summary,
     pub floor_grant: Summary,
+    /// Floor grants of requesters served by the group's home TCF and by other TCFs.
+    pub floor_grant_at_group_home: Summary,
+    pub floor_grant_at_other_nodes: Summary,
     pub queued_grant: Summary,
     pub release: Summary,
     pub switch: Summary,
+    /// Switch latency at listeners served by the group's home TCF.
+    pub switch_at_group_home: Summary,
+    /// Switch latency at listeners served by other TCFs (through a member TCF).
+    pub switch_at_other_nodes: Summary,
+    pub mouth_to_ear_at_group_home: Summary,
+    pub mouth_to_ear_at_other_nodes: Summary,
+    /// Group listener slots per serving TCF (name).
+    pub listeners_by_node: std::collections::BTreeMap<String, usize>,
+    /// Loss and continuity of the listeners served by other TCFs than the group's home
+    /// (a subset of the report's `media`).
+    pub media_at_other_nodes: Media,
     pub teardown: Summary,
     pub outcomes: Vec<GroupOutcome>,
+}
+
+/// Cycle mode: group calls set up and torn down per second.
+#[derive(Debug, Clone, Serialize)]
+pub struct CyclesReport {
+    /// Concurrent slots (group calls cycling at once).
+    pub slots: usize,
+    pub members_per_group: f64,
+    /// Complete cycles (set up, every member joined, torn down, every member got its BYE)
+    /// during the traffic time.
+    pub completed: u64,
+    /// Cycles that went wrong (failed set-up, member not invited, missing BYE, SIP error).
+    pub failed: u64,
+    pub per_second: f64,
+    /// INVITE → 200 OK of the initiator.
+    pub setup: Summary,
+    /// INVITE → the last member joined (its ACK from the TCF).
+    pub setup_all: Summary,
+    /// The initiator's BYE → the last member's BYE from the TCF.
+    pub teardown: Summary,
+    /// CPU time of the watched node processes (summed) per complete cycle, milliseconds.
+    pub node_cpu_ms_per_call: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -187,6 +226,7 @@ pub struct Report {
     pub registrations: Summary,
     pub control: ControlCounters,
     pub groups: Option<GroupsReport>,
+    pub cycles: Option<CyclesReport>,
     pub calls: Option<CallsReport>,
     /// Listeners of the calls that did not fail.
     pub media: Media,
@@ -240,11 +280,17 @@ pub fn build(scenario: &Scenario, plan: &Plan, collected: Collected) -> Report {
     let mut slots: Vec<Option<SlotResult>> = vec![None; plan.slots.len()];
     let mut mouth_to_ear = crate::stats::histogram();
     let mut switch = crate::stats::histogram();
+    let mut switch_by_place = [crate::stats::histogram(), crate::stats::histogram()];
+    let mut mouth_to_ear_by_place = [crate::stats::histogram(), crate::stats::histogram()];
     let mut kernel_timestamps = true;
     let mut foreign = 0;
     for receiver in receivers {
         let _ = mouth_to_ear.add(&receiver.mouth_to_ear);
         let _ = switch.add(&receiver.switch);
+        for place in 0..2 {
+            let _ = switch_by_place[place].add(&receiver.switch_by_place[place]);
+            let _ = mouth_to_ear_by_place[place].add(&receiver.mouth_to_ear_by_place[place]);
+        }
         kernel_timestamps &= receiver.kernel_timestamps;
         for slot in receiver.slots {
             foreign += slot.foreign;
@@ -332,30 +378,39 @@ pub fn build(scenario: &Scenario, plan: &Plan, collected: Collected) -> Report {
     }
     let mut media = Media::default();
     let mut failed_media = Media::default();
+    let mut remote_media = Media::default();
     let mut worst = Vec::new();
     for (index, result) in slots.iter().enumerate() {
         let Some(result) = result else { continue };
         let slot = index as u32;
         let (expected, received) = per_slot.get(&slot).copied().unwrap_or((0, 0));
-        let bucket = if failed_slot(slot) {
-            &mut failed_media
+        let failed = failed_slot(slot);
+        let remote = plan.slots[index].remote;
+        let mut buckets: Vec<&mut Media> = Vec::with_capacity(2);
+        if failed {
+            buckets.push(&mut failed_media);
         } else {
-            &mut media
-        };
-        bucket.add_slot(result);
-        if let Some((start, end)) = edges.get(&slot) {
-            bucket.lost_at_spurt_start += start;
-            bucket.lost_at_spurt_end += end;
-        }
-        if expected > 0 {
-            bucket.listeners += 1;
-            bucket.expected += expected;
-            bucket.received += received;
-            if received < expected {
-                bucket.listeners_with_loss += 1;
+            buckets.push(&mut media);
+            if remote {
+                buckets.push(&mut remote_media);
             }
-            if received == 0 {
-                bucket.listeners_silent += 1;
+        }
+        for bucket in buckets {
+            bucket.add_slot(result);
+            if let Some((start, end)) = edges.get(&slot) {
+                bucket.lost_at_spurt_start += start;
+                bucket.lost_at_spurt_end += end;
+            }
+            if expected > 0 {
+                bucket.listeners += 1;
+                bucket.expected += expected;
+                bucket.received += received;
+                if received < expected {
+                    bucket.listeners_with_loss += 1;
+                }
+                if received == 0 {
+                    bucket.listeners_silent += 1;
+                }
             }
         }
         let discontinuous = result.seq_discontinuities + result.ts_discontinuities + result.ssrc_changes;
@@ -364,6 +419,8 @@ pub fn build(scenario: &Scenario, plan: &Plan, collected: Collected) -> Report {
             worst.push(ListenerIssue {
                 user: plan.terminals[plan_slot.terminal].number.clone(),
                 session_of: plan_slot.group.clone().unwrap_or_else(|| "single call".to_owned()),
+                node: plan_slot.node.clone(),
+                at_group_home: plan_slot.group.is_some() && !plan_slot.remote,
                 expected,
                 received,
                 seq_discontinuities: result.seq_discontinuities,
@@ -376,6 +433,7 @@ pub fn build(scenario: &Scenario, plan: &Plan, collected: Collected) -> Report {
     }
     media.finish();
     failed_media.finish();
+    remote_media.finish();
     worst.sort_by_key(|issue| {
         std::cmp::Reverse((
             issue.expected - issue.received.min(issue.expected),
@@ -435,13 +493,48 @@ pub fn build(scenario: &Scenario, plan: &Plan, collected: Collected) -> Report {
             setup: Summary::of(&control.latencies.group_setup),
             join: Summary::of(&control.latencies.join),
             floor_grant: Summary::of(&control.latencies.floor_grant),
+            floor_grant_at_group_home: Summary::of(&control.latencies.floor_grant_by_place[0]),
+            floor_grant_at_other_nodes: Summary::of(&control.latencies.floor_grant_by_place[1]),
             queued_grant: Summary::of(&control.latencies.queued_grant),
             release: Summary::of(&control.latencies.release),
             switch: Summary::of(&switch),
+            switch_at_group_home: Summary::of(&switch_by_place[0]),
+            switch_at_other_nodes: Summary::of(&switch_by_place[1]),
+            mouth_to_ear_at_group_home: Summary::of(&mouth_to_ear_by_place[0]),
+            mouth_to_ear_at_other_nodes: Summary::of(&mouth_to_ear_by_place[1]),
+            listeners_by_node: plan.slots.iter().filter(|slot| slot.group.is_some()).fold(
+                std::collections::BTreeMap::new(),
+                |mut counts, slot| {
+                    *counts.entry(slot.node.clone()).or_insert(0) += 1;
+                    counts
+                },
+            ),
+            media_at_other_nodes: remote_media.clone(),
             teardown: Summary::of(&control.latencies.teardown),
             outcomes: control.groups.clone(),
         }
     });
+    let cycles = (scenario.group.enabled && scenario.group.cycle).then(|| {
+        let completed = control.counters.cycles_completed;
+        let node_cpu_s: f64 = nodes.iter().map(|usage| usage.cpu_s).sum();
+        let members: usize = plan.groups.iter().map(|group| group.members.len()).sum();
+        CyclesReport {
+            slots: plan.groups.len(),
+            members_per_group: members as f64 / plan.groups.len().max(1) as f64,
+            completed,
+            failed: control.counters.cycles_failed,
+            per_second: completed as f64 / duration_s.max(1e-9),
+            setup: Summary::of(&control.latencies.group_setup),
+            setup_all: Summary::of(&control.latencies.group_setup_all),
+            teardown: Summary::of(&control.latencies.teardown),
+            node_cpu_ms_per_call: (completed > 0 && !nodes.is_empty()).then(|| node_cpu_s * 1000.0 / completed as f64),
+        }
+    });
+    if let Some(cycles) = &cycles {
+        if fault.is_none() && cycles.failed > 0 {
+            violations.push(format!("{} group call cycle(s) failed", cycles.failed));
+        }
+    }
     let calls = scenario.calls.enabled.then(|| CallsReport {
         counters: control.calls.clone(),
         setup: Summary::of(&control.latencies.call_setup),
@@ -454,6 +547,7 @@ pub fn build(scenario: &Scenario, plan: &Plan, collected: Collected) -> Report {
         registrations: Summary::of(&control.latencies.register),
         control: control.counters.clone(),
         groups,
+        cycles,
         calls,
         media,
         failed_media,
@@ -540,12 +634,36 @@ pub fn text(report: &Report) -> String {
             ("  set-up (INVITE→200)", &groups.setup),
             ("  member joined", &groups.join),
             ("  floor grant", &groups.floor_grant),
+            ("    at the group home", &groups.floor_grant_at_group_home),
+            ("    at other nodes", &groups.floor_grant_at_other_nodes),
             ("  queued grant", &groups.queued_grant),
             ("  release", &groups.release),
             ("  switch (grant→1st pkt)", &groups.switch),
+            ("    at the group home", &groups.switch_at_group_home),
+            ("    at other nodes", &groups.switch_at_other_nodes),
             ("  teardown", &groups.teardown),
         ] {
             let _ = writeln!(out, "{name:<26}{}", summary.line());
+        }
+        let _ = writeln!(
+            out,
+            "  listeners by serving node: {}",
+            groups
+                .listeners_by_node
+                .iter()
+                .map(|(node, count)| format!("{node} {count}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if groups.media_at_other_nodes.listeners > 0 {
+            let _ = writeln!(
+                out,
+                "  listeners at other nodes than the group home: {} lost of {} ({:.4}%); mouth-to-ear {}",
+                groups.media_at_other_nodes.lost,
+                groups.media_at_other_nodes.expected,
+                groups.media_at_other_nodes.loss_ratio * 100.0,
+                groups.mouth_to_ear_at_other_nodes.line()
+            );
         }
         let counters = &report.control;
         let _ = writeln!(
@@ -567,6 +685,27 @@ pub fn text(report: &Report) -> String {
                     outcome.group, outcome.home, failure.at_s, failure.reason
                 );
             }
+        }
+    }
+    if let Some(cycles) = &report.cycles {
+        let _ = writeln!(
+            out,
+            "group call cycles   {} slots of {:.1} members: {} complete ({:.1} group calls/s), {} failed{}",
+            cycles.slots,
+            cycles.members_per_group,
+            cycles.completed,
+            cycles.per_second,
+            cycles.failed,
+            cycles
+                .node_cpu_ms_per_call
+                .map_or_else(String::new, |ms| format!("; node CPU {ms:.2} ms per group call")),
+        );
+        for (name, summary) in [
+            ("  INVITE→200", &cycles.setup),
+            ("  INVITE→last joined", &cycles.setup_all),
+            ("  BYE→last BYE", &cycles.teardown),
+        ] {
+            let _ = writeln!(out, "{name:<26}{}", summary.line());
         }
     }
     if let Some(calls) = &report.calls {
@@ -642,9 +781,10 @@ pub fn text(report: &Report) -> String {
         for issue in report.worst_listeners.iter().take(10) {
             let _ = writeln!(
                 out,
-                "  {} in {}: {}/{} received, seq {} ts {} ssrc {}",
+                "  {} in {} (at {}): {}/{} received, seq {} ts {} ssrc {}",
                 issue.user,
                 issue.session_of,
+                issue.node,
                 issue.received,
                 issue.expected,
                 issue.seq_discontinuities,

@@ -92,6 +92,7 @@ pub async fn run_once(scenario: &Scenario, groups: Option<usize>, quiet: bool) -
             socket,
             clock_rate: voice.clock_rate(),
             samples_per_packet: send_config.samples_per_packet(),
+            remote: plan.slots[slot].remote,
         });
     }
     let mut receiver_threads = Vec::new();

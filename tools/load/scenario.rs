@@ -142,6 +142,13 @@ pub struct GroupScenario {
     pub payload_size: usize,
     /// Seconds between group call set-ups at the start (spreads the set-up load).
     pub setup_interval_ms: u64,
+    /// Cycle mode (group calls per second): each of the `count` groups is a slot that sets its
+    /// call up (INVITE → every member joined), has the initiator talk for `cycle_spurt_ms`
+    /// (0: no spurt), hangs up (BYE → every member got its BYE) and starts again at once, for
+    /// the traffic time.
+    pub cycle: bool,
+    /// The spurt of each cycle, ms (0: none).
+    pub cycle_spurt_ms: u64,
 }
 
 impl Default for GroupScenario {
@@ -161,6 +168,8 @@ impl Default for GroupScenario {
             packet_rate: 50,
             payload_size: 160,
             setup_interval_ms: 20,
+            cycle: false,
+            cycle_spurt_ms: 0,
         }
     }
 }

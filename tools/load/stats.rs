@@ -58,7 +58,12 @@ pub struct Latencies {
     pub register: Histogram<u64>,
     pub group_setup: Histogram<u64>,
     pub join: Histogram<u64>,
+    /// Group call set-up to the last member joined (INVITE → every member's ACK).
+    pub group_setup_all: Histogram<u64>,
     pub floor_grant: Histogram<u64>,
+    /// Floor grants of requesters served by the group's home (`[0]`) and by other TCFs (`[1]`,
+    /// whose request and grant cross a member TCF).
+    pub floor_grant_by_place: [Histogram<u64>; 2],
     pub queued_grant: Histogram<u64>,
     pub release: Histogram<u64>,
     pub teardown: Histogram<u64>,
@@ -72,7 +77,9 @@ impl Default for Latencies {
             register: histogram(),
             group_setup: histogram(),
             join: histogram(),
+            group_setup_all: histogram(),
             floor_grant: histogram(),
+            floor_grant_by_place: [histogram(), histogram()],
             queued_grant: histogram(),
             release: histogram(),
             teardown: histogram(),
@@ -98,6 +105,10 @@ pub struct ControlCounters {
     pub sip_errors: u64,
     pub unexpected_byes: u64,
     pub members_missing: u64,
+    /// Cycle mode: group calls set up and torn down completely (every member got its BYE)
+    /// during the traffic time, and cycles that went wrong (a failure or a missing BYE).
+    pub cycles_completed: u64,
+    pub cycles_failed: u64,
 }
 
 /// How one group call went.
@@ -262,5 +273,9 @@ pub struct ReceiverOutput {
     pub slots: Vec<SlotResult>,
     pub mouth_to_ear: Histogram<u64>,
     pub switch: Histogram<u64>,
+    /// Switch and mouth-to-ear latency of listeners served by the group's home TCF (`[0]`) and
+    /// by other TCFs (`[1]`).
+    pub switch_by_place: [Histogram<u64>; 2],
+    pub mouth_to_ear_by_place: [Histogram<u64>; 2],
     pub kernel_timestamps: bool,
 }
