@@ -9,8 +9,8 @@
 //! call's media costs, not the caller's wall time.
 //!
 //! Run: `cargo bench --bench legs` (about a minute). `LEGS_QUICK=1` for a smoke run. Prints
-//! criterion's estimates, then an interleaved A/B (pool, no pool, pool, ...) with the ratio,
-//! then the resident memory of idle pooled port pairs.
+//! the memory of idle pooled port pairs, criterion's estimates, then interleaved A/B rounds
+//! (pool, no pool, pool, ...) with the ratio: back-to-back calls, and calls one at a time.
 //!
 //! Both engines run with `port_quarantine_ms = 0`, so the pool's steady state (every port
 //! reused) is reached at once; with a real quarantine the pool is just larger (ports in use
@@ -99,11 +99,69 @@ fn slab_bytes() -> u64 {
     line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
 }
 
+/// Memory of idle pooled ports: RSS growth from starting an engine with N port pairs bound
+/// into the pool (RTP and RTCP socket each), minus the growth from starting an identical
+/// engine with none just before (all stay alive, so no freed memory is reused).
+fn idle_memory() {
+    let pairs = 2000;
+    // A first engine pays the process's one-time costs (allocator arenas, lazy statics).
+    let mut warm_up = config(true, 50_000, 50_999);
+    warm_up.leg_pool_prebind = 0;
+    let warm_up = Engine::start(&warm_up, "legs").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let rss_start = resident_bytes();
+    let mut empty = config(true, 40_000, 44_999);
+    empty.leg_pool_prebind = 0;
+    let without = Engine::start(&empty, "legs").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let rss_without = resident_bytes();
+    let slab_before = slab_bytes();
+    let mut full = config(true, 45_000, 49_999);
+    full.leg_pool_prebind = pairs;
+    let with = Engine::start(&full, "legs").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(with.ports_pooled(), pairs);
+    let rss_with = resident_bytes();
+    let slab_after = slab_bytes();
+    let engine_alone = rss_without.saturating_sub(rss_start);
+    let pool = rss_with.saturating_sub(rss_without).saturating_sub(engine_alone);
+    println!("\n## Idle pooled port pairs ({pairs} prebound, RTP + RTCP socket each)\n");
+    println!(
+        "process RSS: an engine without pooled ports +{} KiB; the same with {pairs} idle pairs +{} KiB; \
+         difference {} KiB = {:.0} bytes per idle pair",
+        engine_alone / 1024,
+        rss_with.saturating_sub(rss_without) / 1024,
+        pool / 1024,
+        pool as f64 / pairs as f64
+    );
+    println!(
+        "kernel slab (whole machine, noisy): +{} KiB = about {:.0} bytes per idle pair (socket, inode, file, \
+         epoll item; kernel memory, not in RSS)",
+        slab_after.saturating_sub(slab_before) / 1024,
+        slab_after.saturating_sub(slab_before) as f64 / pairs as f64
+    );
+    drop(with);
+    drop(without);
+    drop(warm_up);
+}
+
+/// Like [`measure`], but each call waits for the worker before the next starts, as isolated
+/// calls on a quiet node do: every command then costs the worker a wake-up.
+fn measure_isolated(engine: &Engine, calls: u64) -> Duration {
+    let start = process_cpu();
+    for _ in 0..calls {
+        call(engine);
+        engine.stats(false).unwrap();
+    }
+    process_cpu() - start
+}
+
 fn main() {
     if !std::env::args().any(|arg| arg == "--bench") {
         return;
     }
     floorcast::io::raise_fd_limit().unwrap();
+    idle_memory();
     let pooled = Engine::start(&config(true, 20_000, 29_999), "legs").unwrap();
     let unpooled = Engine::start(&config(false, 30_100, 39_999), "legs").unwrap();
 
@@ -147,39 +205,20 @@ fn main() {
     println!("| leg pool (`media.leg_pool = true`) | {pool_us:.1} |");
     println!("| no pool (`media.leg_pool = false`) | {no_pool_us:.1} |");
     println!("| ratio pool / no pool | {:.2} |", pool_us / no_pool_us);
-    drop(pooled);
-    drop(unpooled);
 
-    // Memory of idle pooled ports: an engine with N port pairs bound into the pool (RTP and
-    // RTCP socket each) against one with none.
-    let pairs = 2000;
-    let rss_before = resident_bytes();
-    let slab_before = slab_bytes();
-    let mut empty = config(true, 40_000, 49_999);
-    empty.leg_pool_prebind = 0;
-    let baseline = Engine::start(&empty, "legs").unwrap();
-    let rss_empty = resident_bytes();
-    drop(baseline);
-    let mut full = config(true, 40_000, 49_999);
-    full.leg_pool_prebind = pairs;
-    let rss_base = resident_bytes();
-    let engine = Engine::start(&full, "legs").unwrap();
-    assert_eq!(engine.ports_pooled(), pairs);
-    let rss_full = resident_bytes();
-    let slab_full = slab_bytes();
-    println!("\n## Idle pooled port pairs ({pairs} prebound, RTP + RTCP socket each)\n");
-    println!(
-        "process RSS: engine without pool entries {} KiB over the bench's {} KiB; with {pairs} idle pairs +{} KiB \
-         = {:.0} bytes per idle pair",
-        rss_empty.saturating_sub(rss_before) / 1024,
-        rss_before / 1024,
-        rss_full.saturating_sub(rss_base) / 1024,
-        rss_full.saturating_sub(rss_base) as f64 / pairs as f64
-    );
-    println!(
-        "kernel slab (whole machine, noisy): +{} KiB = about {:.0} bytes per idle pair (socket, inode, file, \
-         epoll item; not in RSS)",
-        slab_full.saturating_sub(slab_before) / 1024,
-        slab_full.saturating_sub(slab_before) as f64 / pairs as f64
-    );
+    // The same, one call at a time (each followed by a stats round trip, in both variants).
+    let (mut with_pool, mut without) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..rounds {
+        with_pool += measure_isolated(&pooled, calls / 4);
+        without += measure_isolated(&unpooled, calls / 4);
+    }
+    let total = (rounds * (calls / 4)) as f64;
+    let pool_us = with_pool.as_secs_f64() * 1e6 / total;
+    let no_pool_us = without.as_secs_f64() * 1e6 / total;
+    println!("\n## The same, one call at a time (the worker woken per command; a stats round trip per call in both)\n");
+    println!("| variant | CPU µs per call |");
+    println!("|---|---:|");
+    println!("| leg pool | {pool_us:.1} |");
+    println!("| no pool | {no_pool_us:.1} |");
+    println!("| ratio pool / no pool | {:.2} |", pool_us / no_pool_us);
 }
