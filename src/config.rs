@@ -241,6 +241,11 @@ pub struct MediaConfig {
     pub port_max: u16,
     /// How long a freed port stays unused before it is handed out again.
     pub port_quarantine: Duration,
+    /// Keep the sockets of released ports open (bound and watched) and reuse them for later
+    /// legs, instead of closing them and binding new ones per call.
+    pub leg_pool: bool,
+    /// Port pairs bound into the pool at start (clamped to the range); more are bound lazily.
+    pub leg_pool_prebind: usize,
     /// Number of media worker threads (each owns its legs outright).
     pub workers: usize,
     /// Batched I/O backend.
@@ -515,6 +520,8 @@ struct RawMedia {
     port_min: u32,
     port_max: u32,
     port_quarantine_ms: u64,
+    leg_pool: bool,
+    leg_pool_prebind: usize,
     workers: usize,
     backend: IoBackend,
     batch_size: usize,
@@ -534,6 +541,8 @@ impl Default for RawMedia {
             port_min: 40000,
             port_max: 49999,
             port_quarantine_ms: 5000,
+            leg_pool: true,
+            leg_pool_prebind: 0,
             workers: 0,
             backend: IoBackend::Mmsg,
             batch_size: 32,
@@ -721,6 +730,8 @@ impl RawMedia {
             port_min,
             port_max,
             port_quarantine: Duration::from_millis(self.port_quarantine_ms),
+            leg_pool: self.leg_pool,
+            leg_pool_prebind: self.leg_pool_prebind,
             workers,
             backend: self.backend,
             batch_size: self.batch_size,

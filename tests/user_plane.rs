@@ -623,3 +623,147 @@ fn f_up_01_relay_with_pinned_workers() {
     }
     assert!(pinned >= 2, "both workers of this engine run on a single CPU each");
 }
+
+/// UDP sockets of this network namespace bound to a local port in `range` (from /proc/net/udp
+/// and udp6): a leaked leg socket stays bound and shows here.
+fn udp_sockets_in(range: std::ops::RangeInclusive<u16>) -> usize {
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let local = line.split_whitespace().nth(1)?;
+                    u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|port| range.contains(port))
+        .count()
+}
+
+/// Leg pool: a port reused by a new call, from the very same remote address (so source
+/// checking cannot tell), never delivers what was sent to it for the previous call; those
+/// datagrams are dropped and counted as `idle_port`.
+#[test]
+fn leg_pool_reused_port_never_delivers_previous_calls_packets() {
+    let mut config = media_config(42400, 42403); // two port pairs: the second call reuses both
+    config.workers = 1;
+    config.port_quarantine = Duration::ZERO;
+    assert!(config.leg_pool);
+    let engine = floorcast::io::Engine::start(&config, "pool").unwrap();
+    let mut alice = Terminal::new(0xa1);
+    let mut bob = Terminal::new(0xb0);
+    let carol = Terminal::new(0xca);
+
+    let first = engine.create_bridge(BridgeKind::Relay).unwrap();
+    let alice_leg = leg_for(&engine, first, &alice);
+    let bob_leg = leg_for(&engine, first, &bob);
+    settle();
+    let sent = alice.send_next(alice_leg.local_rtp, b"first call");
+    assert_eq!(bob.receive(1, WAIT), vec![sent]);
+    engine.remove_bridge(first).unwrap();
+
+    // Late media of the ended call, to both of its ports, from both of its terminals.
+    const STALE: u64 = 20;
+    for _ in 0..STALE {
+        alice.send_next(alice_leg.local_rtp, b"stale");
+        bob.send_next(bob_leg.local_rtp, b"stale");
+    }
+    // The next call gets the same ports; alice is on it again, at the same address.
+    let second = engine.create_bridge(BridgeKind::Relay).unwrap();
+    let alice_again = leg_for(&engine, second, &alice);
+    let carol_leg = leg_for(&engine, second, &carol);
+    let mut reused = [alice_again.local_rtp.port(), carol_leg.local_rtp.port()];
+    reused.sort_unstable();
+    assert_eq!(reused, [42400, 42402], "the second call reuses the pooled ports");
+    assert_eq!(alice_again.local_rtp, alice_leg.local_rtp);
+
+    let fresh = alice.send_next(alice_again.local_rtp, b"second call");
+    let got = carol.receive(2, Duration::from_millis(500));
+    assert_eq!(got, vec![fresh], "only the new call's packet reaches carol");
+    assert!(
+        bob.drain(Duration::from_millis(100)).is_empty(),
+        "bob left with the first call"
+    );
+    let totals = engine.stats(false).unwrap()[0].totals;
+    assert_eq!(totals.drops(DropCause::IdlePort), 2 * STALE, "stale datagrams counted");
+    let leg = engine.leg_stats(alice_again.id).unwrap();
+    assert_eq!(leg.counters.rtp_in_packets, 1, "the new leg saw only its own packet");
+}
+
+/// Leg pool across workers: when every port of the range is bound, a worker without an idle
+/// port takes one over from another worker, and media flows on it.
+#[test]
+fn leg_pool_takes_an_idle_port_over_from_another_worker() {
+    let mut config = media_config(42410, 42413); // two pairs, prebound: one per worker
+    config.workers = 2;
+    config.leg_pool_prebind = 2;
+    config.port_quarantine = Duration::ZERO;
+    let engine = floorcast::io::Engine::start(&config, "pool").unwrap();
+    assert_eq!(engine.ports_pooled(), 2);
+    for round in 0..3u8 {
+        let mut alice = Terminal::new(1);
+        let bob = Terminal::new(2);
+        let bridge = engine.create_bridge(BridgeKind::Relay).unwrap();
+        let leg = leg_for(&engine, bridge, &alice);
+        leg_for(&engine, bridge, &bob);
+        settle();
+        let sent = alice.send_next(leg.local_rtp, &[round; 20]);
+        assert_eq!(bob.receive(1, WAIT), vec![sent], "round {round}");
+        engine.remove_bridge(bridge).unwrap();
+    }
+    assert_eq!(engine.ports_pooled(), 2);
+    engine.stats(false).unwrap();
+    assert_eq!(udp_sockets_in(42410..=42413), 4);
+}
+
+/// Legs taken and given back many times leave no socket behind: with the pool the sockets
+/// are the pool's (bounded by the range), without it every one is closed; after shutdown
+/// nothing in the range is bound.
+#[test]
+fn leg_pool_legs_freed_and_taken_again_leak_no_sockets() {
+    for pool in [true, false] {
+        let mut config = media_config(42420, 42439);
+        config.leg_pool = pool;
+        config.leg_pool_prebind = 2;
+        config.port_quarantine = Duration::ZERO;
+        let engine = floorcast::io::Engine::start(&config, "leak").unwrap();
+        let fds_at_start = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        for _ in 0..200 {
+            let bridge = engine.create_bridge(BridgeKind::Relay).unwrap();
+            engine.add_leg(bridge, LegSpec::default()).unwrap();
+            engine
+                .add_leg(
+                    bridge,
+                    LegSpec {
+                        rtcp_mux: true,
+                        ..LegSpec::default()
+                    },
+                )
+                .unwrap();
+            engine.remove_bridge(bridge).unwrap();
+            if !pool {
+                // Without the pool the worker closes the sockets; let it, so the next call can
+                // bind them (with the pool nothing waits).
+                engine.stats(false).unwrap();
+            }
+        }
+        engine.stats(false).unwrap(); // every command before this one is applied
+        let bound = udp_sockets_in(42420..=42439);
+        if pool {
+            assert!(
+                bound <= 2 * 4,
+                "pool of at most 4 pairs (2 prebound, 2 per call): {bound}"
+            );
+        } else {
+            assert_eq!(bound, 0, "every leg socket closed");
+        }
+        let fds = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        eprintln!("pool {pool}: {bound} sockets bound, fds {fds_at_start} -> {fds}");
+        engine.shutdown();
+        assert_eq!(udp_sockets_in(42420..=42439), 0, "shutdown closes every pooled socket");
+    }
+}

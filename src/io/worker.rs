@@ -7,9 +7,16 @@
 //! epoll means a socket that still holds datagrams after its batch is reported again on the
 //! next turn: no socket can starve the others, and none is ever forgotten after an overload
 //! (the failure that stopped a widely deployed relay for good).
+//!
+//! Sockets belong to ports, not legs: with the leg pool (`media.leg_pool`) a released port's
+//! sockets stay open, bound and registered with this worker's epoll, and the next leg on this
+//! worker that takes the port reuses them without a system call (the engine has drained them).
+//! Datagrams reaching a port no leg uses are read and dropped (`idle_port`), never forwarded.
 
+use std::collections::HashMap;
 use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use std::{io, mem};
 
@@ -26,14 +33,30 @@ const WAKE_TOKEN: u64 = u64::MAX;
 const MAX_EVENTS: usize = 256;
 /// Messages queued before the batch is flushed even mid-fan-out (bounds memory and latency).
 const FLUSH_THRESHOLD: usize = 4096;
+/// A leg slot without a port (see `Worker::leg_ports`).
+const NO_PORT: u32 = u32::MAX;
 
-/// A leg's sockets, owned by the worker that runs the leg.
-#[derive(Debug)]
+/// A port's sockets. Shared: with the leg pool the engine keeps a handle too, to drain a
+/// pooled port before reuse; a socket closes when its last handle goes.
+#[derive(Debug, Clone)]
 pub struct LegSockets {
     /// RTP socket (also RTCP with rtcp-mux).
-    pub rtp: UdpSocket,
+    pub rtp: Arc<UdpSocket>,
     /// RTCP socket (none with rtcp-mux).
-    pub rtcp: Option<UdpSocket>,
+    pub rtcp: Option<Arc<UdpSocket>>,
+}
+
+/// How a new leg gets its port's sockets.
+#[derive(Debug)]
+pub enum LegPort {
+    /// Sockets bound just now by the engine (or taken over from another worker's pool and
+    /// drained): the worker starts watching them and keeps them.
+    Fresh(LegSockets),
+    /// The port's sockets are already idle in this worker's pool; the engine has drained them.
+    Pooled {
+        /// An RTCP socket bound now, because the pooled port had none and the leg needs one.
+        rtcp: Option<Arc<UdpSocket>>,
+    },
 }
 
 /// Orders from the control plane to a worker.
@@ -61,8 +84,21 @@ pub enum Command {
         spec: LegSpec,
         /// Numbering of the stream the engine originates on it.
         origin: StreamOrigin,
-        /// Its sockets.
-        sockets: LegSockets,
+        /// Its RTP port (RTCP on the next one, unless rtcp-mux).
+        port: u16,
+        /// Where its sockets come from.
+        sockets: LegPort,
+        /// Datagrams the engine drained from a reused port before handing it out (counted as
+        /// `idle_port` drops).
+        drained: u64,
+    },
+    /// Stop watching an idle pooled port and let go of its sockets (the engine moves the port
+    /// to another worker). Answers whether the port was idle here (and is now released).
+    ReleasePort {
+        /// The port.
+        port: u16,
+        /// Where to answer.
+        reply: Sender<bool>,
     },
     /// Change a leg's description.
     UpdateLeg {
@@ -71,7 +107,7 @@ pub enum Command {
         /// The new description.
         spec: LegSpec,
     },
-    /// Remove a leg (its sockets close).
+    /// Remove a leg (its sockets close, or go idle into the pool).
     RemoveLeg {
         /// The leg.
         id: LegId,
@@ -114,6 +150,8 @@ pub struct WorkerConfig {
     pub rx_coalesce: std::time::Duration,
     /// Pin the worker thread to this CPU.
     pub cpu: Option<usize>,
+    /// Keep released ports' sockets open for reuse (`media.leg_pool`); otherwise close them.
+    pub pool: bool,
     /// Shard settings.
     pub shard: ShardConfig,
 }
@@ -142,9 +180,14 @@ pub struct Worker {
     wake: RawFd,
     commands: Receiver<Command>,
     events: Sender<Event>,
-    sockets: Vec<Option<LegSockets>>,
-    /// Last `SO_RXQ_OVFL` count seen per slot and channel.
-    overflow: Vec<[u32; 2]>,
+    /// Every port whose sockets this worker holds, in use or idle; the epoll token of a
+    /// socket is its index here, shifted left once, plus one for RTCP.
+    ports: Vec<Option<PortSockets>>,
+    free_ports: Vec<u32>,
+    /// Port number to index in `ports` (control path only).
+    port_index: HashMap<u16, u32>,
+    /// Shard leg slot to index in `ports` ([`NO_PORT`]: none): the sockets a leg sends from.
+    leg_ports: Vec<u32>,
     rx: RecvBatch,
     tx: SendBatch,
     out: OutBatch,
@@ -155,6 +198,37 @@ pub struct Worker {
     /// Drops already reported in the log, and when the next report may be written.
     logged_drops: [u64; DROP_CAUSES],
     next_drop_log_ns: u64,
+}
+
+/// One port's sockets, watched by this worker's epoll for as long as it holds them.
+#[derive(Debug)]
+struct PortSockets {
+    port: u16,
+    rtp: Arc<UdpSocket>,
+    rtcp: Option<Arc<UdpSocket>>,
+    /// The leg slot using the port; `None`: idle in the pool.
+    leg: Option<u32>,
+    /// The leg receives and sends RTCP on the RTCP socket (false with rtcp-mux).
+    rtcp_in_use: bool,
+    /// Last `SO_RXQ_OVFL` count seen per channel (a running count per socket).
+    overflow: [u32; 2],
+}
+
+impl PortSockets {
+    fn fd(&self, channel: Channel) -> Option<RawFd> {
+        match channel {
+            Channel::Rtp => Some(self.rtp.as_raw_fd()),
+            Channel::Rtcp => self.rtcp.as_ref().map(AsRawFd::as_raw_fd),
+        }
+    }
+
+    /// The leg slot that receives what arrives on `channel`, if any.
+    fn receiver(&self, channel: Channel) -> Option<u32> {
+        match channel {
+            Channel::Rtp => self.leg,
+            Channel::Rtcp => self.leg.filter(|_| self.rtcp_in_use),
+        }
+    }
 }
 
 /// Drops are summarised in the log at most this often (never per packet).
@@ -208,8 +282,10 @@ impl Worker {
             wake: wake_raw,
             commands,
             events,
-            sockets: Vec::new(),
-            overflow: Vec::new(),
+            ports: Vec::new(),
+            free_ports: Vec::new(),
+            port_index: HashMap::new(),
+            leg_ports: Vec::new(),
             uring,
             clock_origin,
             wakeups: 0,
@@ -294,17 +370,18 @@ impl Worker {
     /// Receives one batch from the socket behind `token`, processes and sends it. Returns
     /// whether anything was received.
     fn service(&mut self, token: u64, now: Now) -> bool {
-        let slot = (token >> 1) as u32;
+        let index = (token >> 1) as usize;
         let channel = if token & 1 == 0 { Channel::Rtp } else { Channel::Rtcp };
-        let Some(Some(sockets)) = self.sockets.get(slot as usize) else {
+        let Some(Some(port)) = self.ports.get(index) else {
             return false;
         };
-        let fd = match channel {
-            Channel::Rtp => sockets.rtp.as_raw_fd(),
-            Channel::Rtcp => match &sockets.rtcp {
-                Some(socket) => socket.as_raw_fd(),
-                None => return false,
-            },
+        let Some(fd) = port.fd(channel) else {
+            return false;
+        };
+        let Some(slot) = port.receiver(channel) else {
+            // An idle port (or the unused RTCP socket of an rtcp-mux leg): read and drop.
+            self.drain_once(index, channel, self.config.batch_size);
+            return false;
         };
         // Bound the messages one batch can produce: a 1->1000 fan-out takes fewer packets per
         // turn than a relay, so the out batch (and the time before other sockets get a turn)
@@ -318,15 +395,8 @@ impl Worker {
                 return false;
             }
         }
-        if let Some(count) = self.rx.overflow_count() {
-            if let Some(seen) = self.overflow.get_mut(slot as usize) {
-                let index = usize::from(channel == Channel::Rtcp);
-                let delta = count.wrapping_sub(seen[index]);
-                seen[index] = count;
-                if delta > 0 {
-                    self.shard.kernel_dropped(slot, u64::from(delta));
-                }
-            }
+        if let Some(delta) = self.overflow_delta(index, channel) {
+            self.shard.kernel_dropped(slot, delta);
         }
         let events = &self.events;
         let events_lost = &mut self.events_lost;
@@ -368,7 +438,12 @@ impl Worker {
             let count = totals.drops(cause);
             let new = count - self.logged_drops[cause as usize].min(count);
             self.logged_drops[cause as usize] = count;
-            if new == 0 || matches!(cause, DropCause::NotHolder | DropCause::Late | DropCause::Duplicate) {
+            if new == 0
+                || matches!(
+                    cause,
+                    DropCause::NotHolder | DropCause::Late | DropCause::Duplicate | DropCause::IdlePort
+                )
+            {
                 continue; // normal floor-control and network behaviour, not worth a log line
             }
             tracing::warn!(
@@ -390,10 +465,10 @@ impl Worker {
         let messages = &self.out.messages;
         self.tx.prepare(messages, &self.out.arena, &self.rx);
         if let Some(uring) = self.uring.as_mut() {
-            let sockets = &self.sockets;
+            let (ports, leg_ports) = (&self.ports, &self.leg_ports);
             let fds = messages
                 .iter()
-                .map(|message| socket_fd(sockets, message.leg, message.channel));
+                .map(|message| socket_fd(ports, leg_ports, message.leg, message.channel));
             match uring.send_all(&self.tx, fds) {
                 Ok(results) => {
                     let mut start = 0;
@@ -432,7 +507,7 @@ impl Worker {
             while end < messages.len() && messages[end].leg == leg && messages[end].channel == channel {
                 end += 1;
             }
-            let outcome = match socket_fd(&self.sockets, leg, channel) {
+            let outcome = match socket_fd(&self.ports, &self.leg_ports, leg, channel) {
                 Some(fd) => self.tx.send_mmsg(fd, start..end),
                 None => SendOutcome {
                     failed: (end - start) as u64,
@@ -471,7 +546,7 @@ impl Worker {
             Command::RemoveBridge { id } => match self.shard.remove_bridge(id) {
                 Ok(slots) => {
                     for slot in slots {
-                        self.close_slot(slot);
+                        self.detach(slot);
                     }
                 }
                 Err(error) => tracing::warn!(worker = index, %id, %error, "remove bridge refused"),
@@ -481,18 +556,33 @@ impl Worker {
                 bridge,
                 spec,
                 origin,
+                port,
                 sockets,
+                drained,
             } => {
+                self.shard.idle_dropped(drained);
+                // The port's sockets come first, so that even a refused leg leaves them where
+                // the engine expects them (idle in this worker's pool).
+                let port_index = match self.take_port(port, sockets) {
+                    Ok(port_index) => port_index,
+                    Err(error) => {
+                        tracing::error!(worker = index, %id, port, %error, "cannot watch leg sockets");
+                        return true;
+                    }
+                };
                 let now = self.now();
                 match self.shard.add_leg(id, bridge, &spec, origin, now) {
-                    Ok(slot) => {
-                        if let Err(error) = self.register(slot, sockets) {
-                            tracing::error!(worker = index, %id, %error, "cannot watch leg sockets");
-                            let _ = self.shard.remove_leg(id);
+                    Ok(slot) => self.attach(slot, port_index, !spec.rtcp_mux),
+                    Err(error) => {
+                        tracing::warn!(worker = index, %id, %error, "add leg refused");
+                        if !self.config.pool {
+                            self.forget_port(port_index);
                         }
                     }
-                    Err(error) => tracing::warn!(worker = index, %id, %error, "add leg refused"),
                 }
+            }
+            Command::ReleasePort { port, reply } => {
+                let _ = reply.send(self.release_port(port).is_some());
             }
             Command::UpdateLeg { id, spec } => {
                 if let Err(error) = self.shard.update_leg(id, &spec) {
@@ -500,7 +590,7 @@ impl Worker {
                 }
             }
             Command::RemoveLeg { id } => match self.shard.remove_leg(id) {
-                Ok(slot) => self.close_slot(slot),
+                Ok(slot) => self.detach(slot),
                 Err(error) => tracing::warn!(worker = index, %id, %error, "remove leg refused"),
             },
             Command::SetSource { bridge, leg } => {
@@ -522,33 +612,167 @@ impl Worker {
         true
     }
 
-    fn register(&mut self, slot: u32, sockets: LegSockets) -> io::Result<()> {
-        let epoll = self.epoll.as_raw_fd();
-        epoll_add(epoll, sockets.rtp.as_raw_fd(), u64::from(slot) << 1)?;
-        if let Some(rtcp) = &sockets.rtcp {
-            if let Err(error) = epoll_add(epoll, rtcp.as_raw_fd(), (u64::from(slot) << 1) | 1) {
-                epoll_delete(epoll, sockets.rtp.as_raw_fd());
-                return Err(error);
-            }
-        }
-        let index = slot as usize;
-        if self.sockets.len() <= index {
-            self.sockets.resize_with(index + 1, || None);
-            self.overflow.resize(index + 1, [0, 0]);
-        }
-        self.sockets[index] = Some(sockets);
-        self.overflow[index] = [0, 0];
-        Ok(())
+    /// Takes ownership of a port's sockets as idle (not yet used by a leg) and starts watching
+    /// them. Used for the ports the engine binds into the pool at start, before `run`.
+    pub fn adopt(&mut self, port: u16, sockets: LegSockets) -> io::Result<()> {
+        self.watch(port, sockets).map(|_| ())
     }
 
-    fn close_slot(&mut self, slot: u32) {
+    /// Registers a port's sockets with epoll and files them; returns their index.
+    fn watch(&mut self, port: u16, sockets: LegSockets) -> io::Result<u32> {
+        let index = match self.free_ports.pop() {
+            Some(index) => index,
+            None => {
+                self.ports.push(None);
+                (self.ports.len() - 1) as u32
+            }
+        };
         let epoll = self.epoll.as_raw_fd();
-        if let Some(sockets) = self.sockets.get_mut(slot as usize).and_then(Option::take) {
-            epoll_delete(epoll, sockets.rtp.as_raw_fd());
-            if let Some(rtcp) = &sockets.rtcp {
-                epoll_delete(epoll, rtcp.as_raw_fd());
+        let token = u64::from(index) << 1;
+        let registered = epoll_add(epoll, sockets.rtp.as_raw_fd(), token).and_then(|()| match &sockets.rtcp {
+            Some(rtcp) => epoll_add(epoll, rtcp.as_raw_fd(), token | 1).inspect_err(|_| {
+                epoll_delete(epoll, sockets.rtp.as_raw_fd());
+            }),
+            None => Ok(()),
+        });
+        if let Err(error) = registered {
+            self.free_ports.push(index);
+            return Err(error);
+        }
+        self.ports[index as usize] = Some(PortSockets {
+            port,
+            rtp: sockets.rtp,
+            rtcp: sockets.rtcp,
+            leg: None,
+            rtcp_in_use: false,
+            overflow: [0, 0],
+        });
+        self.port_index.insert(port, index);
+        Ok(index)
+    }
+
+    /// Stops watching a port's sockets and hands them out of the table.
+    fn unwatch(&mut self, index: u32) -> Option<LegSockets> {
+        let port = self.ports.get_mut(index as usize)?.take()?;
+        let epoll = self.epoll.as_raw_fd();
+        epoll_delete(epoll, port.rtp.as_raw_fd());
+        if let Some(rtcp) = &port.rtcp {
+            epoll_delete(epoll, rtcp.as_raw_fd());
+        }
+        self.port_index.remove(&port.port);
+        self.free_ports.push(index);
+        Some(LegSockets {
+            rtp: port.rtp,
+            rtcp: port.rtcp,
+        })
+    }
+
+    /// Closes a port's sockets.
+    fn forget_port(&mut self, index: u32) {
+        drop(self.unwatch(index));
+    }
+
+    /// Gets the sockets of a new leg's port ready: files fresh ones, or finds the pooled ones
+    /// (adding a new RTCP socket). Returns the port's index.
+    fn take_port(&mut self, port: u16, sockets: LegPort) -> io::Result<u32> {
+        match sockets {
+            LegPort::Fresh(sockets) => self.watch(port, sockets),
+            LegPort::Pooled { rtcp } => {
+                let index = *self
+                    .port_index
+                    .get(&port)
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "port is not in this worker's pool"))?;
+                let Some(Some(pooled)) = self.ports.get_mut(index as usize) else {
+                    return Err(io::Error::new(io::ErrorKind::NotFound, "pooled port has no sockets"));
+                };
+                if pooled.leg.is_some() {
+                    return Err(io::Error::new(io::ErrorKind::AddrInUse, "pooled port is in use"));
+                }
+                if let Some(rtcp) = rtcp {
+                    if pooled.rtcp.is_none() {
+                        epoll_add(self.epoll.as_raw_fd(), rtcp.as_raw_fd(), (u64::from(index) << 1) | 1)?;
+                        pooled.rtcp = Some(rtcp);
+                        pooled.overflow[1] = 0;
+                    }
+                }
+                Ok(index)
             }
         }
+    }
+
+    /// Reads one batch from a socket no leg receives on and drops it (counted). Returns the
+    /// number of datagrams read.
+    fn drain_once(&mut self, index: usize, channel: Channel, limit: usize) -> usize {
+        let Some(fd) = self
+            .ports
+            .get(index)
+            .and_then(Option::as_ref)
+            .and_then(|port| port.fd(channel))
+        else {
+            return 0;
+        };
+        let count = self.rx.receive_at_most(fd, limit).unwrap_or(0);
+        if count > 0 {
+            let kernel = self.overflow_delta(index, channel).unwrap_or(0);
+            self.shard.idle_dropped(count as u64 + kernel);
+        }
+        count
+    }
+
+    /// Kernel overflow drops on a socket since the last batch from it (its `SO_RXQ_OVFL`
+    /// count is a running total per socket, so the baseline lives with the socket).
+    fn overflow_delta(&mut self, index: usize, channel: Channel) -> Option<u64> {
+        let count = self.rx.overflow_count()?;
+        let port = self.ports.get_mut(index)?.as_mut()?;
+        let seen = &mut port.overflow[usize::from(channel == Channel::Rtcp)];
+        let delta = count.wrapping_sub(*seen);
+        *seen = count;
+        (delta > 0).then_some(u64::from(delta))
+    }
+
+    /// Gives a port to a leg slot.
+    fn attach(&mut self, slot: u32, index: u32, rtcp: bool) {
+        if let Some(Some(port)) = self.ports.get_mut(index as usize) {
+            port.leg = Some(slot);
+            port.rtcp_in_use = rtcp && port.rtcp.is_some();
+        }
+        let slot = slot as usize;
+        if self.leg_ports.len() <= slot {
+            self.leg_ports.resize(slot + 1, NO_PORT);
+        }
+        self.leg_ports[slot] = index;
+    }
+
+    /// Takes a removed leg's port away from it: idle in the pool, or closed without the pool.
+    fn detach(&mut self, slot: u32) {
+        let Some(index) = self
+            .leg_ports
+            .get_mut(slot as usize)
+            .map(|index| mem::replace(index, NO_PORT))
+        else {
+            return;
+        };
+        if index == NO_PORT {
+            return;
+        }
+        if self.config.pool {
+            if let Some(Some(port)) = self.ports.get_mut(index as usize) {
+                port.leg = None;
+                port.rtcp_in_use = false;
+            }
+        } else {
+            self.forget_port(index);
+        }
+    }
+
+    /// Hands an idle port's sockets back to the engine.
+    fn release_port(&mut self, port: u16) -> Option<LegSockets> {
+        let index = *self.port_index.get(&port)?;
+        let idle = matches!(self.ports.get(index as usize), Some(Some(sockets)) if sockets.leg.is_none());
+        if !idle {
+            return None;
+        }
+        self.unwatch(index)
     }
 }
 
@@ -580,11 +804,12 @@ pub fn allowed_cpus() -> Vec<usize> {
     }
 }
 
-fn socket_fd(sockets: &[Option<LegSockets>], leg: u32, channel: Channel) -> Option<RawFd> {
-    let sockets = sockets.get(leg as usize)?.as_ref()?;
-    Some(match (channel, &sockets.rtcp) {
-        (Channel::Rtcp, Some(rtcp)) => rtcp.as_raw_fd(),
-        _ => sockets.rtp.as_raw_fd(),
+fn socket_fd(ports: &[Option<PortSockets>], leg_ports: &[u32], leg: u32, channel: Channel) -> Option<RawFd> {
+    let index = *leg_ports.get(leg as usize)?;
+    let port = ports.get(index as usize)?.as_ref()?;
+    Some(match (channel, &port.rtcp) {
+        (Channel::Rtcp, Some(rtcp)) if port.rtcp_in_use => rtcp.as_raw_fd(),
+        _ => port.rtp.as_raw_fd(),
     })
 }
 
@@ -604,4 +829,139 @@ fn epoll_add(epoll: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
 fn epoll_delete(epoll: RawFd, fd: RawFd) {
     // SAFETY: valid epoll fd; a null event is allowed for EPOLL_CTL_DEL.
     unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::SourceCheck;
+    use crate::io::udp;
+    use crate::media::api::LegId;
+    use crate::media::stats::DropCause;
+
+    fn worker(pool: bool) -> Worker {
+        let (_commands, receiver) = crossbeam_channel::unbounded();
+        let (events, _) = crossbeam_channel::unbounded();
+        let config = WorkerConfig {
+            index: 0,
+            batch_size: 4,
+            io_uring: false,
+            rx_coalesce: Duration::ZERO,
+            cpu: None,
+            pool,
+            shard: ShardConfig {
+                rtcp_interval: Duration::from_secs(5),
+                default_source_check: SourceCheck::Strict,
+                cname: "test".to_owned(),
+                seed: 1,
+            },
+        };
+        Worker::new(config, receiver, events, Instant::now()).unwrap().0
+    }
+
+    fn add_leg(worker: &mut Worker, id: u64, port: u16, remote: std::net::SocketAddr, sockets: LegPort, drained: u64) {
+        let spec = LegSpec {
+            remote: Some(remote),
+            rtcp_mux: true,
+            ..LegSpec::default()
+        };
+        assert!(worker.apply(Command::AddLeg {
+            id: LegId(id),
+            bridge: BridgeId(1),
+            spec,
+            origin: StreamOrigin {
+                ssrc: 1,
+                seq: 1,
+                timestamp: 1,
+            },
+            port,
+            sockets,
+            drained,
+        }));
+    }
+
+    fn idle_drops(worker: &Worker) -> u64 {
+        worker.shard.totals().drops(DropCause::IdlePort)
+    }
+
+    /// A pooled socket: while idle, what reaches it is read and dropped (counted), never
+    /// handed to the shard; a leg taking it sees only later datagrams; after the leg is gone
+    /// the socket stays open and idle; released, the worker lets go of it.
+    #[test]
+    fn pooled_socket_forwards_only_while_a_leg_has_it() {
+        let mut worker = worker(true);
+        let socket = Arc::new(udp::bind("127.0.0.1:0".parse().unwrap(), 0, 0).unwrap());
+        let local = socket.local_addr().unwrap();
+        let port = local.port();
+        let sockets = LegSockets {
+            rtp: socket.clone(),
+            rtcp: None,
+        };
+        worker.adopt(port, sockets).unwrap();
+        let token = u64::from(worker.port_index[&port]) << 1;
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let packet = [0x80u8, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, 0xAA];
+        for _ in 0..10 {
+            peer.send_to(&packet, local).unwrap();
+        }
+        for _ in 0..3 {
+            assert!(!worker.service(token, worker.now()), "an idle port forwards nothing");
+        }
+        assert_eq!(idle_drops(&worker), 10, "batches of four, all dropped and counted");
+
+        assert!(worker.apply(Command::AddBridge {
+            id: BridgeId(1),
+            kind: BridgeKind::Relay
+        }));
+        add_leg(
+            &mut worker,
+            7,
+            port,
+            peer.local_addr().unwrap(),
+            LegPort::Pooled { rtcp: None },
+            5,
+        );
+        assert_eq!(idle_drops(&worker), 15, "what the engine drained is counted too");
+        peer.send_to(&packet, local).unwrap();
+        assert!(worker.service(token, worker.now()));
+        assert_eq!(worker.shard.leg_snapshot(LegId(7)).unwrap().counters.rtp_in_packets, 1);
+
+        assert!(worker.apply(Command::RemoveLeg { id: LegId(7) }));
+        peer.send_to(&packet, local).unwrap();
+        assert!(!worker.service(token, worker.now()));
+        assert_eq!(idle_drops(&worker), 16);
+        assert_eq!(worker.port_index.get(&port), Some(&0), "the socket stays in the pool");
+
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        assert!(worker.apply(Command::ReleasePort { port, reply }));
+        assert!(answer.recv().unwrap());
+        assert!(worker.port_index.is_empty());
+        assert_eq!(Arc::strong_count(&socket), 1, "the worker let go of the socket");
+    }
+
+    /// Without the pool, a removed leg's sockets are closed.
+    #[test]
+    fn without_pool_removed_leg_closes_its_sockets() {
+        let mut worker = worker(false);
+        let socket = udp::bind("127.0.0.1:0".parse().unwrap(), 0, 0).unwrap();
+        let local = socket.local_addr().unwrap();
+        assert!(worker.apply(Command::AddBridge {
+            id: BridgeId(1),
+            kind: BridgeKind::Relay
+        }));
+        let fresh = LegPort::Fresh(LegSockets {
+            rtp: Arc::new(socket),
+            rtcp: None,
+        });
+        add_leg(&mut worker, 3, local.port(), local, fresh, 0);
+        assert_eq!(worker.port_index.len(), 1);
+        assert!(worker.apply(Command::RemoveLeg { id: LegId(3) }));
+        assert!(worker.port_index.is_empty());
+        // The port is free again: binding it succeeds.
+        std::net::UdpSocket::bind(local).unwrap();
+    }
 }

@@ -735,6 +735,12 @@ impl Shard {
         }
     }
 
+    /// Counts datagrams that arrived at a pooled port no leg uses (dropped unread, never
+    /// forwarded); they go to the shard totals, no leg owns them.
+    pub fn idle_dropped(&mut self, dropped: u64) {
+        self.retired.drops[DropCause::IdlePort as usize] += dropped;
+    }
+
     fn rtcp_delay(&mut self) -> u64 {
         // RFC 3550 6.3.1: randomise over [0.5, 1.5] times the interval.
         let interval = self.config.rtcp_interval.as_nanos() as u64;

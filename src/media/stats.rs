@@ -30,10 +30,13 @@ pub enum DropCause {
     Truncated = 10,
     /// Dropped by the kernel because the socket's receive queue was full (overload).
     KernelOverflow = 11,
+    /// Arrived at a pooled port that no leg uses (a released port in quarantine or idle):
+    /// late media of an ended call, or a stray sender. Never forwarded.
+    IdlePort = 12,
 }
 
 /// Number of [`DropCause`] variants.
-pub const DROP_CAUSES: usize = 12;
+pub const DROP_CAUSES: usize = 13;
 
 impl DropCause {
     /// Every cause, in order.
@@ -50,6 +53,7 @@ impl DropCause {
         DropCause::SendFailed,
         DropCause::Truncated,
         DropCause::KernelOverflow,
+        DropCause::IdlePort,
     ];
 
     /// Label used in metrics.
@@ -67,6 +71,7 @@ impl DropCause {
             DropCause::SendFailed => "send_failed",
             DropCause::Truncated => "truncated",
             DropCause::KernelOverflow => "kernel_overflow",
+            DropCause::IdlePort => "idle_port",
         }
     }
 }
