@@ -668,6 +668,8 @@ impl Tcf {
             self.handle_response(now, message);
         }
         self.drain_layer(now);
+        // Not handed back by the layer (a retransmission it absorbed, a stray response).
+        self.incoming = None;
         self.group_changes(now);
         self.drain_layer(now);
         self.current_source = None;
@@ -777,6 +779,8 @@ impl Tcf {
             status,
             bytes: message.to_bytes(),
         };
+        // Kept for the transaction user, so the response is not parsed twice.
+        self.incoming = Some(message);
         let _ = self.layer.handle_input(now.instant, input);
     }
 
@@ -826,17 +830,11 @@ impl Tcf {
         match event {
             TransactionUserEvent::NewRequest { key, bytes, .. } => {
                 self.counters.requests += 1;
-                let message = match self.incoming.take() {
-                    Some(message) if message.as_bytes() == &bytes[..] => message,
-                    _ => match Message::parse_datagram(bytes) {
-                        Ok(message) => message,
-                        Err(_) => return,
-                    },
-                };
+                let Some(message) = self.received(bytes) else { return };
                 self.dispatch(now, key, message);
             }
             TransactionUserEvent::Response { key, status, bytes } if self.calls.owns(&key) => {
-                let response = Message::parse_datagram(bytes).ok();
+                let response = self.received(bytes);
                 self.call_response(now, key, status, response);
             }
             TransactionUserEvent::Timeout { key, .. } | TransactionUserEvent::TransportError { key, .. }
@@ -845,7 +843,7 @@ impl Tcf {
                 self.call_response(now, key, 408, None);
             }
             TransactionUserEvent::Response { key, status, bytes } if self.groups.owns(&key) => {
-                let response = Message::parse_datagram(bytes).ok();
+                let response = self.received(bytes);
                 self.group_response(now, key, status, response);
             }
             TransactionUserEvent::Timeout { key, .. } | TransactionUserEvent::TransportError { key, .. }
@@ -857,13 +855,17 @@ impl Tcf {
                 self.call_transaction_ended(&key);
                 self.group_transaction_ended(&key);
             }
-            TransactionUserEvent::Ack { bytes, .. } => self.ack(bytes),
+            TransactionUserEvent::Ack { bytes, .. } => {
+                if let Some(ack) = self.received(bytes) {
+                    self.ack(&ack);
+                }
+            }
             TransactionUserEvent::Response { key, status, bytes } => {
                 if status < 200 {
                     return;
                 }
                 if let Some(pending) = self.pending.remove(&key) {
-                    let response = Message::parse_datagram(bytes).ok();
+                    let response = self.received(bytes);
                     self.completed(now, pending, status, response);
                 }
             }
@@ -871,6 +873,18 @@ impl Tcf {
                 if let Some(pending) = self.pending.remove(&key) {
                     self.completed(now, pending, 408, None);
                 }
+            }
+        }
+    }
+
+    /// The message the transaction layer handed back as `bytes`: the one being handled (parsed
+    /// once, in `handle_datagram`), or parsed here when it is another (a timer's doing).
+    fn received(&mut self, bytes: Bytes) -> Option<Message> {
+        match self.incoming.take() {
+            Some(message) if message.as_bytes() == &bytes[..] => Some(message),
+            other => {
+                self.incoming = other;
+                Message::parse_datagram(bytes).ok()
             }
         }
     }
