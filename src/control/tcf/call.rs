@@ -795,25 +795,35 @@ impl Tcf {
         extension: &str,
         body: Bytes,
     ) -> Option<(TransactionKey, Message)> {
-        let me = self.address;
-        let branch = format!("z9hG4bK{}", self.token());
+        let mut branch = String::with_capacity(23);
+        branch.push_str("z9hG4bK");
+        branch.push_str(&self.token());
         let tag = self.token();
-        let call_id = format!("{}@{}", self.token(), self.config.name);
+        let call_id = self.token();
+        let me = self.address_text.as_bytes();
+        let user = from_user.as_str().as_bytes();
+        let address = [b"<sip:".as_slice(), user, b"@", me, b">"];
         let request = MessageBuilder::request(Method::Invite, uri)
-            .header(HeaderName::Via, format!("SIP/2.0/UDP {me};branch={branch};rport"))
+            .header_parts(
+                HeaderName::Via,
+                &[b"SIP/2.0/UDP ", me, b";branch=", branch.as_bytes(), b";rport"],
+            )
             .header(HeaderName::MaxForwards, "70")
-            .header(HeaderName::From, format!("<sip:{from_user}@{me}>;tag={tag}"))
+            .header_parts(HeaderName::From, &[b"<sip:", user, b"@", me, b">;tag=", tag.as_bytes()])
             .header(HeaderName::To, to)
-            .header(HeaderName::CallId, call_id)
+            .header_parts(
+                HeaderName::CallId,
+                &[call_id.as_bytes(), b"@", self.config.name.as_bytes()],
+            )
             .header(HeaderName::CSeq, "1 INVITE")
-            .header(HeaderName::Contact, format!("<sip:{from_user}@{me}>"))
-            .raw_header("P-Asserted-Identity", format!("<sip:{from_user}@{me}>"))
+            .header_parts(HeaderName::Contact, &address)
+            .raw_header("P-Asserted-Identity", address.concat())
             .raw_header("Ptt-Extension", extension)
             .header(HeaderName::Allow, ALLOW)
             .body(SDP, body)
             .build()
             .ok()?;
-        let key = TransactionKey::new(&branch, &me.to_string(), TxMethod::Invite).ok()?;
+        let key = TransactionKey::new(&branch, &self.address_text, TxMethod::Invite).ok()?;
         Some((key, request))
     }
 
@@ -864,7 +874,7 @@ impl Tcf {
                 if b.cancel_wanted && !b.cancel_sent {
                     self.send_cancel(now, &mut b);
                 } else {
-                    if b.dialog.is_none() && response.to().ok().and_then(|to| to.tag().map(str::to_owned)).is_some() {
+                    if b.dialog.is_none() && response.to_tag().ok().flatten().is_some() {
                         b.dialog = Dialog::uac(&b.invite, &response).ok();
                     }
                     // Pass 180/183 back (183 only because the callee sent one).
