@@ -346,6 +346,8 @@ pub struct Tcf {
     network: Arc<Network>,
     subscribers: Arc<Subscribers>,
     address: SocketAddr,
+    /// `address` as text (`host:port`), written into every request we send.
+    address_text: String,
     requires_peer_auth: bool,
     secret: String,
     layer: TransactionLayer<SocketAddr>,
@@ -469,6 +471,7 @@ impl Tcf {
             network,
             subscribers,
             address,
+            address_text: address.to_string(),
             requires_peer_auth,
             secret,
             layer,
@@ -668,6 +671,8 @@ impl Tcf {
             self.handle_response(now, message);
         }
         self.drain_layer(now);
+        // Not handed back by the layer (a retransmission it absorbed, a stray response).
+        self.incoming = None;
         self.group_changes(now);
         self.drain_layer(now);
         self.current_source = None;
@@ -777,6 +782,8 @@ impl Tcf {
             status,
             bytes: message.to_bytes(),
         };
+        // Kept for the transaction user, so the response is not parsed twice.
+        self.incoming = Some(message);
         let _ = self.layer.handle_input(now.instant, input);
     }
 
@@ -826,17 +833,11 @@ impl Tcf {
         match event {
             TransactionUserEvent::NewRequest { key, bytes, .. } => {
                 self.counters.requests += 1;
-                let message = match self.incoming.take() {
-                    Some(message) if message.as_bytes() == &bytes[..] => message,
-                    _ => match Message::parse_datagram(bytes) {
-                        Ok(message) => message,
-                        Err(_) => return,
-                    },
-                };
+                let Some(message) = self.received(bytes) else { return };
                 self.dispatch(now, key, message);
             }
             TransactionUserEvent::Response { key, status, bytes } if self.calls.owns(&key) => {
-                let response = Message::parse_datagram(bytes).ok();
+                let response = self.received(bytes);
                 self.call_response(now, key, status, response);
             }
             TransactionUserEvent::Timeout { key, .. } | TransactionUserEvent::TransportError { key, .. }
@@ -845,7 +846,7 @@ impl Tcf {
                 self.call_response(now, key, 408, None);
             }
             TransactionUserEvent::Response { key, status, bytes } if self.groups.owns(&key) => {
-                let response = Message::parse_datagram(bytes).ok();
+                let response = self.received(bytes);
                 self.group_response(now, key, status, response);
             }
             TransactionUserEvent::Timeout { key, .. } | TransactionUserEvent::TransportError { key, .. }
@@ -857,13 +858,17 @@ impl Tcf {
                 self.call_transaction_ended(&key);
                 self.group_transaction_ended(&key);
             }
-            TransactionUserEvent::Ack { bytes, .. } => self.ack(bytes),
+            TransactionUserEvent::Ack { bytes, .. } => {
+                if let Some(ack) = self.received(bytes) {
+                    self.ack(&ack);
+                }
+            }
             TransactionUserEvent::Response { key, status, bytes } => {
                 if status < 200 {
                     return;
                 }
                 if let Some(pending) = self.pending.remove(&key) {
-                    let response = Message::parse_datagram(bytes).ok();
+                    let response = self.received(bytes);
                     self.completed(now, pending, status, response);
                 }
             }
@@ -871,6 +876,18 @@ impl Tcf {
                 if let Some(pending) = self.pending.remove(&key) {
                     self.completed(now, pending, 408, None);
                 }
+            }
+        }
+    }
+
+    /// The message the transaction layer handed back as `bytes`: the one being handled (parsed
+    /// once, in `handle_datagram`), or parsed here when it is another (a timer's doing).
+    fn received(&mut self, bytes: Bytes) -> Option<Message> {
+        match self.incoming.take() {
+            Some(message) if message.as_bytes() == &bytes[..] => Some(message),
+            other => {
+                self.incoming = other;
+                Message::parse_datagram(bytes).ok()
             }
         }
     }
@@ -910,7 +927,7 @@ impl Tcf {
             }
         }
         let in_dialog = !matches!(method, Method::Register | Method::Ack | Method::Cancel)
-            && request.to().ok().is_some_and(|to| to.tag().is_some());
+            && request.to_tag().ok().flatten().is_some();
         if in_dialog {
             let unmatched = self
                 .in_dialog(now, key.clone(), request)
@@ -937,7 +954,13 @@ impl Tcf {
     // ---- responses and requests -------------------------------------------------------------
 
     fn token(&mut self) -> String {
-        format!("{:016x}", self.rng.random::<u64>())
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let value = self.rng.random::<u64>();
+        // The same text as `format!("{value:016x}")`, without the formatting machinery.
+        (0..16)
+            .rev()
+            .map(|digit| char::from(HEX[((value >> (digit * 4)) & 0xf) as usize]))
+            .collect()
     }
 
     fn respond(
@@ -1308,9 +1331,15 @@ impl Tcf {
 
     /// Answers a successful REGISTER: `200 OK` with the binding's Contact and the period granted.
     fn registered(&mut self, now: Now, key: &TransactionKey, request: &Message, contact: &str, expires: u32) {
-        let contact_value = format!("{contact};expires={expires}");
-        let expires_value = expires.to_string();
-        let headers = [("Contact", contact_value.as_str()), ("Expires", expires_value.as_str())];
+        let mut digits = [0u8; 20];
+        // Decimal digits are ASCII.
+        let expires_value =
+            std::str::from_utf8(crate::sip::builder::decimal(u64::from(expires), &mut digits)).unwrap_or_default();
+        let mut contact_value = String::with_capacity(contact.len() + 9 + expires_value.len());
+        contact_value.push_str(contact);
+        contact_value.push_str(";expires=");
+        contact_value.push_str(expires_value);
+        let headers = [("Contact", contact_value.as_str()), ("Expires", expires_value)];
         self.respond(now, key, request, 200, "OK", &headers);
     }
 
@@ -1823,15 +1852,23 @@ const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, MESSAGE,
 fn transaction_key(message: &Message, via: &crate::sip::Via<'_>) -> Option<TransactionKey> {
     let cseq = message.cseq().ok()?;
     let method = TxMethod::from_token(cseq.method.as_str());
-    let sent_by = match via.port() {
-        Some(port) => format!("{}:{port}", via.host_raw()),
-        None => via.host_raw().to_owned(),
-    };
+    let mut digits = [0u8; 20];
+    let port = via
+        .port()
+        .map(|port| crate::sip::builder::decimal(u64::from(port), &mut digits));
+    let host = via.host_raw();
+    let mut sent_by = String::with_capacity(host.len() + port.map_or(0, |port| port.len() + 1));
+    sent_by.push_str(host);
+    if let Some(port) = port {
+        sent_by.push(':');
+        // Decimal digits are ASCII.
+        sent_by.extend(port.iter().map(|&digit| char::from(digit)));
+    }
     match via.branch() {
         Some(branch) if via.has_rfc3261_branch() => TransactionKey::new(branch, &sent_by, method).ok(),
         _ => {
             let call_id = message.call_id().ok()?;
-            let from_tag = message.from().ok()?.tag().unwrap_or("").to_owned();
+            let from_tag = message.from_tag().ok()?.unwrap_or("").to_owned();
             Some(TransactionKey::rfc2543(
                 call_id,
                 &from_tag,

@@ -48,7 +48,9 @@ use std::fmt;
 
 pub use error::{ErrorKind, OfferAnswerError, SdpError};
 pub use format::{default_preferences, static_payload_type, Direction, Format, PayloadFormat};
-pub use negotiate::{answer, offer, parse_answer, rewrite_connection, Answer, LocalMedia, Negotiated, SessionOrigin};
+pub use negotiate::{
+    answer, offer, parse_answer, reanchor, rewrite_connection, Answer, LocalMedia, Negotiated, SessionOrigin,
+};
 
 /// Largest SDP body we read (bytes). Real offers of SIP phones are well under 2 KiB.
 pub const MAX_SDP_SIZE: usize = 16 * 1024;

@@ -424,7 +424,13 @@ pub fn parse_answer(offer: &Sdp, answer: &Sdp) -> Result<Negotiated, OfferAnswer
 /// they still change when the original does). Other active m-lines are disabled with port 0:
 /// this node relays only the audio stream. Every other line is kept as it was.
 pub fn rewrite_connection(sdp: &Sdp, address: IpAddr, rtp_port: u16, rtcp_port: Option<u16>) -> Sdp {
-    let mut session = sdp.session().clone();
+    reanchor(sdp.clone(), address, rtp_port, rtcp_port)
+}
+
+/// [`rewrite_connection`] of a body the caller no longer needs: rewritten in place, without a
+/// copy.
+pub fn reanchor(sdp: Sdp, address: IpAddr, rtp_port: u16, rtcp_port: Option<u16>) -> Sdp {
+    let mut session = sdp.0;
     session.origin.addrtype = addrtype(address);
     session.origin.unicast_address = address.to_string();
     let session_hold = session

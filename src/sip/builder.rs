@@ -96,8 +96,27 @@ impl MessageBuilder {
         self
     }
 
+    /// Appends a header field with a known name whose value is `parts` written one after the
+    /// other: the same as [`MessageBuilder::header`] with the parts joined, without building the
+    /// joined value first.
+    pub fn header_parts(mut self, name: HeaderName, parts: &[&[u8]]) -> Self {
+        let mut parts = parts.iter();
+        self.push_header_start(name, parts.next().copied().unwrap_or_default());
+        for part in parts {
+            self.start_header_append(b"", part);
+        }
+        self.head.extend_from_slice(b"\r\n");
+        self
+    }
+
     /// [`MessageBuilder::header`] through a reference (no move of the builder per field).
     fn push_header(&mut self, name: HeaderName, value: &[u8]) {
+        self.push_header_start(name, value);
+        self.head.extend_from_slice(b"\r\n");
+    }
+
+    /// [`MessageBuilder::push_header`] without the line end.
+    fn push_header_start(&mut self, name: HeaderName, value: &[u8]) {
         match name {
             HeaderName::Other => {
                 self.error.get_or_insert(BuildError::HeaderName(String::new()));
@@ -109,7 +128,6 @@ impl MessageBuilder {
         }
         // Known names are tokens: only the value needs checking.
         self.start_header(name.as_str(), value);
-        self.head.extend_from_slice(b"\r\n");
     }
 
     /// Appends `separator` and `more` to the value being written by [`MessageBuilder::start_header`].
@@ -185,6 +203,11 @@ fn has_line_break(bytes: &[u8]) -> bool {
 /// Appends `value` in decimal (no allocation, unlike `to_string`).
 pub(crate) fn push_decimal(out: &mut Vec<u8>, value: u64) {
     let mut digits = [0u8; 20];
+    out.extend_from_slice(decimal(value, &mut digits));
+}
+
+/// `value` in decimal, written into `digits` (no allocation).
+pub(crate) fn decimal(value: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut start = digits.len();
     let mut rest = value;
     loop {
@@ -198,7 +221,7 @@ pub(crate) fn push_decimal(out: &mut Vec<u8>, value: u64) {
             break;
         }
     }
-    out.extend_from_slice(digits.get(start..).unwrap_or_default());
+    digits.get(start..).unwrap_or_default()
 }
 
 /// Appends an IP address as `Display` writes it, without a `format!` allocation.
@@ -368,6 +391,22 @@ mod tests {
         message.validate().expect("valid");
         assert_eq!(message.content_length(), Ok(Some(5)));
         assert_eq!(message.body(), b"hello");
+    }
+
+    #[test]
+    fn header_parts_is_header_with_the_parts_joined() {
+        let joined = MessageBuilder::response(200, "OK")
+            .header(HeaderName::From, "<sip:a@h>;tag=1")
+            .build_bytes();
+        let parts = MessageBuilder::response(200, "OK")
+            .header_parts(HeaderName::From, &[b"<sip:a@h>", b";tag=", b"1"])
+            .build_bytes();
+        assert_eq!(joined, parts);
+        let broken = MessageBuilder::response(200, "OK").header_parts(HeaderName::From, &[b"<sip:a@h>", b"\r\nX: y"]);
+        assert_eq!(broken.build_bytes(), Err(BuildError::LineBreak));
+        let empty = MessageBuilder::response(200, "OK").header_parts(HeaderName::Subject, &[]);
+        let plain = MessageBuilder::response(200, "OK").header(HeaderName::Subject, "");
+        assert_eq!(empty.build_bytes(), plain.build_bytes());
     }
 
     #[test]

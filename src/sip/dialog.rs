@@ -79,7 +79,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
-use crate::sip::builder::MessageBuilder;
+use crate::sip::builder::{decimal, MessageBuilder};
 use crate::sip::headers::{ContactList, HeaderError, HeaderName, NameAddr};
 use crate::sip::message::{Message, Method};
 use crate::sip::syntax::{is_token, unfold};
@@ -124,11 +124,11 @@ impl DialogId {
     pub fn of_received(message: &Message) -> Option<Self> {
         let call_id = message.call_id().ok()?;
         let (local, remote) = if message.is_request() {
-            (message.to().ok()?, message.from().ok()?)
+            (message.to_tag().ok()?, message.from_tag().ok()?)
         } else {
-            (message.from().ok()?, message.to().ok()?)
+            (message.from_tag().ok()?, message.to_tag().ok()?)
         };
-        Some(Self::new(call_id, local.tag()?, remote.tag().unwrap_or("")))
+        Some(Self::new(call_id, local?, remote.unwrap_or("")))
     }
 }
 
@@ -379,13 +379,13 @@ impl Dialog {
         let local_tag = checked_tag(Some(local_tag), HeaderName::From)?;
         let cseq = request.cseq().map_err(invalid(HeaderName::CSeq))?;
 
-        let response_to = response.to().map_err(invalid(HeaderName::To))?;
-        let remote_tag = match (response_to.tag(), state) {
+        let response_to_tag = response.to_tag().map_err(invalid(HeaderName::To))?;
+        let remote_tag = match (response_to_tag, state) {
             (None, DialogState::Early) => return Err(DialogError::MissingTag(HeaderName::To)),
             (tag, _) => checked_tag(tag, HeaderName::To)?,
         };
         let answers = response.call_id().is_ok_and(|id| id == call_id)
-            && response.from().is_ok_and(|from| from.tag() == Some(local_tag))
+            && response.from_tag().is_ok_and(|tag| tag == Some(local_tag))
             && response
                 .cseq()
                 .is_ok_and(|answered| answered.number == cseq.number && answered.method == method);
@@ -674,9 +674,17 @@ impl Dialog {
             None => request_uri_form(&self.remote_target),
         };
         let mut builder = MessageBuilder::request(method, &request_uri)
-            .header(
+            .header_parts(
                 HeaderName::Via,
-                format!("SIP/2.0/{transport} {via_sent_by};branch={branch};rport"),
+                &[
+                    b"SIP/2.0/",
+                    transport.as_bytes(),
+                    b" ",
+                    via_sent_by.as_bytes(),
+                    b";branch=",
+                    branch.as_bytes(),
+                    b";rport",
+                ],
             )
             .header(HeaderName::MaxForwards, "70");
         match strict_first {
@@ -685,7 +693,7 @@ impl Dialog {
                 for route in self.route_set.iter().skip(1) {
                     builder = builder.header(HeaderName::Route, &route.value);
                 }
-                builder = builder.header(HeaderName::Route, format!("<{}>", self.remote_target));
+                builder = builder.header_parts(HeaderName::Route, &[b"<", self.remote_target.as_bytes(), b">"]);
             }
             None => {
                 for route in &self.route_set {
@@ -693,19 +701,29 @@ impl Dialog {
                 }
             }
         }
-        let to = if self.id.remote_tag.is_empty() {
-            self.remote_uri.clone()
+        builder = if self.id.remote_tag.is_empty() {
+            builder.header(HeaderName::To, &self.remote_uri)
         } else {
-            format!("{};tag={}", self.remote_uri, self.id.remote_tag)
+            builder.header_parts(
+                HeaderName::To,
+                &[self.remote_uri.as_bytes(), b";tag=", self.id.remote_tag.as_bytes()],
+            )
         };
+        let mut digits = [0u8; 20];
         builder = builder
-            .header(HeaderName::To, to)
-            .header(
+            .header_parts(
                 HeaderName::From,
-                format!("{};tag={}", self.local_uri, self.id.local_tag),
+                &[self.local_uri.as_bytes(), b";tag=", self.id.local_tag.as_bytes()],
             )
             .header(HeaderName::CallId, &self.id.call_id)
-            .header(HeaderName::CSeq, format!("{number} {method}"));
+            .header_parts(
+                HeaderName::CSeq,
+                &[
+                    decimal(u64::from(number), &mut digits),
+                    b" ",
+                    method.as_str().as_bytes(),
+                ],
+            );
         if is_target_refresh(method) {
             builder = builder.header(HeaderName::Contact, &self.local_contact);
         }
@@ -718,13 +736,13 @@ impl Dialog {
     /// To carries our tag (To for a received request or a sent response).
     fn matches(&self, message: &Message, ours_in_to: bool) -> bool {
         let (ours, theirs) = if ours_in_to {
-            (message.to(), message.from())
+            (message.to_tag(), message.from_tag())
         } else {
-            (message.from(), message.to())
+            (message.from_tag(), message.to_tag())
         };
         message.call_id().is_ok_and(|call_id| call_id == self.id.call_id)
-            && ours.is_ok_and(|ours| ours.tag() == Some(self.id.local_tag.as_str()))
-            && theirs.is_ok_and(|theirs| theirs.tag().unwrap_or("") == self.id.remote_tag)
+            && ours.is_ok_and(|ours| ours == Some(self.id.local_tag.as_str()))
+            && theirs.is_ok_and(|theirs| theirs.unwrap_or("") == self.id.remote_tag)
     }
 
     /// True when the response answers the dialog-creating request (same CSeq number and method).
@@ -811,7 +829,7 @@ impl Dialogs {
 /// True when a request claims to be inside a dialog: its To has a tag (§12.2). Such a request that
 /// matches no dialog is answered 481 (§12.2.2), except an ACK, which is never answered.
 pub fn is_in_dialog(request: &Message) -> bool {
-    request.is_request() && request.to().is_ok_and(|to| to.tag().is_some())
+    request.is_request() && request.to_tag().is_ok_and(|tag| tag.is_some())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -453,6 +453,9 @@ impl Eq for Message {}
 struct Facts {
     /// To carries a `tag` parameter.
     to_tagged: bool,
+    /// The `tag` parameters of To and From.
+    to_tag: TagFact,
+    from_tag: TagFact,
     /// The To URI is `sip:`/`sips:`, and its user part.
     to_sip: bool,
     to_user: Option<Span>,
@@ -479,6 +482,26 @@ enum HostSpan {
     Name(Span),
     V4(std::net::Ipv4Addr),
     V6(std::net::Ipv6Addr),
+}
+
+/// A `tag` parameter as validation found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TagFact {
+    /// No tag (or one that is not ASCII, which [`NameAddr::tag`] does not return either).
+    Absent,
+    /// The tag's value.
+    At(Span),
+    /// Not recorded (a value outside the buffer): parse again.
+    Unknown,
+}
+
+impl TagFact {
+    fn of(message: &Message, address: &NameAddr<'_>) -> TagFact {
+        match address.tag() {
+            None => TagFact::Absent,
+            Some(tag) => message.span_of(tag.as_bytes()).map_or(TagFact::Unknown, TagFact::At),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -787,6 +810,29 @@ impl Message {
         NameAddr::parse(self.single(HeaderName::To)?)
     }
 
+    /// The To tag: `to()?.tag()`, without parsing To again when validation recorded it.
+    pub fn to_tag(&self) -> Result<Option<&str>, HeaderError> {
+        match self.facts.as_ref().map(|facts| facts.to_tag) {
+            Some(fact) if fact != TagFact::Unknown => Ok(self.tag_of(fact)),
+            _ => self.to().map(|to| to.tag()),
+        }
+    }
+
+    /// The From tag: `from()?.tag()`, without parsing From again when validation recorded it.
+    pub fn from_tag(&self) -> Result<Option<&str>, HeaderError> {
+        match self.facts.as_ref().map(|facts| facts.from_tag) {
+            Some(fact) if fact != TagFact::Unknown => Ok(self.tag_of(fact)),
+            _ => self.from().map(|from| from.tag()),
+        }
+    }
+
+    fn tag_of(&self, fact: TagFact) -> Option<&str> {
+        match fact {
+            TagFact::At(span) => Some(self.slice_str(span)),
+            TagFact::Absent | TagFact::Unknown => None,
+        }
+    }
+
     /// Call-ID, trimmed.
     pub fn call_id(&self) -> Result<&str, HeaderError> {
         parse_call_id(self.single(HeaderName::CallId)?)
@@ -1052,7 +1098,7 @@ impl Message {
                 split_list(value).nth(1).is_none() && memchr::memchr2(b'\r', b'\n', value).is_none()
             })
         });
-        self.from().map_err(invalid(HeaderName::From))?;
+        let from = self.from().map_err(invalid(HeaderName::From))?;
         let to = self.to().map_err(invalid(HeaderName::To))?;
         self.call_id().map_err(invalid(HeaderName::CallId))?;
         self.max_forwards().map_err(invalid(HeaderName::MaxForwards))?;
@@ -1080,6 +1126,8 @@ impl Message {
         let sip = to.uri().as_sip();
         Ok(Facts {
             to_tagged: to.tag().is_some(),
+            to_tag: TagFact::of(self, &to),
+            from_tag: TagFact::of(self, &from),
             to_sip: sip.is_some(),
             to_user: sip
                 .and_then(|uri| uri.user())
@@ -1600,6 +1648,30 @@ v=0\n";
                 };
                 assert_eq!(answer(&validated), answer(&fresh), "{text}");
             }
+        }
+    }
+
+    #[test]
+    fn recorded_tags_match_a_fresh_parse() {
+        for (from, to) in [
+            ("From: <sip:1000@h>;tag=f", "To: <sip:1001@h>"),
+            ("f: \"A <b>\" <sip:1000@h;tag=u>;tag=f2", "t: sip:1001@h;tag=t1"),
+            ("From: sip:1000@h;x=1", "To: <sip:1001@h>;TAG=up;y"),
+            ("From: <sip:1000@h>;tag=a\r\n ;q=1", "To: <sip:1001@h>;x=1;tag=z"),
+        ] {
+            let text = format!(
+                "BYE sip:h SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa\r\n{from}\r\n{to}\r\n\
+                 Call-ID: c\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+            );
+            let validated = parse(text.as_bytes()).expect("valid");
+            let fresh = Message::parse_datagram_unvalidated(Bytes::from(text.clone())).expect("indexes");
+            assert!(validated.facts.is_some() && fresh.facts.is_none());
+            for message in [&validated, &fresh] {
+                assert_eq!(message.to_tag(), message.to().map(|to| to.tag()), "{text}");
+                assert_eq!(message.from_tag(), message.from().map(|from| from.tag()), "{text}");
+            }
+            assert_eq!(validated.to_tag(), fresh.to_tag(), "{text}");
+            assert_eq!(validated.from_tag(), fresh.from_tag(), "{text}");
         }
     }
 

@@ -41,6 +41,7 @@ use crate::config::Anchoring;
 use crate::media::api::{BridgeId, BridgeKind, LegInfo, LegSpec};
 use crate::sdp::{self, Sdp};
 use crate::sip::dialog::{Dialog, DialogId, DialogState};
+use crate::sip::transaction::IdMap;
 
 use super::*;
 
@@ -199,6 +200,8 @@ struct Call {
     reinvite: bool,
     /// The body forwarded to B with the INVITE.
     b_body: Option<Bytes>,
+    /// `b_body` parsed, until the first INVITE to B takes it.
+    b_offer: Option<Sdp>,
     /// The stage B plays, for forwarding restarts.
     started: Instant,
 }
@@ -241,7 +244,7 @@ struct Passed {
 /// All calls of this node.
 #[derive(Debug, Default)]
 pub(super) struct Calls {
-    calls: HashMap<u64, Call>,
+    calls: IdMap<Call>,
     by_invite: HashMap<TransactionKey, u64>,
     by_dialog: HashMap<DialogId, (u64, Side)>,
     sent: HashMap<TransactionKey, Sent>,
@@ -463,16 +466,16 @@ impl Tcf {
         let from_terminal = peer.is_none();
         let to_terminal = matches!(next, Next::Terminal(_));
         let anchoring = self.config.calls.anchoring == Anchoring::Always || from_terminal || to_terminal;
-        let (anchor, body) = if anchoring {
-            match self.anchor(&offer) {
-                Ok((anchor, body)) => (Some(anchor), body),
+        let (anchor, body, b_offer) = if anchoring {
+            match self.anchor(offer) {
+                Ok((anchor, body, sent)) => (Some(anchor), body, sent),
                 Err((status, reason)) => {
                     self.respond(now, &key, &request, status, reason, &[]);
                     return;
                 }
             }
         } else {
-            (None, Bytes::copy_from_slice(request.body()))
+            (None, Bytes::copy_from_slice(request.body()), offer)
         };
         // This hop is going to work on the call: 100 at once (hop by hop).
         self.respond(now, &key, &request, 100, "Trying", &[]);
@@ -525,6 +528,7 @@ impl Tcf {
             retransmit: None,
             reinvite: false,
             b_body: Some(body),
+            b_offer: Some(b_offer),
             started: now.instant,
         };
         for user in std::mem::take(&mut plan.busy) {
@@ -670,11 +674,11 @@ impl Tcf {
     }
 
     /// Creates the relay bridge of an anchoring hop for `offer`; returns it and the offer
-    /// re-anchored at the B leg.
-    fn anchor(&mut self, offer: &Sdp) -> Result<(Anchor, Bytes), (u16, &'static str)> {
+    /// re-anchored at the B leg, as a body and parsed.
+    fn anchor(&mut self, offer: Sdp) -> Result<(Anchor, Bytes, Sdp), (u16, &'static str)> {
         let preferences = sdp::default_preferences();
         let local = sdp::LocalMedia::new(self.media_ip(), 9, &preferences);
-        let answer = sdp::answer(offer, &local).map_err(|_| (488, "Not Acceptable Here (no acceptable codec)"))?;
+        let answer = sdp::answer(&offer, &local).map_err(|_| (488, "Not Acceptable Here (no acceptable codec)"))?;
         let spec_a = leg_spec(answer.negotiated.remote_rtp, answer.negotiated.remote_rtcp, false);
         let no_media = (503, "Service Unavailable (no media resources)");
         let bridge = self.media.create_bridge(BridgeKind::Relay).map_err(|_| no_media)?;
@@ -689,8 +693,9 @@ impl Tcf {
                 return Err(no_media);
             }
         };
-        let body = sdp::rewrite_connection(offer, b.local_rtp.ip(), b.local_rtp.port(), Some(b.local_rtcp.port()));
-        Ok((Anchor { bridge, a, b }, Bytes::from(body.to_bytes())))
+        let sent = sdp::reanchor(offer, b.local_rtp.ip(), b.local_rtp.port(), Some(b.local_rtcp.port()));
+        let body = Bytes::from(sent.to_bytes());
+        Ok((Anchor { bridge, a, b }, body, sent))
     }
 
     /// Sends the call's outbound INVITE to `next`.
@@ -746,7 +751,12 @@ impl Tcf {
         let (key, request) = self
             .new_invite(&uri, &to, &caller, &extension, body)
             .ok_or((500, "Server Internal Error (building INVITE)"))?;
-        let offer = sdp::parse(request.body()).ok();
+        // The offer as sent, kept from when it was written (parsed back only for a second
+        // attempt, which is rare: forwarding).
+        let offer = match call.b_offer.take() {
+            Some(offer) => Some(offer),
+            None => sdp::parse(request.body()).ok(),
+        };
         self.layer
             .send_request(
                 now.instant,
@@ -785,25 +795,35 @@ impl Tcf {
         extension: &str,
         body: Bytes,
     ) -> Option<(TransactionKey, Message)> {
-        let me = self.address;
-        let branch = format!("z9hG4bK{}", self.token());
+        let mut branch = String::with_capacity(23);
+        branch.push_str("z9hG4bK");
+        branch.push_str(&self.token());
         let tag = self.token();
-        let call_id = format!("{}@{}", self.token(), self.config.name);
+        let call_id = self.token();
+        let me = self.address_text.as_bytes();
+        let user = from_user.as_str().as_bytes();
+        let address = [b"<sip:".as_slice(), user, b"@", me, b">"];
         let request = MessageBuilder::request(Method::Invite, uri)
-            .header(HeaderName::Via, format!("SIP/2.0/UDP {me};branch={branch};rport"))
+            .header_parts(
+                HeaderName::Via,
+                &[b"SIP/2.0/UDP ", me, b";branch=", branch.as_bytes(), b";rport"],
+            )
             .header(HeaderName::MaxForwards, "70")
-            .header(HeaderName::From, format!("<sip:{from_user}@{me}>;tag={tag}"))
+            .header_parts(HeaderName::From, &[b"<sip:", user, b"@", me, b">;tag=", tag.as_bytes()])
             .header(HeaderName::To, to)
-            .header(HeaderName::CallId, call_id)
+            .header_parts(
+                HeaderName::CallId,
+                &[call_id.as_bytes(), b"@", self.config.name.as_bytes()],
+            )
             .header(HeaderName::CSeq, "1 INVITE")
-            .header(HeaderName::Contact, format!("<sip:{from_user}@{me}>"))
-            .raw_header("P-Asserted-Identity", format!("<sip:{from_user}@{me}>"))
+            .header_parts(HeaderName::Contact, &address)
+            .raw_header("P-Asserted-Identity", address.concat())
             .raw_header("Ptt-Extension", extension)
             .header(HeaderName::Allow, ALLOW)
             .body(SDP, body)
             .build()
             .ok()?;
-        let key = TransactionKey::new(&branch, &me.to_string(), TxMethod::Invite).ok()?;
+        let key = TransactionKey::new(&branch, &self.address_text, TxMethod::Invite).ok()?;
         Some((key, request))
     }
 
@@ -854,7 +874,7 @@ impl Tcf {
                 if b.cancel_wanted && !b.cancel_sent {
                     self.send_cancel(now, &mut b);
                 } else {
-                    if b.dialog.is_none() && response.to().ok().and_then(|to| to.tag().map(str::to_owned)).is_some() {
+                    if b.dialog.is_none() && response.to_tag().ok().flatten().is_some() {
                         b.dialog = Dialog::uac(&b.invite, &response).ok();
                     }
                     // Pass 180/183 back (183 only because the callee sent one).
@@ -1033,8 +1053,8 @@ impl Tcf {
         let negotiated = sdp::parse_answer(offer, &answer).ok()?;
         let spec_b = leg_spec(negotiated.remote_rtp, negotiated.remote_rtcp, negotiated.rtcp_mux);
         let _ = self.media.update_leg(anchor.b.id, spec_b);
-        let body = sdp::rewrite_connection(
-            &answer,
+        let body = sdp::reanchor(
+            answer,
             anchor.a.local_rtp.ip(),
             anchor.a.local_rtp.port(),
             Some(anchor.a.local_rtcp.port()),
@@ -1285,12 +1305,9 @@ impl Tcf {
     }
 
     /// An ACK that matched no transaction: the ACK for a 2xx we sent.
-    pub(super) fn ack(&mut self, bytes: Bytes) {
-        let Ok(ack) = Message::parse_datagram(bytes) else {
-            return;
-        };
-        self.group_ack_received(&ack);
-        let Some(id) = DialogId::of_received(&ack) else { return };
+    pub(super) fn ack(&mut self, ack: &Message) {
+        self.group_ack_received(ack);
+        let Some(id) = DialogId::of_received(ack) else { return };
         let Some(&(call_id, side)) = self.calls.by_dialog.get(&id) else {
             return;
         };

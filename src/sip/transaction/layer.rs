@@ -11,7 +11,7 @@ use super::client_non_invite::ClientNonInvite;
 use super::server_invite::{ServerInvite, ServerInviteState};
 use super::server_non_invite::ServerNonInvite;
 use super::timer::TimerConfig;
-use super::{notify, Method, Output, Role, TransactionError, TransactionKey, TransactionUserEvent};
+use super::{notify, IdMap, Method, Output, Role, TransactionError, TransactionKey, TransactionUserEvent};
 
 /// How the layer is sized and timed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +105,7 @@ pub struct LayerStats {
 #[derive(Debug)]
 pub struct TransactionLayer<D> {
     config: LayerConfig,
-    transactions: HashMap<u64, Slot<D>>,
+    transactions: IdMap<Slot<D>>,
     clients: HashMap<TransactionKey, u64>,
     servers: HashMap<TransactionKey, u64>,
     /// Deadlines by transaction id. Entries go stale when a transaction's deadline moves or it ends; an entry
@@ -138,7 +138,7 @@ impl<D: Clone> TransactionLayer<D> {
     pub fn new(config: LayerConfig) -> Self {
         Self {
             config,
-            transactions: HashMap::new(),
+            transactions: IdMap::default(),
             clients: HashMap::new(),
             servers: HashMap::new(),
             deadlines: BinaryHeap::new(),

@@ -67,6 +67,32 @@ pub use timer::{Timer, TimerConfig, TimerConfigError};
 /// The prefix of every RFC 3261 branch parameter (§8.1.1.7); without it a request is matched the RFC 2543 way.
 pub const MAGIC_COOKIE: &str = "z9hG4bK";
 
+/// A hasher for `u64` ids this node numbers itself (transactions, calls): one multiplication
+/// instead of SipHash. Only for keys a peer cannot choose, which cannot be made to collide.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        // Fibonacci hashing: the high bits (which hashbrown uses for its control bytes) and the
+        // low bits (the bucket) both vary with consecutive ids.
+        self.0 = (self.0 ^ id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A map keyed by ids this node numbers itself (see [`IdHasher`]).
+pub type IdMap<V> = std::collections::HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// The request method, as far as the transaction layer cares.
 ///
 /// Method names are case-sensitive (RFC 3261 §7.1): `invite` is an extension method, not INVITE.
