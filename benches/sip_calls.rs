@@ -74,7 +74,8 @@
 //! whenever a hop is descheduled for 2 ms, which on two shared cores is all the time, and that
 //! runs into a bug (BENCHMARKS.md): a 2xx the next hop retransmits after the node has answered
 //! its own side is taken for an answer after CANCEL and the call is torn down (the caller's BYE
-//! then gets 481). `SIP_CALLS_T1_MS` overrides T1 (2 shows it).
+//! then gets 481). `SIP_CALLS_T1_MS` overrides T1 (2 shows it). `SIP_BENCH_NODE=/path/to/floorcast`
+//! runs another build of the node (an A/B run).
 //!
 //! Relay ports: each leg takes a port pair and a freed pair is quarantined
 //! (`media.port_quarantine_ms`, 5 s by default), so at R calls/s a node holds about 2·R·q
@@ -132,6 +133,12 @@ const PORT_QUARANTINE_MS: u64 = 500;
 /// The targets.
 const TARGET_CPU_US: f64 = 250.0;
 const TARGET_P99_MS: f64 = 5.0;
+
+/// The node binary: the one Cargo built for this bench, or `SIP_BENCH_NODE` (another build of
+/// the node, for an A/B run).
+fn node_binary() -> String {
+    std::env::var("SIP_BENCH_NODE").unwrap_or_else(|_| env!("CARGO_BIN_EXE_floorcast").to_owned())
+}
 
 fn quick() -> bool {
     std::env::var_os("SIP_BENCH_QUICK").is_some()
@@ -378,7 +385,7 @@ impl NodeProcess {
             ),
         )
         .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_floorcast"))
+        let child = Command::new(node_binary())
             .arg("run")
             .arg("--config")
             .arg(&config)
@@ -1631,9 +1638,9 @@ fn main() {
     if !std::env::args().any(|arg| arg == "--bench") {
         return;
     }
-    let binary = env!("CARGO_BIN_EXE_floorcast");
+    let binary = node_binary();
     assert!(
-        Path::new(binary).exists(),
+        Path::new(&binary).exists(),
         "{binary} is missing: run through `cargo bench`"
     );
     let window = measured_window();
