@@ -707,4 +707,30 @@ mod tests {
         let error = sockets.rtp.recv(&mut [0u8; 16]).unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::WouldBlock);
     }
+
+    /// The eventfd is written only when the worker waits or is about to (`Waker`); a command
+    /// queued in any of those instants must still be served at once. A lost wake-up would
+    /// leave an idle worker (no legs: no timer for 1 s) asleep until its idle timeout.
+    #[test]
+    fn every_request_to_an_idle_worker_is_served_at_once() {
+        let config = crate::config::MediaConfig {
+            workers: 1,
+            ..crate::config::MediaConfig::default()
+        };
+        let engine = Engine::start(&config, "wake").unwrap();
+        let mut slowest = Duration::ZERO;
+        for round in 0..3_000u32 {
+            let started = Instant::now();
+            engine.stats(false).unwrap();
+            slowest = slowest.max(started.elapsed());
+            // Sometimes let the worker fall asleep, sometimes catch it on its way there.
+            match round % 3 {
+                0 => std::thread::sleep(Duration::from_micros(u64::from(round % 200))),
+                1 => std::thread::yield_now(),
+                _ => {}
+            }
+        }
+        assert!(slowest < Duration::from_millis(500), "a request waited {slowest:?}");
+        engine.shutdown();
+    }
 }

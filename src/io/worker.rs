@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use std::{io, mem};
@@ -157,18 +158,27 @@ pub struct WorkerConfig {
 }
 
 /// The wake-up side of a worker's eventfd: the control plane writes to it after queueing a
-/// command so the worker leaves `epoll_wait` at once.
+/// command so the worker leaves `epoll_wait` at once — only when the worker is about to sleep
+/// or sleeping there: a busy worker drains its commands before its next wait anyway, and the
+/// write (a syscall, and a wake-up of the worker for nothing) is most of what queueing a
+/// command costs the SIP thread.
 #[derive(Debug)]
 pub struct Waker {
     fd: OwnedFd,
+    asleep: Arc<AtomicBool>,
 }
 
 impl Waker {
-    /// Wakes the worker.
+    /// Wakes the worker if it waits (or is about to) in `epoll_wait`. Call after queueing.
     pub fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a valid u64 to an eventfd we own.
-        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        // Pairs with the fence in `Worker::sleep`: either the worker sees the queued command
+        // before it waits, or this sees it waiting (or both).
+        fence(Ordering::SeqCst);
+        if self.asleep.swap(false, Ordering::SeqCst) {
+            let one: u64 = 1;
+            // SAFETY: writing 8 bytes from a valid u64 to an eventfd we own.
+            let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
     }
 }
 
@@ -178,6 +188,8 @@ pub struct Worker {
     shard: Shard,
     epoll: OwnedFd,
     wake: RawFd,
+    /// Set while the worker waits (or is about to) in `epoll_wait`; see [`Waker`].
+    asleep: Arc<AtomicBool>,
     commands: Receiver<Command>,
     events: Sender<Event>,
     /// Every port whose sockets this worker holds, in use or idle; the epoll token of a
@@ -280,6 +292,7 @@ impl Worker {
             config,
             epoll,
             wake: wake_raw,
+            asleep: Arc::new(AtomicBool::new(false)),
             commands,
             events,
             ports: Vec::new(),
@@ -295,7 +308,8 @@ impl Worker {
         };
         // The waker owns the eventfd; the worker keeps the raw number (it lives as long as the
         // engine keeps the waker, which outlives the worker thread).
-        Ok((worker, Waker { fd: wake }))
+        let asleep = Arc::clone(&worker.asleep);
+        Ok((worker, Waker { fd: wake, asleep }))
     }
 
     /// Whether sends go through io_uring.
@@ -330,9 +344,18 @@ impl Worker {
                 next_timer = self.run_timers(now);
             }
             let wait_ms = next_timer.saturating_sub(now.mono_ns).div_ceil(1_000_000).min(1000) as i32;
+            // Announce the wait, then look at the queue once more: a command queued before the
+            // announcement is seen here, one queued after it wakes the eventfd.
+            self.asleep.store(true, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if !self.commands.is_empty() {
+                self.asleep.store(false, Ordering::SeqCst);
+                continue;
+            }
             // SAFETY: `ready` has room for MAX_EVENTS entries.
             let count =
                 unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), ready.as_mut_ptr(), MAX_EVENTS as i32, wait_ms) };
+            self.asleep.store(false, Ordering::SeqCst);
             if count < 0 {
                 let error = io::Error::last_os_error();
                 if error.kind() == io::ErrorKind::Interrupted {
