@@ -1098,11 +1098,14 @@ fn split_params(value: &str) -> Result<Vec<RawParam<'_>>, DigestError> {
                 String::from_utf8_lossy(name).to_ascii_lowercase(),
             ));
         }
-        // Only ASCII delimiters were split on, so the bytes stay valid UTF-8.
+        // Only ASCII delimiters were split on, so a borrowed value is a slice of `value` at char
+        // boundaries: sliced from the `&str` again, not validated again.
         let param = match param {
-            Cow::Borrowed(bytes) => {
-                Cow::Borrowed(std::str::from_utf8(bytes).map_err(|_| cursor.error("invalid UTF-8"))?)
-            }
+            Cow::Borrowed(bytes) => Cow::Borrowed(
+                crate::sip::syntax::substr(value, bytes)
+                    .or_else(|| std::str::from_utf8(bytes).ok())
+                    .ok_or_else(|| cursor.error("invalid UTF-8"))?,
+            ),
             Cow::Owned(bytes) => Cow::Owned(String::from_utf8(bytes).map_err(|_| cursor.error("invalid UTF-8"))?),
         };
         params.push((name, param));
@@ -1227,8 +1230,24 @@ impl<'a> Cursor<'a> {
 }
 
 fn is_token_byte(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || b"-.!%*_+`'~#$&^|".contains(&byte)
+    DIGEST_TOKEN[usize::from(byte)]
 }
+
+/// [`is_token_byte`] as a table: asked for every byte of every parameter name and token.
+static DIGEST_TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~' | b'#' | b'$' | b'&' | b'^' | b'|'
+            );
+        byte += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
