@@ -88,7 +88,7 @@ fn fanout_preparation(c: &mut Criterion) {
                 .add_leg(LegId(index as u64 + 1), bridge, &spec, origin, now)
                 .unwrap();
         }
-        shard.set_source(bridge, Some(LegId(0))).unwrap();
+        shard.set_source(bridge, Some(LegId(0)), now).unwrap();
         let mut out = OutBatch::with_capacity(listeners);
         let mut data = packet(0);
         let mut seq = 0u16;

@@ -107,6 +107,8 @@ pub struct FakeState {
     pub legs: HashMap<LegId, (SocketAddr, LegSpec)>,
     /// Group bridges' sources.
     pub sources: HashMap<BridgeId, Option<LegId>>,
+    /// What kind each live bridge is.
+    pub kinds: HashMap<BridgeId, BridgeKind>,
 }
 
 impl FakeMedia {
@@ -139,11 +141,12 @@ impl Default for FakeMedia {
 }
 
 impl MediaPlane for FakeMedia {
-    fn create_bridge(&mut self, _kind: BridgeKind) -> Result<BridgeId, String> {
+    fn create_bridge(&mut self, kind: BridgeKind) -> Result<BridgeId, String> {
         Ok(self.with(|state| {
             state.next_id += 1;
             let id = BridgeId(state.next_id);
             state.bridges.insert(id, Vec::new());
+            state.kinds.insert(id, kind);
             id
         }))
     }
@@ -183,6 +186,7 @@ impl MediaPlane for FakeMedia {
                 state.legs.remove(&leg);
             }
             state.sources.remove(&bridge);
+            state.kinds.remove(&bridge);
         });
     }
 

@@ -860,7 +860,7 @@ impl Tcf {
             }
             TransactionUserEvent::Ack { bytes, .. } => {
                 if let Some(ack) = self.received(bytes) {
-                    self.ack(&ack);
+                    self.ack(now, &ack);
                 }
             }
             TransactionUserEvent::Response { key, status, bytes } => {

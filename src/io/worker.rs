@@ -617,7 +617,8 @@ impl Worker {
                 Err(error) => tracing::warn!(worker = index, %id, %error, "remove leg refused"),
             },
             Command::SetSource { bridge, leg } => {
-                if let Err(error) = self.shard.set_source(bridge, leg) {
+                let now = self.now();
+                if let Err(error) = self.shard.set_source(bridge, leg, now) {
                     tracing::warn!(worker = index, %bridge, %error, "set source refused");
                 }
             }

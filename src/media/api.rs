@@ -52,6 +52,10 @@ pub struct GroupOptions {
     /// Packet time, used as the minimum timestamp advance across a switch until a real
     /// spacing is observed.
     pub ptime: Duration,
+    /// After a source switch, how long the previous source is still forwarded if the new one
+    /// has not sent yet (its last packets may still be on their way when the switch is
+    /// ordered); zero: the switch cuts at once.
+    pub handover: Duration,
 }
 
 impl Default for GroupOptions {
@@ -61,6 +65,7 @@ impl Default for GroupOptions {
             talker_csrc: true,
             talker_inactivity: Duration::from_secs(4),
             ptime: Duration::from_millis(20),
+            handover: Duration::ZERO,
         }
     }
 }
@@ -81,6 +86,10 @@ pub struct LegSpec {
     /// In a group bridge: whether this leg receives the fan-out (false for a leg that only
     /// ever sends, such as a talker uplink).
     pub fanout: bool,
+    /// In a group bridge: the peer this leg talks to, as a number the caller picks (0: none).
+    /// What one leg of a peer sends never goes out of another leg of the same peer (a talker's
+    /// voice is not sent back down its own TCF's downlink).
+    pub peer: u32,
 }
 
 impl Default for LegSpec {
@@ -92,6 +101,7 @@ impl Default for LegSpec {
             source_check: None,
             payload_types: Vec::new(),
             fanout: true,
+            peer: 0,
         }
     }
 }

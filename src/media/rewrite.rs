@@ -39,9 +39,33 @@ pub const REORDER_WINDOW: u16 = 64;
 pub const MAX_DROPOUT: i16 = 3000;
 
 /// Bridge-level gate: which leg may talk, and which of its packets go out.
+///
+/// A switch of holder may hand over: the previous holder's packets are still admitted (in their
+/// own spurt) until the new holder's first packet arrives or a deadline passes, whichever comes
+/// first. A release travels through the signalling while the talker's last packets travel
+/// through the user plane, and the next talker's first packet through yet another path; the
+/// handover keeps both ends of such a switch without ever interleaving two talkers at a
+/// listener.
 #[derive(Debug, Clone, Default)]
 pub struct SourceGate {
     holder: Option<u32>,
+    track: Track,
+    /// The last spurt number given out (spurt numbers are unique across tracks).
+    spurts: u32,
+    handover: Option<Handover>,
+}
+
+/// The previous holder during a handover.
+#[derive(Debug, Clone)]
+struct Handover {
+    leg: u32,
+    until_ns: u64,
+    track: Track,
+}
+
+/// The admission state of one source leg's packets.
+#[derive(Debug, Clone, Default)]
+struct Track {
     spurt: u32,
     stream: Option<GateStream>,
     previous_ssrc: Option<u32>,
@@ -86,38 +110,109 @@ impl SourceGate {
         self.holder
     }
 
+    /// The previous holder still admitted while a handover lasts (at `now_ns`), if any.
+    pub fn handing_over(&self, now_ns: u64) -> Option<u32> {
+        self.handover
+            .as_ref()
+            .filter(|handover| now_ns < handover.until_ns)
+            .map(|handover| handover.leg)
+    }
+
     /// The current spurt number.
     pub fn spurt(&self) -> u32 {
-        self.spurt
+        self.track.spurt
     }
 
     /// Whether the current spurt has forwarded a packet yet.
     pub fn spurt_started(&self) -> bool {
-        self.stream.is_some()
+        self.track.stream.is_some()
     }
 
-    /// Sets (or clears) the floor holder. Takes effect for the very next packet. Setting the
-    /// same holder again does not start a new spurt.
+    /// Sets (or clears) the floor holder. Takes effect for the very next packet; nothing of
+    /// the previous holder is admitted any more. Setting the same holder again does not start
+    /// a new spurt.
     pub fn set_holder(&mut self, holder: Option<u32>) {
         if holder == self.holder {
             return;
         }
+        self.handover = None;
         self.holder = holder;
-        self.end_spurt();
+        self.track.end(&mut self.spurts);
     }
 
-    fn end_spurt(&mut self) {
+    /// Sets (or clears) the floor holder, handing over: the previous holder's packets are
+    /// still admitted until the new holder's first packet or until `until_ns`. With no
+    /// previous holder, a handover already under way goes on.
+    pub fn set_holder_handing_over(&mut self, holder: Option<u32>, until_ns: u64) {
+        if holder == self.holder {
+            return;
+        }
+        if let Some(previous) = self.holder {
+            self.handover = Some(Handover {
+                leg: previous,
+                until_ns,
+                track: self.track.clone(),
+            });
+        }
+        if self
+            .handover
+            .as_ref()
+            .is_some_and(|handover| Some(handover.leg) == holder)
+        {
+            // Back to the leg being handed over from: it is the holder again, in a new spurt.
+            self.handover = None;
+        }
+        self.holder = holder;
+        self.track.end(&mut self.spurts);
+    }
+
+    /// Forgets a leg (it was removed): it is neither holder nor handed over from any more.
+    pub fn forget(&mut self, leg: u32) {
+        if self.handover.as_ref().is_some_and(|handover| handover.leg == leg) {
+            self.handover = None;
+        }
+        if self.holder == Some(leg) {
+            self.holder = None;
+            self.track.end(&mut self.spurts);
+        }
+    }
+
+    /// Decides what to do with an RTP packet from leg `leg` (no handover deadline passes).
+    pub fn admit(&mut self, leg: u32, ssrc: u32, seq: u16) -> Admit {
+        self.admit_at(leg, ssrc, seq, 0)
+    }
+
+    /// Decides what to do with an RTP packet from leg `leg` arriving at `now_ns`.
+    pub fn admit_at(&mut self, leg: u32, ssrc: u32, seq: u16, now_ns: u64) -> Admit {
+        if self.holder == Some(leg) {
+            // The new holder speaks: the handover is over.
+            self.handover = None;
+            return self.track.admit(ssrc, seq, &mut self.spurts);
+        }
+        let Some(handover) = self.handover.as_mut() else {
+            return Admit::NotHolder;
+        };
+        if now_ns >= handover.until_ns {
+            self.handover = None;
+            return Admit::NotHolder;
+        }
+        if handover.leg != leg {
+            return Admit::NotHolder;
+        }
+        handover.track.admit(ssrc, seq, &mut self.spurts)
+    }
+}
+
+impl Track {
+    fn end(&mut self, spurts: &mut u32) {
         if let Some(stream) = self.stream.take() {
             self.previous_ssrc = Some(stream.ssrc);
         }
-        self.spurt = self.spurt.wrapping_add(1);
+        self.resync = None;
+        self.spurt = next_spurt(spurts);
     }
 
-    /// Decides what to do with an RTP packet from leg `leg`.
-    pub fn admit(&mut self, leg: u32, ssrc: u32, seq: u16) -> Admit {
-        if self.holder != Some(leg) {
-            return Admit::NotHolder;
-        }
+    fn admit(&mut self, ssrc: u32, seq: u16, spurts: &mut u32) -> Admit {
         let Some(stream) = self.stream.as_mut() else {
             self.stream = Some(GateStream::start(ssrc, seq));
             return Admit::Forward {
@@ -133,7 +228,7 @@ impl SourceGate {
             // The holder's leg now carries another stream (e.g. a member TCF relaying a new
             // talker): a new spurt.
             self.previous_ssrc = Some(stream.ssrc);
-            self.spurt = self.spurt.wrapping_add(1);
+            self.spurt = next_spurt(spurts);
             *stream = GateStream::start(ssrc, seq);
             return Admit::Forward {
                 spurt: self.spurt,
@@ -166,7 +261,7 @@ impl SourceGate {
             // a new spurt there, so listeners rebase instead of dropping everything after.
             if self.resync == Some(seq) {
                 self.resync = None;
-                self.spurt = self.spurt.wrapping_add(1);
+                self.spurt = next_spurt(spurts);
                 *stream = GateStream::start(ssrc, seq);
                 return Admit::Forward {
                     spurt: self.spurt,
@@ -186,6 +281,11 @@ impl SourceGate {
             first: false,
         }
     }
+}
+
+fn next_spurt(spurts: &mut u32) -> u32 {
+    *spurts = spurts.wrapping_add(1);
+    *spurts
 }
 
 /// What a listener leg sends for one admitted packet.

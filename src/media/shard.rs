@@ -108,6 +108,7 @@ struct Leg {
     latched_rtcp: bool,
     payload: PayloadMap,
     fanout: bool,
+    peer: u32,
     out: ListenerStream,
     incoming: ReceiverStats,
     incoming_ssrc: Option<u32>,
@@ -135,6 +136,7 @@ impl Leg {
         self.latched_rtcp = false;
         self.payload = PayloadMap::new(&spec.payload_types);
         self.fanout = spec.fanout;
+        self.peer = spec.peer;
     }
 }
 
@@ -153,6 +155,8 @@ struct Bridge {
     legs: Vec<u32>,
     gate: SourceGate,
     frame_ts: u32,
+    /// How long a switched-from source is still forwarded (0: not at all).
+    handover_ns: u64,
     switches: u64,
     talker_last_ns: u64,
     talker_active: bool,
@@ -261,11 +265,17 @@ impl Shard {
         if self.bridge_slots.contains_key(&id) {
             return Err(ShardError::Duplicate);
         }
-        let frame_ts = match kind {
-            BridgeKind::Group(GroupOptions { clock_rate, ptime, .. }) => {
-                ns_to_ts(ptime.as_nanos() as u64, clock_rate).max(1)
-            }
-            BridgeKind::Relay => 160,
+        let (frame_ts, handover_ns) = match kind {
+            BridgeKind::Group(GroupOptions {
+                clock_rate,
+                ptime,
+                handover,
+                ..
+            }) => (
+                ns_to_ts(ptime.as_nanos() as u64, clock_rate).max(1),
+                handover.as_nanos() as u64,
+            ),
+            BridgeKind::Relay => (160, 0),
         };
         let bridge = Bridge {
             id,
@@ -273,6 +283,7 @@ impl Shard {
             legs: Vec::new(),
             gate: SourceGate::new(),
             frame_ts,
+            handover_ns,
             switches: 0,
             talker_last_ns: 0,
             talker_active: false,
@@ -338,6 +349,7 @@ impl Shard {
             latched_rtcp: false,
             payload: PayloadMap::transparent(),
             fanout: true,
+            peer: 0,
             out: ListenerStream::new(origin.ssrc, origin.seq, origin.timestamp, frame_ts),
             incoming: ReceiverStats::default(),
             incoming_ssrc: None,
@@ -375,17 +387,18 @@ impl Shard {
         if let Some(bridge) = self.bridges.get_mut(leg.bridge as usize).and_then(Option::as_mut) {
             bridge.legs.retain(|&other| other != slot);
             if bridge.gate.holder() == Some(slot) {
-                bridge.gate.set_holder(None);
                 bridge.talker_active = false;
                 bridge.switches += 1;
             }
+            bridge.gate.forget(slot);
         }
         Ok(slot)
     }
 
     /// Sets (or clears) the leg whose RTP a group bridge forwards. Takes effect for the next
-    /// packet.
-    pub fn set_source(&mut self, bridge: BridgeId, leg: Option<LegId>) -> Result<(), ShardError> {
+    /// packet; with a handover time in the bridge's options, the previous source is still
+    /// forwarded until the new one's first packet or for that long after `now`.
+    pub fn set_source(&mut self, bridge: BridgeId, leg: Option<LegId>, now: Now) -> Result<(), ShardError> {
         let bridge_slot = *self.bridge_slots.get(&bridge).ok_or(ShardError::UnknownBridge)?;
         let leg_slot = match leg {
             Some(id) => {
@@ -404,7 +417,13 @@ impl Shard {
             .as_mut()
             .ok_or(ShardError::UnknownBridge)?;
         if bridge.gate.holder() != leg_slot {
-            bridge.gate.set_holder(leg_slot);
+            if bridge.handover_ns > 0 {
+                bridge
+                    .gate
+                    .set_holder_handing_over(leg_slot, now.mono_ns.saturating_add(bridge.handover_ns));
+            } else {
+                bridge.gate.set_holder(leg_slot);
+            }
             bridge.switches += 1;
             bridge.talker_active = false;
             bridge.talker_silent_reported = false;
@@ -594,9 +613,10 @@ impl Shard {
                 leg.counters.drop(DropCause::UnknownPayloadType);
                 continue;
             }
-            match bridge.gate.admit(slot, view.ssrc(), view.sequence()) {
+            match bridge.gate.admit_at(slot, view.ssrc(), view.sequence(), now.mono_ns) {
                 Admit::Forward { spurt, first } => {
-                    if first {
+                    let holder = bridge.gate.holder() == Some(slot);
+                    if first && holder {
                         bridge.talker_active = true;
                         bridge.talker_silent_reported = false;
                         events(Event::TalkerFirstPacket {
@@ -605,7 +625,9 @@ impl Shard {
                             ssrc: view.ssrc(),
                         });
                     }
-                    bridge.talker_last_ns = now.mono_ns;
+                    if holder {
+                        bridge.talker_last_ns = now.mono_ns;
+                    }
                     let csrc_end = view.csrc_end();
                     self.accepted.push(Accepted {
                         index: index as u16,
@@ -631,6 +653,7 @@ impl Shard {
         // Fan-out pass, listener by listener so that each listener's messages are adjacent
         // (one sendmmsg per listener socket carries the whole batch).
         let talker_payload = leg.payload.clone();
+        let talker_peer = leg.peer;
         let mut header = [0u8; MAX_HEADER];
         for &listener_slot in &bridge.legs {
             if listener_slot == slot {
@@ -639,8 +662,8 @@ impl Shard {
             let Some(Some(listener)) = self.legs.get_mut(listener_slot as usize) else {
                 continue;
             };
-            if !listener.fanout {
-                continue;
+            if !listener.fanout || (talker_peer != 0 && listener.peer == talker_peer) {
+                continue; // nor to another leg of the talker's own peer
             }
             let Some(destination) = listener.remote else {
                 listener.counters.drop(DropCause::NoDestination);
@@ -1115,7 +1138,7 @@ mod tests {
         let second = shard
             .add_leg(LegId(3), bridge, &spec(3000, &[]), origin(33), at(0))
             .unwrap();
-        shard.set_source(bridge, Some(LegId(1))).unwrap();
+        shard.set_source(bridge, Some(LegId(1)), at(0)).unwrap();
         [talker, first, second]
     }
 
@@ -1286,6 +1309,157 @@ mod tests {
         let rr = rtcp::ReceiverReport::parse(packet).unwrap();
         let block = rr.report_blocks().next().unwrap();
         assert_eq!((block.ssrc, block.cumulative_lost, block.highest_seq), (0xdead, 0, 9));
+    }
+
+    /// A group bridge with a 60 ms handover: talkers A (port 1000) and B (2000), listener C
+    /// (3000); A is the source.
+    fn handover_group(shard: &mut Shard) -> [u32; 3] {
+        let bridge = BridgeId(1);
+        let options = GroupOptions {
+            handover: Duration::from_millis(60),
+            ..GroupOptions::default()
+        };
+        shard.add_bridge(bridge, BridgeKind::Group(options)).unwrap();
+        let origin = |ssrc| StreamOrigin {
+            ssrc,
+            seq: 100,
+            timestamp: 5000,
+        };
+        let spec = |port| LegSpec {
+            remote: Some(address(port)),
+            ..LegSpec::default()
+        };
+        let slots = [1u16, 2, 3].map(|n| {
+            shard
+                .add_leg(
+                    LegId(u64::from(n)),
+                    bridge,
+                    &spec(n * 1000),
+                    origin(u32::from(n) * 11),
+                    at(0),
+                )
+                .unwrap()
+        });
+        shard.set_source(bridge, Some(LegId(1)), at(0)).unwrap();
+        slots
+    }
+
+    /// Feeds one packet from `leg` (whose remote is `port`) and returns what went out: (RTP
+    /// destination port, outgoing sequence number) per message.
+    fn feed(shard: &mut Shard, leg: u32, port: u16, ssrc: u32, seq: u16, ms: u64) -> Vec<(u16, u16)> {
+        let data = rtp(ssrc, seq, u32::from(seq) * 160, 0);
+        let batch = [RxPacket {
+            data: &data,
+            from: address(port),
+            buffer: 0,
+            truncated: false,
+        }];
+        let mut out = OutBatch::default();
+        shard.on_rtp(leg, &batch[..], at(ms), &mut out, &mut |_| {});
+        out.messages
+            .iter()
+            .map(|message| {
+                let head = out.head(message);
+                (message.destination.port(), u16::from_be_bytes([head[2], head[3]]))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn handover_forwards_the_previous_source_until_the_new_one_speaks() {
+        let mut shard = shard();
+        let [a, b, _] = handover_group(&mut shard);
+        assert_eq!(feed(&mut shard, a, 1000, 0xa, 1, 1), vec![(2000, 100), (3000, 100)]);
+        shard.set_source(BridgeId(1), Some(LegId(2)), at(10)).unwrap();
+        // A's last packet, sent before the switch but arriving after it, still goes out.
+        assert_eq!(feed(&mut shard, a, 1000, 0xa, 2, 15), vec![(2000, 101), (3000, 101)]);
+        // B's first packet ends the handover: C's stream goes on without a gap.
+        assert_eq!(feed(&mut shard, b, 2000, 0xb, 500, 20), vec![(1000, 100), (3000, 102)]);
+        assert!(
+            feed(&mut shard, a, 1000, 0xa, 3, 25).is_empty(),
+            "A is cut once B spoke"
+        );
+        assert_eq!(feed(&mut shard, b, 2000, 0xb, 501, 40), vec![(1000, 101), (3000, 103)]);
+        let stats = shard.snapshot(0, true);
+        let a_stats = stats.legs.iter().find(|leg| leg.id == LegId(1)).unwrap();
+        assert_eq!(a_stats.counters.drops[DropCause::NotHolder as usize], 1);
+    }
+
+    #[test]
+    fn handover_ends_at_its_deadline_and_on_release_too() {
+        let mut shard = shard();
+        let [a, b, _] = handover_group(&mut shard);
+        assert_eq!(feed(&mut shard, a, 1000, 0xa, 1, 1).len(), 2);
+        // Released with nobody next: A goes on for the handover time, then is cut.
+        shard.set_source(BridgeId(1), None, at(10)).unwrap();
+        assert_eq!(feed(&mut shard, a, 1000, 0xa, 2, 69).len(), 2);
+        assert!(feed(&mut shard, a, 1000, 0xa, 3, 70).is_empty());
+        // Granted to B later: no handover from the expired A.
+        shard.set_source(BridgeId(1), Some(LegId(2)), at(100)).unwrap();
+        assert!(feed(&mut shard, a, 1000, 0xa, 4, 101).is_empty());
+        assert_eq!(feed(&mut shard, b, 2000, 0xb, 9, 102), vec![(1000, 100), (3000, 102)]);
+        // Switching back to A hands over from B, and A's first packet ends that.
+        shard.set_source(BridgeId(1), Some(LegId(1)), at(200)).unwrap();
+        assert_eq!(feed(&mut shard, b, 2000, 0xb, 10, 201), vec![(1000, 101), (3000, 103)]);
+        assert_eq!(feed(&mut shard, a, 1000, 0xa, 50, 202), vec![(2000, 102), (3000, 104)]);
+        assert!(feed(&mut shard, b, 2000, 0xb, 11, 203).is_empty());
+    }
+
+    #[test]
+    fn handover_source_removed_is_forgotten() {
+        let mut shard = shard();
+        let [a, _, _] = handover_group(&mut shard);
+        assert_eq!(feed(&mut shard, a, 1000, 0xa, 1, 1).len(), 2);
+        shard.set_source(BridgeId(1), Some(LegId(2)), at(10)).unwrap();
+        shard.remove_leg(LegId(1)).unwrap();
+        let stats = shard.snapshot(0, false);
+        assert_eq!(stats.bridges[0].holder, Some(LegId(2)));
+        assert_eq!(stats.bridges[0].legs, 2);
+    }
+
+    #[test]
+    fn without_handover_a_switch_cuts_at_once() {
+        let mut shard = shard();
+        let [talker, ..] = group_of_three(&mut shard, &[]);
+        shard.set_source(BridgeId(1), Some(LegId(2)), at(10)).unwrap();
+        assert!(feed(&mut shard, talker, 1000, 0xa, 1, 11).is_empty());
+    }
+
+    #[test]
+    fn legs_of_the_talkers_own_peer_get_nothing() {
+        let mut shard = shard();
+        let bridge = BridgeId(1);
+        shard
+            .add_bridge(bridge, BridgeKind::Group(GroupOptions::default()))
+            .unwrap();
+        let origin = StreamOrigin {
+            ssrc: 1,
+            seq: 100,
+            timestamp: 0,
+        };
+        // An uplink from peer 7 (sends only), downlinks to peers 7 and 8, a local listener.
+        let legs = [(1000, 7, false), (2000, 7, true), (3000, 8, true), (4000, 0, true)];
+        let mut slots = Vec::new();
+        for (index, (port, peer, fanout)) in legs.into_iter().enumerate() {
+            let spec = LegSpec {
+                remote: Some(address(port)),
+                fanout,
+                peer,
+                ..LegSpec::default()
+            };
+            slots.push(
+                shard
+                    .add_leg(LegId(index as u64 + 1), bridge, &spec, origin, at(0))
+                    .unwrap(),
+            );
+        }
+        shard.set_source(bridge, Some(LegId(1)), at(0)).unwrap();
+        let ports: Vec<u16> = feed(&mut shard, slots[0], 1000, 5, 1, 1).iter().map(|m| m.0).collect();
+        assert_eq!(ports, vec![3000, 4000], "not back down peer 7's downlink");
+        // The local listener talks: every downlink gets it, peer 7's too.
+        shard.set_source(bridge, Some(LegId(4)), at(2)).unwrap();
+        let ports: Vec<u16> = feed(&mut shard, slots[3], 4000, 6, 1, 3).iter().map(|m| m.0).collect();
+        assert_eq!(ports, vec![2000, 3000]);
     }
 
     #[test]

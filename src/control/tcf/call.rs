@@ -1305,8 +1305,8 @@ impl Tcf {
     }
 
     /// An ACK that matched no transaction: the ACK for a 2xx we sent.
-    pub(super) fn ack(&mut self, ack: &Message) {
-        self.group_ack_received(ack);
+    pub(super) fn ack(&mut self, now: Now, ack: &Message) {
+        self.group_ack_received(now, ack);
         let Some(id) = DialogId::of_received(ack) else { return };
         let Some(&(call_id, side)) = self.calls.by_dialog.get(&id) else {
             return;
@@ -1834,10 +1834,15 @@ mod tests {
 
     impl Rig {
         fn new() -> Rig {
+            Rig::with(NETWORK, SUBSCRIBERS)
+        }
+
+        /// Node "a" of `network`, serving 1000 (at CALLER) and 1001 (at CALLEE).
+        fn with(network: &str, subscribers: &str) -> Rig {
             let start = Instant::now();
             let wall = SystemTime::now();
-            let network = Arc::new(Network::from_toml("n", NETWORK).unwrap());
-            let subscribers = Arc::new(Subscribers::from_toml("s", SUBSCRIBERS).unwrap());
+            let network = Arc::new(Network::from_toml("n", network).unwrap());
+            let subscribers = Arc::new(Subscribers::from_toml("s", subscribers).unwrap());
             let sip = crate::config::Config::from_toml("[sip]\nrealm = \"test\"\nt1_ms = 100\n")
                 .unwrap()
                 .sip;
@@ -2166,6 +2171,53 @@ mod tests {
         }
     }
 
+    /// F-GRP-04 at a member TCF: the group home's downlink INVITE is answered at once, but the
+    /// local members are invited only when the home's ACK shows it has the downlink's address
+    /// (before that, what the home forwards could not reach this node, and a member that joined
+    /// would miss the start of the call).
+    #[test]
+    fn f_grp_04_member_tcf_invites_its_members_once_the_home_acknowledged_the_downlink() {
+        const HOME: &str = "127.0.0.1:5602";
+        let network = format!(
+            "{NETWORK}[[tcf]]\nname = \"h\"\nsip = \"{HOME}\"\nusers = [\"1100-1199\"]\ngroups = [\"2100\"]\nsecret = \"s\"\n"
+        );
+        let subscribers = format!("{SUBSCRIBERS}[[group]]\nnumber = \"2100\"\nmembers = [\"1000-1009\"]\n");
+        let mut rig = Rig::with(&network, &subscribers);
+        let body = offer(9400).replace("a=rtpmap:0 PCMU/8000\r\n", "a=rtpmap:0 PCMU/8000\r\na=sendonly\r\n");
+        let downlink = format!(
+            "INVITE sip:2100@127.0.0.1:5601 SIP/2.0\r\nVia: SIP/2.0/UDP {HOME};branch=z9hG4bKdl1;rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:2100@{HOME}>;tag=h1\r\nTo: <sip:2100@127.0.0.1:5601>\r\n\
+             Call-ID: dl1@h\r\nCSeq: 1 INVITE\r\nContact: <sip:2100@{HOME}>\r\n\
+             Ptt-Extension: pttcall;calltype=4;priority=1;GDN=2100;callerUDN=1100;stage=group-member\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        rig.deliver(0, HOME, &downlink);
+        let sent = rig.sent();
+        assert_eq!(statuses(&sent, HOME), vec![200], "{sent:?}");
+        assert!(requests(&sent, CALLER, "INVITE").is_empty(), "no member before the ACK");
+        assert!(requests(&sent, CALLEE, "INVITE").is_empty(), "no member before the ACK");
+        let ok = sent
+            .iter()
+            .find_map(|(_, message)| (message.status() == Some(200)).then_some(message))
+            .unwrap();
+        let to = ok.header(HeaderName::To).unwrap().value_str().unwrap().into_owned();
+        let ack = format!(
+            "ACK sip:2100@127.0.0.1:5601 SIP/2.0\r\nVia: SIP/2.0/UDP {HOME};branch=z9hG4bKack1;rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:2100@{HOME}>;tag=h1\r\nTo: {to}\r\n\
+             Call-ID: dl1@h\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+        );
+        rig.deliver(3, HOME, &ack);
+        let sent = rig.sent();
+        assert_eq!(requests(&sent, CALLER, "INVITE").len(), 1, "{sent:?}");
+        assert_eq!(requests(&sent, CALLEE, "INVITE").len(), 1, "{sent:?}");
+        // A retransmitted ACK invites nobody twice.
+        rig.deliver(4, HOME, &ack);
+        let sent = rig.sent();
+        assert!(requests(&sent, CALLER, "INVITE").is_empty());
+        assert!(requests(&sent, CALLEE, "INVITE").is_empty());
+    }
+
     /// The group home in simulated time: 1000 sets up group 2000 and holds the floor (the
     /// bridge's source is its leg); 1001 is invited; 1000 releases and 1001 asks: the source
     /// follows at once, and 1001's 200 says `pttaccept`.
@@ -2220,14 +2272,18 @@ mod tests {
         );
         rig.deliver(10, CALLER, &release);
         assert_eq!(statuses(&rig.sent(), CALLER), vec![200]);
-        assert_eq!(
-            source(&rig),
-            Some(caller_leg),
-            "the released talker's last packets still go out"
-        );
+        // The source is cleared at once: the engine hands over (the bridge's `handover`),
+        // forwarding the released talker's last packets until the next talker speaks.
+        assert_eq!(source(&rig), None, "nobody holds the floor");
+        let handover = rig.media.inspect(|state| match state.kinds.values().next() {
+            Some(BridgeKind::Group(options)) => options.handover,
+            _ => Duration::ZERO,
+        });
+        assert_eq!(handover, Duration::from_millis(60));
+        let _ = caller_leg;
         rig.tick(80);
         let _ = rig.sent();
-        assert_eq!(source(&rig), None, "nobody is forwarded once the release grace is over");
+        assert_eq!(source(&rig), None);
         // 1001 asks for the floor in its session (it is the UAS of that dialog).
         let from = member_invite
             .header(HeaderName::From)

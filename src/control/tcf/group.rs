@@ -151,6 +151,10 @@ struct Local {
     home: String,
     home_address: SocketAddr,
     downlink: Option<(Dialog, LegInfo)>,
+    /// The home acknowledged our answer to its downlink: it has the downlink's address, so
+    /// what it forwards reaches us. Members are invited only from then on, so none can hear
+    /// the call start with a packet the home could not send yet.
+    downlink_confirmed: bool,
     members: HashMap<Number, Member>,
     talkers: HashMap<Number, LocalTalker>,
     initiator: Option<Number>,
@@ -187,8 +191,6 @@ struct Retransmit {
 /// (sent just before the release, possibly still queued in the media worker) are forwarded.
 #[derive(Debug)]
 enum Deferred {
-    /// Home: stop forwarding when the floor is still idle.
-    ClearSource(Number),
     /// Home: remove a released talker session's leg.
     RemoveLeg(crate::media::api::LegId),
     /// Member TCF: end a released member's talker session and follow the floor.
@@ -260,7 +262,7 @@ fn offer_of(request: &Message) -> Result<Sdp, (u16, &'static str)> {
     }
 }
 
-fn group_leg_spec(negotiated: Option<&sdp::Negotiated>, fanout: bool) -> LegSpec {
+fn group_leg_spec(negotiated: Option<&sdp::Negotiated>, fanout: bool, peer: u32) -> LegSpec {
     match negotiated {
         Some(negotiated) => LegSpec {
             remote: negotiated.remote_rtp,
@@ -268,13 +270,25 @@ fn group_leg_spec(negotiated: Option<&sdp::Negotiated>, fanout: bool) -> LegSpec
             rtcp_mux: negotiated.rtcp_mux,
             payload_types: negotiated.payload_types(),
             fanout,
+            peer,
             ..LegSpec::default()
         },
         None => LegSpec {
             fanout,
+            peer,
             ..LegSpec::default()
         },
     }
+}
+
+/// The engine's peer tag of the legs a group call has with peer TCF `name` (see
+/// [`LegSpec::peer`]): what came from that TCF never goes back to it. FNV-1a of the name;
+/// never 0 (no peer).
+fn peer_tag(name: &str) -> u32 {
+    let hash = name.bytes().fold(0x811c_9dc5u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    });
+    hash.max(1)
 }
 
 impl Tcf {
@@ -323,6 +337,7 @@ impl Tcf {
         let options = GroupOptions {
             talker_inactivity: self.config.groups.inactivity,
             clock_rate: codec.codec.clock_rate(),
+            handover: RELEASE_GRACE,
             ..GroupOptions::default()
         };
         self.media
@@ -338,13 +353,14 @@ impl Tcf {
         offer: &Sdp,
         direction: Direction,
         fanout: bool,
+        peer: u32,
     ) -> Result<(LegInfo, Bytes), (u16, &'static str)> {
         let preferences = Self::group_preferences(Some(codec));
         let mut local = sdp::LocalMedia::new(self.address.ip(), 9, &preferences);
         local.direction = direction;
         local.single_codec = true;
         let checked = sdp::answer(offer, &local).map_err(|_| (488, "Not Acceptable Here (no acceptable codec)"))?;
-        let spec = group_leg_spec(Some(&checked.negotiated), fanout);
+        let spec = group_leg_spec(Some(&checked.negotiated), fanout, peer);
         let leg = self
             .media
             .add_leg(bridge, spec)
@@ -376,8 +392,9 @@ impl Tcf {
         codec: &Format,
         direction: Direction,
         fanout: bool,
+        peer: u32,
     ) -> Option<(LegInfo, Sdp)> {
-        let leg = self.media.add_leg(bridge, group_leg_spec(None, fanout)).ok()?;
+        let leg = self.media.add_leg(bridge, group_leg_spec(None, fanout, peer)).ok()?;
         let preferences = Self::group_preferences(Some(codec));
         let mut local = sdp::LocalMedia::new(leg.local_rtp.ip(), leg.local_rtp.port(), &preferences);
         local.rtcp_port = leg.local_rtcp.port();
@@ -683,7 +700,23 @@ impl Tcf {
         } else {
             Direction::RecvOnly
         };
-        let (leg, body) = match self.group_answer(bridge, &codec, &offer, direction, terminal) {
+        // A talker session from a member TCF: its voice must not go back down the downlink to
+        // that TCF (which fans it out locally itself). The TCF serving the talker is known from
+        // its location, else it is the one the session came from.
+        let peer = if terminal {
+            0
+        } else {
+            self.location(caller)
+                .map(|location| location.serving.clone())
+                .or_else(|| {
+                    self.current_source
+                        .and_then(|source| self.network.tcf_at(source))
+                        .map(|tcf| tcf.name.clone())
+                })
+                .filter(|name| *name != self.config.name)
+                .map_or(0, |name| peer_tag(&name))
+        };
+        let (leg, body) = match self.group_answer(bridge, &codec, &offer, direction, terminal, peer) {
             Ok(answered) => answered,
             Err((status, reason)) => {
                 self.respond(now, &key, &request, status, reason, &[]);
@@ -881,7 +914,9 @@ impl Tcf {
         let Some(home) = self.groups.homes.get(gdn) else { return };
         let (bridge, codec, initiator, priority) =
             (home.bridge, home.codec.clone(), home.initiator.clone(), home.priority);
-        let Some((leg, offer)) = self.group_offer(bridge, &codec, Direction::SendOnly, true) else {
+        // A member TCF's downlink gets nothing that came from that TCF; a DC's is its own.
+        let peer = if dc.is_none() { peer_tag(tcf) } else { 0 };
+        let Some((leg, offer)) = self.group_offer(bridge, &codec, Direction::SendOnly, true, peer) else {
             return;
         };
         let (uri_user, target, extension) = match &dc {
@@ -951,7 +986,7 @@ impl Tcf {
                 None => return,
             }
         };
-        let Some((leg, offer)) = self.group_offer(bridge, &codec, Direction::SendRecv, true) else {
+        let Some((leg, offer)) = self.group_offer(bridge, &codec, Direction::SendRecv, true, 0) else {
             return;
         };
         let mode = match self.subscribers.user(user).map(|user| user.answer) {
@@ -1313,6 +1348,7 @@ impl Tcf {
                 home: home.0.clone(),
                 home_address: home.1,
                 downlink: None,
+                downlink_confirmed: false,
                 members: HashMap::new(),
                 talkers: HashMap::new(),
                 initiator: None,
@@ -1332,6 +1368,7 @@ impl Tcf {
         request: &Message,
         direction: Direction,
         fanout: bool,
+        peer: u32,
     ) -> Result<(LegInfo, Bytes), (u16, &'static str)> {
         let offer = offer_of(request)?;
         self.local_group(gdn, home, &offer)?;
@@ -1341,7 +1378,7 @@ impl Tcf {
             .get(gdn)
             .map(|local| (local.bridge, local.codec.clone()))
             .ok_or((500, "Server Internal Error"))?;
-        self.group_answer(bridge, &codec, &offer, direction, fanout)
+        self.group_answer(bridge, &codec, &offer, direction, fanout, peer)
     }
 
     /// A terminal here calls a group homed elsewhere (F-GRP-01): its leg joins the local
@@ -1366,7 +1403,7 @@ impl Tcf {
             );
             return;
         }
-        let (leg, _) = match self.local_leg(gdn, &home, &request, Direction::SendRecv, true) {
+        let (leg, _) = match self.local_leg(gdn, &home, &request, Direction::SendRecv, true, 0) {
             Ok(answered) => answered,
             Err((status, reason)) => {
                 self.respond(now, &key, &request, status, reason, &[]);
@@ -1420,7 +1457,10 @@ impl Tcf {
         else {
             return;
         };
-        let Some((leg, offer)) = self.group_offer(bridge, &codec, Direction::SendOnly, false) else {
+        // The network side of this node's part of the call (the downlink and the talker
+        // sessions): what comes down the downlink never goes back up.
+        let peer = self.groups.locals.get(gdn).map_or(0, |local| peer_tag(&local.home));
+        let Some((leg, offer)) = self.group_offer(bridge, &codec, Direction::SendOnly, false, peer) else {
             return;
         };
         let priority = self.subscribers.user(user).map_or(1, |user| user.priority);
@@ -1469,7 +1509,8 @@ impl Tcf {
         gdn: &Number,
         home: (String, SocketAddr),
     ) {
-        let (leg, body) = match self.local_leg(gdn, &home, &request, Direction::RecvOnly, false) {
+        let peer = peer_tag(&home.0);
+        let (leg, body) = match self.local_leg(gdn, &home, &request, Direction::RecvOnly, false, peer) {
             Ok(answered) => answered,
             Err((status, reason)) => {
                 self.respond(now, &key, &request, status, reason, &[]);
@@ -1511,8 +1552,9 @@ impl Tcf {
             if holder_here.is_none() {
                 let _ = self.media.set_source(local.bridge, Some(leg.id));
             }
+            // The local members are invited when the home's ACK confirms the downlink
+            // (`group_ack_received`); a replaced downlink keeps the call going meanwhile.
         }
-        self.deliver_locally(now, gdn);
     }
 
     /// Invites every member of the group bound here that is not in the call yet.
@@ -1539,22 +1581,17 @@ impl Tcf {
 
     /// Sets the local bridge's source: the holder's leg when it is a member here, else the
     /// downlink from the home.
-    fn local_source(&mut self, now: Now, gdn: &Number) {
+    fn local_source(&mut self, gdn: &Number) {
         let Some(local) = self.groups.locals.get(gdn) else {
             return;
         };
-        // A member that has just released stays the source for a grace period, so its last
-        // packets, which may still be queued behind the release, are not lost.
+        // A member that has just released is not the source any more, but the engine hands
+        // over (RELEASE_GRACE): its last packets, perhaps still queued behind the release, go
+        // out until the next talker's first packet comes down the downlink.
         let holder = local
             .talkers
             .iter()
             .find(|(_, talker)| talker.granted)
-            .or_else(|| {
-                local
-                    .talkers
-                    .iter()
-                    .find(|(_, talker)| talker.releasing.is_some_and(|until| until > now.instant))
-            })
             .map(|(user, _)| user);
         let leg = match holder {
             Some(user) => local.members.get(user).map(|member| member.leg.id),
@@ -1876,15 +1913,15 @@ impl Tcf {
         };
         if let Some(&pid) = home.pids.get(user) {
             home.floor.release(pid, now.instant);
-            // A released holder's leg stays the source for the grace period (a new grant
-            // replaces it at once).
-            if home.floor.holder().is_none() {
-                self.groups
-                    .deferred
-                    .push((now.instant + RELEASE_GRACE, Deferred::ClearSource(gdn.clone())));
-            }
         }
         self.floor_actions(now, gdn);
+        // Nobody next: stop forwarding. The engine hands over (RELEASE_GRACE): the released
+        // talker's last packets, still on their way, go out until the next talker speaks.
+        if let Some(home) = self.groups.homes.get(gdn) {
+            if home.floor.holder().is_none() {
+                let _ = self.media.set_source(home.bridge, None);
+            }
+        }
     }
 
     /// F-GRP-05 at the home: a member hung up. The whole call ends when it may end it.
@@ -1976,12 +2013,12 @@ impl Tcf {
                     self.group_request(now, &talker, Method::Bye, None, None);
                 }
                 self.drop_local_talker(&gdn, &user);
-                self.local_source(now, &gdn);
+                self.local_source(&gdn);
             }
             Slot::LocalTalker { gdn, user } => {
                 // F-FLR-06: the home took the floor away.
                 self.drop_local_talker(&gdn, &user);
-                self.local_source(now, &gdn);
+                self.local_source(&gdn);
                 let slot = Slot::LocalMember { gdn, user };
                 let body = self.slot_offer(&slot);
                 self.group_request(now, &slot, Method::Invite, Some("pttreleasefloor".to_owned()), body);
@@ -2081,7 +2118,7 @@ impl Tcf {
                 self.groups
                     .deferred
                     .push((until, Deferred::DropLocalTalker(gdn.clone(), user.clone())));
-                self.local_source(now, gdn);
+                self.local_source(gdn);
             }
             _ => self.respond_in_dialog(now, &key, &request, 200, "OK", None, body),
         }
@@ -2097,7 +2134,13 @@ impl Tcf {
             return;
         };
         talker.granted = true;
-        self.local_source(now, gdn);
+        // Another member's session (one that released and is in its grace) must not carry
+        // this talker's voice to the home as well: the home still forwards it for the grace.
+        let others: Vec<Number> = local.talkers.keys().filter(|other| *other != user).cloned().collect();
+        self.local_source(gdn);
+        for other in &others {
+            self.set_talker_fanout(gdn, other, false);
+        }
         self.set_talker_fanout(gdn, user, true);
         if tell {
             let slot = Slot::LocalMember {
@@ -2128,9 +2171,7 @@ impl Tcf {
             if let Some(local) = self.groups.locals.get_mut(gdn) {
                 for (user, session) in local.talkers.iter_mut() {
                     if user != talker {
-                        // The floor moved on: a released talker's grace ends now.
                         session.granted = false;
-                        session.releasing = None;
                     }
                 }
             }
@@ -2139,7 +2180,7 @@ impl Tcf {
                 session.granted = false;
             }
         }
-        self.local_source(now, gdn);
+        self.local_source(gdn);
         let Some(local) = self.groups.locals.get_mut(gdn) else {
             return;
         };
@@ -2311,7 +2352,14 @@ impl Tcf {
                     &slot,
                 );
                 let leg = downlink.leg.id;
-                let _ = self.media.update_leg(leg, group_leg_spec(negotiated.as_ref(), true));
+                let peer = if downlink.dc.is_none() {
+                    peer_tag(&downlink.peer)
+                } else {
+                    0
+                };
+                let _ = self
+                    .media
+                    .update_leg(leg, group_leg_spec(negotiated.as_ref(), true, peer));
                 self.group_ack(&slot, &response);
                 // Tell the new downlink who talks now.
                 let talker = self
@@ -2346,7 +2394,7 @@ impl Tcf {
                     &slot,
                 );
                 let leg = member.leg.id;
-                let _ = self.media.update_leg(leg, group_leg_spec(negotiated.as_ref(), true));
+                let _ = self.media.update_leg(leg, group_leg_spec(negotiated.as_ref(), true, 0));
                 self.group_ack(&slot, &response);
                 self.event(TcfEvent::GroupMemberJoined {
                     group: gdn.clone(),
@@ -2383,7 +2431,7 @@ impl Tcf {
                     &mut self.groups.by_dialog,
                     &slot,
                 );
-                let spec = group_leg_spec(negotiated.as_ref(), false);
+                let spec = group_leg_spec(negotiated.as_ref(), false, peer_tag(&local.home));
                 talker.spec = Some(spec.clone());
                 let leg = talker.leg.id;
                 let _ = self.media.update_leg(leg, spec);
@@ -2526,11 +2574,21 @@ impl Tcf {
     // ---- timers, media events, late entry ---------------------------------------------------
 
     /// An ACK: stop retransmitting the 2xx it acknowledges.
-    pub(super) fn group_ack_received(&mut self, ack: &Message) {
+    pub(super) fn group_ack_received(&mut self, now: Now, ack: &Message) {
+        let Some(id) = DialogId::of_received(ack) else { return };
+        if let Some(Slot::LocalDownlink { gdn }) = self.groups.by_dialog.get(&id).cloned() {
+            let first = self
+                .groups
+                .locals
+                .get_mut(&gdn)
+                .is_some_and(|local| !std::mem::replace(&mut local.downlink_confirmed, true));
+            if first {
+                self.deliver_locally(now, &gdn);
+            }
+        }
         if self.groups.retransmits.is_empty() {
             return;
         }
-        let Some(id) = DialogId::of_received(ack) else { return };
         let cseq = ack.cseq().map_or(0, |cseq| cseq.number);
         self.groups
             .retransmits
@@ -2564,14 +2622,6 @@ impl Tcf {
         self.groups.deferred = later;
         for (_, deferred) in due {
             match deferred {
-                Deferred::ClearSource(gdn) => {
-                    if let Some(home) = self.groups.homes.get(&gdn) {
-                        if home.floor.holder().is_none() {
-                            let bridge = home.bridge;
-                            let _ = self.media.set_source(bridge, None);
-                        }
-                    }
-                }
                 Deferred::RemoveLeg(leg) => self.media.remove_leg(leg),
                 Deferred::DropLocalTalker(gdn, user) => {
                     let released = self
@@ -2582,7 +2632,7 @@ impl Tcf {
                         .is_some_and(|talker| talker.releasing.is_some());
                     if released {
                         self.drop_local_talker(&gdn, &user);
-                        self.local_source(now, &gdn);
+                        self.local_source(&gdn);
                     }
                 }
             }
@@ -2705,7 +2755,7 @@ impl Tcf {
                     .groups
                     .locals
                     .get(&gdn)
-                    .is_some_and(|local| local.downlink.is_some())
+                    .is_some_and(|local| local.downlink.is_some() && local.downlink_confirmed)
                 {
                     if self.bindings.contains_key(&user) {
                         self.deliver_locally(now, &gdn);
