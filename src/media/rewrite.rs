@@ -593,6 +593,10 @@ mod tests {
         Send { lost: bool, duplicate: bool, delay: u8 },
         /// The floor moves to another leg (or nobody).
         Switch { to: Option<u8> },
+        /// The floor moves, handing over for three frames.
+        HandOver { to: Option<u8> },
+        /// The leg being handed over from sends one more packet (its last, late ones).
+        SendPrevious,
         /// Time passes without packets.
         Silence { frames: u8 },
         /// The holder's leg changes SSRC.
@@ -609,6 +613,8 @@ mod tests {
                 delay: if delay > 3 { delay } else { 0 },
             }),
             2 => proptest::option::of(0u8..4).prop_map(|to| Step::Switch { to }),
+            2 => proptest::option::of(0u8..4).prop_map(|to| Step::HandOver { to }),
+            2 => Just(Step::SendPrevious),
             1 => (1u8..100).prop_map(|frames| Step::Silence { frames }),
             1 => Just(Step::NewSsrc),
             1 => any::<u16>().prop_map(|by| Step::SeqJump { by }),
@@ -652,7 +658,7 @@ mod tests {
             let deliver = |leg: usize, ssrc: u32, seq: u16, ts: u32, now: u64,
                                gate: &mut SourceGate, listeners: &mut Vec<ListenerStream>,
                                sent: &mut SentLog| {
-                if let Admit::Forward { spurt, .. } = gate.admit(leg as u32, ssrc, seq) {
+                if let Admit::Forward { spurt, .. } = gate.admit_at(leg as u32, ssrc, seq, now) {
                     for (index, listener) in listeners.iter_mut().enumerate() {
                         if index == leg {
                             continue; // never back to the talker
@@ -698,6 +704,16 @@ mod tests {
                         }
                     }
                     Step::Switch { to } => gate.set_holder(to.map(u32::from)),
+                    Step::HandOver { to } => gate.set_holder_handing_over(to.map(u32::from), now + 3 * FRAME_NS),
+                    Step::SendPrevious => {
+                        let Some(leg) = gate.handing_over(now) else { continue };
+                        let leg = leg as usize;
+                        let talker = &mut talkers[leg];
+                        talker.seq = talker.seq.wrapping_add(1);
+                        talker.ts = talker.ts.wrapping_add(160);
+                        let (ssrc, seq, ts) = (talker.ssrc, talker.seq, talker.ts);
+                        deliver(leg, ssrc, seq, ts, now, &mut gate, &mut listeners, &mut sent);
+                    }
                     Step::Silence { frames } => {
                         now += u64::from(frames) * FRAME_NS;
                         for talker in &mut talkers {
@@ -724,7 +740,18 @@ mod tests {
                 let mut seen = HashSet::new();
                 let mut extended: Option<(u16, i64)> = None;
                 let mut highest: Option<(u16, u32, u64, u32, u16)> = None; // out seq, ts, wall, spurt, in seq
+                // Spurts this listener has moved on from: none comes back (two talkers are never
+                // interleaved, handover or not).
+                let mut left: HashSet<u32> = HashSet::new();
+                let mut current: Option<u32> = None;
                 for &(seq, ts, marker, spurt, in_seq, wall) in packets {
+                    prop_assert!(!left.contains(&spurt), "listener {index} went back to spurt {spurt}");
+                    if current != Some(spurt) {
+                        if let Some(previous) = current {
+                            left.insert(previous);
+                        }
+                        current = Some(spurt);
+                    }
                     let unwrapped = match extended {
                         Some((last, value)) => value + i64::from(seq.wrapping_sub(last) as i16),
                         None => i64::from(seq),
