@@ -496,6 +496,67 @@ fn f_up_03_back_to_back_talkers_across_nodes_lose_nothing() {
     assert_clean_media(&report, &text);
 }
 
+/// The floor race across nodes, repeatedly: three nodes with each group's members spread over
+/// them; near the end of every spurt four members (on any node) ask for the floor in the same
+/// instant, are queued, and the home hands the floor down the queue. Every burst is answered,
+/// queued requests are granted in turn, and every listener hears exactly one talker at a time:
+/// no packet lost, duplicated, from two talkers interleaved (a discontinuity) or heard by its
+/// own talker.
+#[test]
+fn f_flr_race_repeated_bursts_across_nodes_one_talker_heard() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (_keep, directory) = directory();
+    provision(
+        &directory,
+        &[
+            "--nodes",
+            "3",
+            "--groups",
+            "2",
+            "--members",
+            "7",
+            "--layout",
+            "spread",
+            "--groups-at",
+            "0",
+            "--base-port",
+            "17461",
+            "--media-base",
+            "29400",
+            "--media-ports",
+            "1500",
+            "--workers",
+            "1",
+        ],
+    );
+    let _nodes = start_nodes(&directory, 3, 17461);
+    let (output, report) = run_load(
+        &directory.join("scenario.toml"),
+        &directory.join("report.json"),
+        &[
+            "--duration",
+            "4",
+            "--pattern",
+            "burst",
+            "--burst-size",
+            "4",
+            "--spurt-ms",
+            "300",
+            "--max-loss",
+            "0",
+        ],
+    );
+    let text = report_text(&output);
+    assert!(output.status.success(), "{text}");
+    assert_eq!(u64_at(&report, "/groups/set_up"), 2, "{text}");
+    assert_eq!(u64_at(&report, "/groups/failed"), 0, "{text}");
+    assert_eq!(u64_at(&report, "/control/members_missing"), 0, "{text}");
+    assert!(u64_at(&report, "/control/floor_queued") >= 6, "{text}");
+    assert!(u64_at(&report, "/groups/queued_grant/count") >= 6, "{text}");
+    assert!(u64_at(&report, "/groups/switch_at_other_nodes/count") > 0, "{text}");
+    assert_clean_media(&report, &text);
+}
+
 /// Cycle mode (group calls per second) on three nodes: two slots set their group call up
 /// (every member, on every node, joined), talk a short spurt, hang up (every member got its
 /// BYE) and start again; a handful of cycles complete, none fails, every spurt is heard in one
