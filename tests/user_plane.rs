@@ -694,6 +694,41 @@ fn leg_pool_reused_port_never_delivers_previous_calls_packets() {
     assert_eq!(leg.counters.rtp_in_packets, 1, "the new leg saw only its own packet");
 }
 
+/// Leg pool: adding a leg on a pooled port and giving it a new description wake the worker
+/// for nothing (its sockets are already watched); the first packet after them wakes it, and it
+/// applies both before relaying that packet. No settling time anywhere.
+#[test]
+fn leg_pool_legs_and_updates_apply_before_the_next_packet_without_a_wake_up() {
+    let mut config = media_config(42440, 42443);
+    config.workers = 1;
+    config.leg_pool_prebind = 2;
+    config.port_quarantine = Duration::ZERO;
+    config.rtcp_interval = Duration::from_secs(60); // no report timers in the way
+    let engine = floorcast::io::Engine::start(&config, "nowake").unwrap();
+    let before = engine.stats(false).unwrap()[0].wakeups;
+    let mut alice = Terminal::new(0xa1);
+    let bob = Terminal::new(0xb0);
+    let spec = |remote| LegSpec {
+        remote,
+        rtcp_mux: true,
+        ..LegSpec::default()
+    };
+    for round in 0..20u8 {
+        let bridge = engine.create_bridge(BridgeKind::Relay).unwrap();
+        let alice_leg = engine.add_leg(bridge, spec(Some(alice.address()))).unwrap();
+        // Bob's address is known only later (his answer): the leg is updated.
+        let bob_leg = engine.add_leg(bridge, spec(None)).unwrap();
+        engine.update_leg(bob_leg.id, spec(Some(bob.address()))).unwrap();
+        let sent = alice.send_next(alice_leg.local_rtp, &[round; 20]);
+        assert_eq!(bob.receive(1, WAIT), vec![sent], "round {round}");
+        engine.remove_bridge(bridge).unwrap();
+    }
+    // Each round woke the worker for its packet (and perhaps a timer), not for its commands.
+    let wakeups = engine.stats(false).unwrap()[0].wakeups - before;
+    // (Waking for every add and update, it was about twice that.)
+    assert!(wakeups <= 20 + 10, "{wakeups} wake-ups for 20 rounds");
+}
+
 /// Leg pool across workers: when every port of the range is bound, a worker without an idle
 /// port takes one over from another worker, and media flows on it.
 #[test]
