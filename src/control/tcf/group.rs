@@ -90,7 +90,8 @@ struct LocalTalker {
     /// The leg's description once the home answered.
     spec: Option<LegSpec>,
     granted: bool,
-    /// Released by the member: still the source until then (the release grace).
+    /// Released by the member: the session (and its leg, which carries the member's last
+    /// packets up to the home meanwhile) ends then, after the release grace.
     releasing: Option<Instant>,
 }
 
@@ -187,8 +188,9 @@ struct Retransmit {
     give_up: Instant,
 }
 
-/// The end of a voluntary floor release, after [`RELEASE_GRACE`]: the talker's last packets
-/// (sent just before the release, possibly still queued in the media worker) are forwarded.
+/// What waits for the end of a voluntary release's [`RELEASE_GRACE`]: the released talker's
+/// legs stay until then, so that its last packets (sent just before the release, possibly
+/// still queued in a media worker) can still be forwarded by the engine's handover.
 #[derive(Debug)]
 enum Deferred {
     /// Home: remove a released talker session's leg.
@@ -197,7 +199,9 @@ enum Deferred {
     DropLocalTalker(Number, Number),
 }
 
-/// How long a voluntary release keeps forwarding the released talker (three packet times).
+/// How long the engine still forwards a switched-from talker when the next one has not spoken
+/// yet (a group bridge's handover), and how long a released talker's legs stay: three packet
+/// times.
 const RELEASE_GRACE: Duration = Duration::from_millis(60);
 
 /// All group calls of this node.
