@@ -224,7 +224,7 @@ impl<'a> Params<'a> {
     }
 
     /// The parameters in order, names as bytes (no text conversion until one is wanted).
-    fn iter_raw(&self) -> impl Iterator<Item = RawParam<'a>> + 'a {
+    pub(crate) fn iter_raw(&self) -> impl Iterator<Item = RawParam<'a>> + 'a {
         let mut cursor = Cursor::new(self.raw);
         std::iter::from_fn(move || next_raw_param(&mut cursor).ok().flatten())
     }
@@ -270,9 +270,11 @@ fn is_gen_value_char(byte: u8) -> bool {
 
 /// A parameter with its name as bytes (`token` characters, so ASCII).
 #[derive(Clone, Copy)]
-struct RawParam<'a> {
-    name: &'a [u8],
-    value: Option<&'a [u8]>,
+pub(crate) struct RawParam<'a> {
+    /// The name as received.
+    pub(crate) name: &'a [u8],
+    /// The value as received, if any.
+    pub(crate) value: Option<&'a [u8]>,
 }
 
 impl<'a> RawParam<'a> {
@@ -364,8 +366,8 @@ impl<'a> Via<'a> {
         } else {
             cursor.take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
         };
-        let host = Host::parse(host_bytes).map_err(HeaderError::Uri)?;
-        let host_raw = ascii_str(host_bytes).ok_or(HeaderError::Syntax)?;
+        let host_raw = ascii_str(host_bytes).ok_or(HeaderError::Uri(UriError::Host))?;
+        let host = Host::parse_str(host_raw).map_err(HeaderError::Uri)?;
         let mut probe = cursor;
         probe.skip_ws();
         let port = if probe.eat(b':') {
@@ -676,15 +678,20 @@ impl<'a> Contact<'a> {
     /// Parses one Contact element (not `*`).
     pub fn parse(value: &'a [u8]) -> Result<Self, HeaderError> {
         let address = NameAddr::parse(value)?;
-        if let Some(q) = address.params.get("q") {
-            parse_qvalue(q.value.unwrap_or_default()).ok_or(HeaderError::Syntax)?;
-        }
-        if let Some(expires) = address.params.get("expires") {
-            if !expires
-                .value
-                .is_some_and(|v| !v.is_empty() && v.iter().all(u8::is_ascii_digit))
-            {
-                return Err(HeaderError::Syntax);
+        // One pass over the parameters: the first `q` and the first `expires` are checked.
+        let (mut seen_q, mut seen_expires) = (false, false);
+        for param in address.params.iter_raw() {
+            if !seen_q && param.name.eq_ignore_ascii_case(b"q") {
+                seen_q = true;
+                parse_qvalue(param.value.unwrap_or_default()).ok_or(HeaderError::Syntax)?;
+            } else if !seen_expires && param.name.eq_ignore_ascii_case(b"expires") {
+                seen_expires = true;
+                if !param
+                    .value
+                    .is_some_and(|v| !v.is_empty() && v.iter().all(u8::is_ascii_digit))
+                {
+                    return Err(HeaderError::Syntax);
+                }
             }
         }
         Ok(Contact { address })

@@ -137,11 +137,17 @@ impl<'a> Host<'a> {
     /// Parses `hostname / IPv4address / IPv6reference`. Bare IPv6 (without brackets) is
     /// accepted too, as some Via `received` values carry it that way.
     pub fn parse(input: &'a [u8]) -> Result<Self, UriError> {
-        if let [b'[', inner @ .., b']'] = input {
-            let text = ascii_str(inner).ok_or(UriError::Host)?;
-            return text.parse().map(Host::V6).map_err(|_| UriError::Host);
+        Self::parse_str(ascii_str(input).ok_or(UriError::Host)?)
+    }
+
+    /// [`Host::parse`] of text already known to be valid (no second UTF-8 check).
+    pub(crate) fn parse_str(text: &'a str) -> Result<Self, UriError> {
+        if !text.is_ascii() {
+            return Err(UriError::Host);
         }
-        let text = ascii_str(input).ok_or(UriError::Host)?;
+        if let Some(inner) = text.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')) {
+            return inner.parse().map(Host::V6).map_err(|_| UriError::Host);
+        }
         if text.is_empty() {
             return Err(UriError::Host);
         }
@@ -243,7 +249,8 @@ impl<'a> SipUri<'a> {
                 .position(|&b| matches!(b, b':' | b';' | b'?'))
                 .unwrap_or(hostpart.len())
         };
-        let host = Host::parse(hostpart.get(..host_end).unwrap_or_default())?;
+        let host_bytes = hostpart.get(..host_end).unwrap_or_default();
+        let host = Host::parse_str(substr(text, host_bytes).ok_or(UriError::Host)?)?;
         let mut rest = hostpart.get(host_end..).unwrap_or_default();
         let mut port = None;
         if let Some(after_colon) = rest.strip_prefix(b":") {
