@@ -1322,25 +1322,19 @@ impl<'a> Cursor<'a> {
         let opening = self.position;
         self.position += 1;
         // The common case: no backslash before the closing quote, nothing to unescape.
+        // One pass to the first quote, backslash or control character (tab aside).
         if let Some(length) = self.bytes[self.position..]
             .iter()
-            .position(|&b| b == b'"' || b == b'\\')
+            .position(|&b| b == b'"' || b == b'\\' || (b.is_ascii_control() && b != b'\t'))
         {
             let end = self.position + length;
-            if self.bytes[end] == b'"' {
+            if self.bytes[end] == b'"' && length <= MAX_VALUE_LEN {
                 let inner = &self.bytes[self.position..end];
-                // The same checks, in the same order, as the byte-by-byte loop below.
-                let checked = &inner[..inner.len().min(MAX_VALUE_LEN + 1)];
-                if let Some(offset) = checked.iter().position(|&b| b.is_ascii_control() && b != b'\t') {
-                    self.position += offset + 1;
-                    return Err(self.error("control character in quoted string"));
-                }
-                if inner.len() > MAX_VALUE_LEN {
-                    return Err(DigestError::TooLong("parameter value"));
-                }
                 self.position = end + 1;
                 return Ok(Cow::Borrowed(inner));
             }
+            // Anything else (an escape, a control character, an overlong value) takes the
+            // byte-by-byte loop below, which reports it as before.
         }
         let mut value = Vec::new();
         loop {

@@ -1117,7 +1117,9 @@ impl Message {
         // may copy it from the recorded parts.
         let top_via = top_via.filter(|_| {
             self.first_value(HeaderName::Via).is_some_and(|value| {
-                split_list(value).nth(1).is_none() && memchr::memchr2(b'\r', b'\n', value).is_none()
+                // Without a comma there is one element; with one, split to tell.
+                (memchr::memchr(b',', value).is_none() || split_list(value).nth(1).is_none())
+                    && memchr::memchr2(b'\r', b'\n', value).is_none()
             })
         });
         let from = self.from().map_err(invalid(HeaderName::From))?;
