@@ -1122,9 +1122,7 @@ impl Tcf {
             return;
         };
         // Digest authentication is always required on the D interface.
-        let authorization = request
-            .header(HeaderName::Authorization)
-            .and_then(|header| header.value_str());
+        let authorization = request.first_value_str(HeaderName::Authorization);
         let credentials = authorization.as_deref().map(digest::parse_credentials);
         let verdict = match credentials {
             None => None,
@@ -1291,9 +1289,7 @@ impl Tcf {
                 .tcf(&peer)
                 .map(|tcf| tcf.secret.clone())
                 .unwrap_or_default();
-            let authorization = request
-                .header(HeaderName::Authorization)
-                .and_then(|header| header.value_str());
+            let authorization = request.first_value_str(HeaderName::Authorization);
             let credentials = authorization
                 .as_deref()
                 .and_then(|value| digest::parse_credentials(value).ok());

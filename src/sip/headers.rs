@@ -341,6 +341,10 @@ pub struct Via<'a> {
     host_raw: &'a str,
     port: Option<u16>,
     params: Params<'a>,
+    /// The first `branch` parameter's value, found while the parameters were checked.
+    branch: Option<&'a str>,
+    /// The first `rport` parameter, likewise (see [`Via::rport`]).
+    rport: Option<Option<u16>>,
 }
 
 impl<'a> Via<'a> {
@@ -382,7 +386,7 @@ impl<'a> Via<'a> {
             None
         };
         let params = Params::parse(cursor.rest())?;
-        let via = Via {
+        let mut via = Via {
             protocol_name,
             protocol_version,
             transport,
@@ -390,8 +394,10 @@ impl<'a> Via<'a> {
             host_raw,
             port,
             params,
+            branch: None,
+            rport: None,
         };
-        via.check_known_params()?;
+        (via.branch, via.rport) = via.check_known_params()?;
         Ok(via)
     }
 
@@ -406,6 +412,8 @@ impl<'a> Via<'a> {
             host_raw: self.host_raw,
             port: self.port,
             params: self.params.raw,
+            branch: self.branch,
+            rport: self.rport,
         }
     }
 
@@ -419,26 +427,41 @@ impl<'a> Via<'a> {
             host_raw: parts.host_raw,
             port: parts.port,
             params: Params { raw: parts.params },
+            branch: parts.branch,
+            rport: parts.rport,
         }
     }
 
-    fn check_known_params(&self) -> Result<(), HeaderError> {
+    /// Checks the parameters whose values the grammar constrains; returns the first `branch`
+    /// value and the first `rport` (what [`Via::branch`] and [`Via::rport`] return), so that
+    /// they are not looked up again.
+    #[allow(clippy::type_complexity)]
+    fn check_known_params(&self) -> Result<(Option<&'a str>, Option<Option<u16>>), HeaderError> {
+        let mut branch = None;
+        let mut rport = None;
         for param in self.params.iter_raw() {
             let value = param.value.unwrap_or_default();
             if param.name.eq_ignore_ascii_case(b"branch") || param.name.eq_ignore_ascii_case(b"maddr") {
                 if value.is_empty() {
                     return Err(HeaderError::Syntax);
                 }
+                if branch.is_none() && param.name.eq_ignore_ascii_case(b"branch") {
+                    branch = Some(param.value.and_then(ascii_str));
+                }
             } else if param.name.eq_ignore_ascii_case(b"ttl") {
                 parse_u32(value)
                     .filter(|ttl| *ttl <= 255)
                     .ok_or(HeaderError::OutOfRange)?;
             } else if param.name.eq_ignore_ascii_case(b"rport") {
-                if param.value.is_some() {
-                    parse_u64(value)
-                        .and_then(|port| u16::try_from(port).ok())
-                        .ok_or(HeaderError::OutOfRange)?;
-                }
+                let port = match param.value {
+                    Some(_) => Some(
+                        parse_u64(value)
+                            .and_then(|port| u16::try_from(port).ok())
+                            .ok_or(HeaderError::OutOfRange)?,
+                    ),
+                    None => None,
+                };
+                rport.get_or_insert(port);
             } else if param.name.eq_ignore_ascii_case(b"received") {
                 Host::parse(value)
                     .ok()
@@ -446,7 +469,7 @@ impl<'a> Via<'a> {
                     .ok_or(HeaderError::Syntax)?;
             }
         }
-        Ok(())
+        Ok((branch.flatten(), rport))
     }
 
     /// The protocol name, normally `SIP`.
@@ -481,10 +504,7 @@ impl<'a> Via<'a> {
 
     /// The `branch` parameter.
     pub fn branch(&self) -> Option<&'a str> {
-        self.params
-            .get("branch")
-            .and_then(|param| param.value)
-            .and_then(ascii_str)
+        self.branch
     }
 
     /// True when the branch carries the RFC 3261 magic cookie and something after it, so that it
@@ -508,13 +528,7 @@ impl<'a> Via<'a> {
     /// The `rport` parameter (RFC 3581): `None` when absent, `Some(None)` when present without a
     /// value (a request asking for it), `Some(Some(port))` when filled in.
     pub fn rport(&self) -> Option<Option<u16>> {
-        let param = self.params.get("rport")?;
-        Some(
-            param
-                .value
-                .and_then(parse_u64)
-                .and_then(|port| u16::try_from(port).ok()),
-        )
+        self.rport
     }
 
     /// The `maddr` parameter.
@@ -559,6 +573,8 @@ pub(crate) struct ViaParts<'a> {
     pub(crate) host_raw: &'a str,
     pub(crate) port: Option<u16>,
     pub(crate) params: &'a [u8],
+    pub(crate) branch: Option<&'a str>,
+    pub(crate) rport: Option<Option<u16>>,
 }
 
 fn expect_slash(cursor: &mut Cursor<'_>) -> Result<(), HeaderError> {

@@ -478,6 +478,8 @@ struct ViaSpans {
     host_raw: Span,
     port: Option<u16>,
     params: Span,
+    branch: Option<Span>,
+    rport: Option<Option<u16>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -732,6 +734,15 @@ impl Message {
             .map(|entry| self.slice(entry.value))
     }
 
+    /// The first `name` field's value unfolded, as text when it is UTF-8: what
+    /// `header(name)?.value_str()` gives, without looking at the field's name text.
+    pub(crate) fn first_value_str(&self, name: HeaderName) -> Option<Cow<'_, str>> {
+        match unfold(self.first_value(name)?) {
+            Cow::Borrowed(bytes) => std::str::from_utf8(bytes).ok().map(Cow::Borrowed),
+            Cow::Owned(bytes) => String::from_utf8(bytes).ok().map(Cow::Owned),
+        }
+    }
+
     /// The value of the first header field named `name`.
     pub(crate) fn first_value(&self, name: HeaderName) -> Option<&[u8]> {
         self.values_of(name).next()
@@ -799,6 +810,8 @@ impl Message {
             host_raw: part(spans.host_raw),
             port: spans.port,
             params: self.slice(spans.params),
+            branch: spans.branch.map(|branch| self.slice_str(branch)),
+            rport: spans.rport,
         })
     }
 
@@ -818,6 +831,11 @@ impl Message {
             host_raw: span(parts.host_raw)?,
             port: parts.port,
             params: self.span_of(parts.params)?,
+            branch: match parts.branch {
+                Some(branch) => Some(span(branch)?),
+                None => None,
+            },
+            rport: parts.rport,
         })
     }
 
