@@ -688,6 +688,9 @@ impl<'a> NameAddr<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Contact<'a> {
     address: NameAddr<'a>,
+    /// The first `expires` parameter, decoded while the parameters were checked (see
+    /// [`Contact::expires`]).
+    expires: Option<Result<u32, HeaderError>>,
 }
 
 impl<'a> Contact<'a> {
@@ -695,22 +698,20 @@ impl<'a> Contact<'a> {
     pub fn parse(value: &'a [u8]) -> Result<Self, HeaderError> {
         let address = NameAddr::parse(value)?;
         // One pass over the parameters: the first `q` and the first `expires` are checked.
-        let (mut seen_q, mut seen_expires) = (false, false);
+        let (mut seen_q, mut expires) = (false, None);
         for param in address.params.iter_raw() {
             if !seen_q && param.name.eq_ignore_ascii_case(b"q") {
                 seen_q = true;
                 parse_qvalue(param.value.unwrap_or_default()).ok_or(HeaderError::Syntax)?;
-            } else if !seen_expires && param.name.eq_ignore_ascii_case(b"expires") {
-                seen_expires = true;
-                if !param
-                    .value
-                    .is_some_and(|v| !v.is_empty() && v.iter().all(u8::is_ascii_digit))
-                {
+            } else if expires.is_none() && param.name.eq_ignore_ascii_case(b"expires") {
+                let value = param.value.unwrap_or_default();
+                if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
                     return Err(HeaderError::Syntax);
                 }
+                expires = Some(parse_u32(value).ok_or(HeaderError::OutOfRange));
             }
         }
-        Ok(Contact { address })
+        Ok(Contact { address, expires })
     }
 
     /// The address, its display name and parameters.
@@ -735,8 +736,7 @@ impl<'a> Contact<'a> {
     /// The `expires` parameter. `Some(Err(OutOfRange))` when the digits overflow a `u32`: RFC 4475
     /// (scalar02) lets the registrar then apply its default expiry.
     pub fn expires(&self) -> Option<Result<u32, HeaderError>> {
-        let value = self.address.params.get("expires")?.value.unwrap_or_default();
-        Some(parse_u32(value).ok_or(HeaderError::OutOfRange))
+        self.expires
     }
 }
 
