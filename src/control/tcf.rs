@@ -1876,12 +1876,8 @@ fn transaction_key(message: &Message, via: &crate::sip::Via<'_>) -> Option<Trans
         // Decimal digits are ASCII.
         sent_by.extend(port.iter().map(|&digit| char::from(digit)));
     }
-    // `Via::has_rfc3261_branch`, without looking the branch up twice.
-    let rfc3261 = |branch: &str| {
-        branch.len() > crate::sip::BRANCH_MAGIC_COOKIE.len() && branch.starts_with(crate::sip::BRANCH_MAGIC_COOKIE)
-    };
     match via.branch() {
-        Some(branch) if rfc3261(branch) => TransactionKey::new(branch, &sent_by, method).ok(),
+        Some(branch) if via.has_rfc3261_branch() => TransactionKey::new(branch, &sent_by, method).ok(),
         _ => {
             let call_id = message.call_id().ok()?;
             let from_tag = message.from_tag().ok()?.unwrap_or("").to_owned();
