@@ -726,10 +726,10 @@ impl Tcf {
             return;
         }
         // Only a request with more than one Via can have looped through us.
-        let several_vias = message.headers_of(HeaderName::Via).take(2).count() > 1
+        let several_vias = message.values_of(HeaderName::Via).take(2).count() > 1
             || message
-                .header(HeaderName::Via)
-                .is_some_and(|header| header.value.contains(&b','));
+                .first_value(HeaderName::Via)
+                .is_some_and(|value| value.contains(&b','));
         let looped = several_vias
             && message.vias().skip(1).flatten().any(|via| {
                 via.host().ip() == Some(self.address.ip()) && via.port().unwrap_or(5060) == self.address.port()
@@ -742,7 +742,7 @@ impl Tcf {
         // challenge: answer it statelessly (a retransmission just gets a fresh challenge), so
         // half of every authenticated registration holds no transaction for 64·T1.
         let unauthenticated_register = request_method == Method::Register
-            && message.header(HeaderName::Authorization).is_none()
+            && message.first_value(HeaderName::Authorization).is_none()
             && self.network.tcf_at(from).is_none();
         if unauthenticated_register {
             self.counters.requests += 1;
@@ -884,7 +884,14 @@ impl Tcf {
     /// once, in `handle_datagram`), or parsed here when it is another (a timer's doing).
     fn received(&mut self, bytes: Bytes) -> Option<Message> {
         match self.incoming.take() {
-            Some(message) if message.as_bytes() == &bytes[..] => Some(message),
+            // The layer hands back the buffer it was given: the same pointer says so without
+            // comparing the bytes.
+            Some(message)
+                if (message.as_bytes().as_ptr() == bytes.as_ptr() && message.as_bytes().len() == bytes.len())
+                    || message.as_bytes() == &bytes[..] =>
+            {
+                Some(message)
+            }
             other => {
                 self.incoming = other;
                 Message::parse_datagram(bytes).ok()
@@ -899,11 +906,7 @@ impl Tcf {
         // 501 below); never for ACK, and CANCEL must not carry Require.
         if !matches!(method, Method::Ack | Method::Cancel | Method::Extension(_)) {
             // §8.2.2.1: a Request-URI scheme the node does not serve (RFC 4475 unkscm, novelsc).
-            if request
-                .request_uri()
-                .and_then(Result::ok)
-                .is_some_and(|uri| uri.as_sip().is_none())
-            {
+            if request.request_uri_is_sip() == Some(false) && request.request_uri().is_some_and(|uri| uri.is_ok()) {
                 self.respond(now, &key, &request, 416, "Unsupported URI Scheme", &[]);
                 return;
             }
@@ -972,19 +975,29 @@ impl Tcf {
         reason: &str,
         headers: &[(&str, &str)],
     ) {
+        let Some(mut builder) = self.response_builder(request, status, reason) else {
+            return;
+        };
+        for (name, value) in headers {
+            builder = builder.raw_header(name, value);
+        }
+        self.respond_with(now, key, status, builder);
+    }
+
+    /// The start of a response to `request`: the copied fields, a fresh To tag, `Server`.
+    fn response_builder(&mut self, request: &Message, status: u16, reason: &str) -> Option<MessageBuilder> {
         let tag = self.token();
         // The top Via records where the request really came from (RFC 3261 §18.2.1, RFC 3581).
         let built = match self.current_source {
             Some(source) => crate::sip::response_to_from(request, status, reason, Some(&tag), source),
             None => crate::sip::response_to(request, status, reason, Some(&tag)),
         };
-        let Ok(mut builder) = built else {
-            return;
-        };
-        builder = builder.raw_header("Server", SERVER);
-        for (name, value) in headers {
-            builder = builder.raw_header(name, value);
-        }
+        Some(built.ok()?.header(HeaderName::Server, SERVER))
+    }
+
+    /// Sends a response built from [`Tcf::response_builder`]: statelessly, or through the
+    /// server transaction `key`.
+    fn respond_with(&mut self, now: Now, key: &TransactionKey, status: u16, builder: MessageBuilder) {
         let Ok(response) = builder.build_bytes() else { return };
         if let Some(destination) = self.stateless_to {
             self.outputs.push_back(Output::Transmit {
@@ -1109,10 +1122,8 @@ impl Tcf {
             return;
         };
         // Digest authentication is always required on the D interface.
-        let credentials = request
-            .header(HeaderName::Authorization)
-            .and_then(|header| header.value_str())
-            .map(|value| digest::parse_authorization(&value));
+        let authorization = request.first_value_str(HeaderName::Authorization);
+        let credentials = authorization.as_deref().map(digest::parse_credentials);
         let verdict = match credentials {
             None => None,
             Some(Err(error)) if error.is_malformed() => {
@@ -1125,7 +1136,7 @@ impl Tcf {
                     self.respond(now, &key, &request, 403, "Forbidden (credentials of another user)", &[]);
                     return;
                 }
-                Some(self.verifier.verify(
+                Some(self.verifier.verify_ref(
                     &credentials,
                     "REGISTER",
                     digest::UserSecret::Password(&subscriber.password),
@@ -1218,14 +1229,15 @@ impl Tcf {
     }
 
     fn challenge(&mut self, now: Now, key: &TransactionKey, request: &Message, stale: bool, peer: bool) {
+        let Some(mut builder) = self.response_builder(request, 401, "Unauthorized") else {
+            return;
+        };
         let verifier = if peer { &self.peer_verifier } else { &self.verifier };
-        let challenges = verifier.challenges(now.wall, &mut self.rng, stale);
-        let values: Vec<String> = challenges.iter().map(|challenge| challenge.to_header_value()).collect();
-        let headers: Vec<(&str, &str)> = values
-            .iter()
-            .map(|value| ("WWW-Authenticate", value.as_str()))
-            .collect();
-        self.respond(now, key, request, 401, "Unauthorized", &headers);
+        // One WWW-Authenticate per algorithm, written without a `Challenge` or `String` each.
+        verifier.write_challenges(now.wall, &mut self.rng, stale, |value| {
+            builder.push_header(HeaderName::WwwAuthenticate, value.as_bytes());
+        });
+        self.respond_with(now, key, 401, builder);
     }
 
     fn relay_register(&mut self, now: Now, relay: Box<Relay>, home: SocketAddr, authorization: Option<String>) {
@@ -1277,14 +1289,14 @@ impl Tcf {
                 .tcf(&peer)
                 .map(|tcf| tcf.secret.clone())
                 .unwrap_or_default();
-            let credentials = request
-                .header(HeaderName::Authorization)
-                .and_then(|header| header.value_str())
-                .and_then(|value| digest::parse_authorization(&value).ok());
+            let authorization = request.first_value_str(HeaderName::Authorization);
+            let credentials = authorization
+                .as_deref()
+                .and_then(|value| digest::parse_credentials(value).ok());
             let verdict = credentials
                 .filter(|credentials| credentials.username == peer)
                 .map(|credentials| {
-                    self.peer_verifier.verify(
+                    self.peer_verifier.verify_ref(
                         &credentials,
                         "REGISTER",
                         digest::UserSecret::Password(&peer_secret),
@@ -1923,7 +1935,16 @@ fn expires_and_contact(request: &Message) -> Result<(Option<u32>, Option<String>
         Some(expires) => Some(expires.map_err(|_| ())?),
         None => request.expires().map_err(|_| ())?,
     };
-    Ok((expires, uri.map(|uri| format!("<{uri}>"))))
+    Ok((
+        expires,
+        uri.map(|uri| {
+            let mut contact = String::with_capacity(uri.len() + 2);
+            contact.push('<');
+            contact.push_str(uri);
+            contact.push('>');
+            contact
+        }),
+    ))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use crate::sip::headers::{HeaderName, NameAddr};
 use crate::sip::message::{Message, Method, Rejection};
-use crate::sip::syntax::is_token;
+use crate::sip::syntax::{is_token, unfold};
 
 /// Why a message could not be built.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -110,7 +110,7 @@ impl MessageBuilder {
     }
 
     /// [`MessageBuilder::header`] through a reference (no move of the builder per field).
-    fn push_header(&mut self, name: HeaderName, value: &[u8]) {
+    pub fn push_header(&mut self, name: HeaderName, value: &[u8]) {
         self.push_header_start(name, value);
         self.head.extend_from_slice(b"\r\n");
     }
@@ -144,6 +144,12 @@ impl MessageBuilder {
         if has_line_break(value) {
             self.error.get_or_insert(BuildError::LineBreak);
         }
+        self.start_header_unbroken(name, value);
+    }
+
+    /// [`MessageBuilder::start_header`] of a value known to hold no line break (the output of
+    /// `unfold`, which turns every CR and LF into white space), so not scanned again.
+    fn start_header_unbroken(&mut self, name: &str, value: &[u8]) {
         self.head.extend_from_slice(name.as_bytes());
         self.head.extend_from_slice(b": ");
         self.head.extend_from_slice(value);
@@ -293,18 +299,18 @@ fn push_stamped(out: &mut Vec<u8>, via: &crate::sip::headers::Via<'_>, source: s
         push_decimal(out, u64::from(port));
     }
     let mut rport = false;
-    for param in via.params().iter() {
-        if param.name.eq_ignore_ascii_case("received") {
+    for param in via.params().iter_raw() {
+        if param.name.eq_ignore_ascii_case(b"received") {
             continue;
         }
         out.push(b';');
-        if param.name.eq_ignore_ascii_case("rport") && param.value.is_none() {
+        if param.name.eq_ignore_ascii_case(b"rport") && param.value.is_none() {
             rport = true;
             out.extend_from_slice(b"rport=");
             push_decimal(out, u64::from(source.port()));
             continue;
         }
-        out.extend_from_slice(param.name.as_bytes());
+        out.extend_from_slice(param.name);
         if let Some(value) = param.value {
             out.push(b'=');
             out.extend_from_slice(value);
@@ -327,8 +333,8 @@ fn build_response(
         return Err(BuildError::Unaddressable);
     }
     let mut builder = MessageBuilder::response(status, reason);
-    for (index, via) in request.headers_of(HeaderName::Via).enumerate() {
-        let value = via.unfolded();
+    for (index, via) in request.values_of(HeaderName::Via).enumerate() {
+        let value = unfold(via);
         if let (Some(source), 0) = (source, index) {
             // A validated request's top Via, alone in its field, was parsed already.
             if let Some(top) = request.top_via_alone().then(|| request.top_via().ok()).flatten() {
@@ -345,14 +351,15 @@ fn build_response(
             }
             builder.head.truncate(mark);
         }
-        builder.push_header(HeaderName::Via, &value);
+        builder.start_header_unbroken(HeaderName::Via.as_str(), &value);
+        builder.head.extend_from_slice(b"\r\n");
     }
     for name in [HeaderName::From, HeaderName::To, HeaderName::CallId, HeaderName::CSeq] {
-        let Some(header) = request.header(name) else {
+        let Some(value) = request.first_value(name) else {
             return Err(BuildError::Unaddressable);
         };
-        let value = header.unfolded();
-        builder.start_header(name.as_str(), &value);
+        let value = unfold(value);
+        builder.start_header_unbroken(name.as_str(), &value);
         if name == HeaderName::To && status > 100 {
             // Only add a tag when the To value parses and has none; a malformed To is echoed.
             if let Some(tag) = to_tag {

@@ -161,27 +161,50 @@ impl Challenge {
     /// `Digest realm="tcf-1.example", nonce="...", algorithm=SHA-256, qop="auth"`.
     pub fn to_header_value(&self) -> String {
         let mut out = String::with_capacity(128 + self.nonce.len());
-        out.push_str("Digest realm=");
-        push_quoted(&mut out, &self.realm);
-        out.push_str(", nonce=");
-        push_quoted(&mut out, &self.nonce);
-        if let Some(opaque) = &self.opaque {
-            out.push_str(", opaque=");
-            push_quoted(&mut out, opaque);
-        }
-        out.push_str(", algorithm=");
-        out.push_str(self.algorithm.name());
-        if let Some(qop) = self.qop {
-            out.push_str(", qop=\"");
-            out.push_str(qop.name());
-            out.push('"');
-        }
-        if self.stale {
-            out.push_str(", stale=true");
-        }
+        write_challenge(
+            &mut out,
+            &self.realm,
+            &self.nonce,
+            self.opaque.as_deref(),
+            self.algorithm,
+            self.qop,
+            self.stale,
+        );
         out
     }
 }
+
+/// Appends the header value of a challenge to `out` (see [`Challenge::to_header_value`]).
+fn write_challenge(
+    out: &mut String,
+    realm: &str,
+    nonce: &str,
+    opaque: Option<&str>,
+    algorithm: Algorithm,
+    qop: Option<Qop>,
+    stale: bool,
+) {
+    out.push_str("Digest realm=");
+    push_quoted(out, realm);
+    out.push_str(", nonce=");
+    push_quoted(out, nonce);
+    if let Some(opaque) = opaque {
+        out.push_str(", opaque=");
+        push_quoted(out, opaque);
+    }
+    out.push_str(", algorithm=");
+    out.push_str(algorithm.name());
+    if let Some(qop) = qop {
+        out.push_str(", qop=\"");
+        out.push_str(qop.name());
+        out.push('"');
+    }
+    if stale {
+        out.push_str(", stale=true");
+    }
+}
+
+impl Challenge {}
 
 /// Parses a `WWW-Authenticate` / `Proxy-Authenticate` value holding one `Digest` challenge.
 ///
@@ -357,6 +380,73 @@ impl Credentials {
 /// and `response` are required; with `qop`, so are `cnonce` and `nc` (8 hex digits). Input beyond the
 /// `MAX_*` limits is refused. Never panics.
 pub fn parse_authorization(value: &str) -> Result<Credentials, DigestError> {
+    parse_credentials(value).map(CredentialsRef::into_owned)
+}
+
+/// [`Credentials`] borrowing from the header value they were parsed from (a quoted value with
+/// escapes is the only copy): what a registrar verifying one request needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialsRef<'a> {
+    /// See [`Credentials::username`].
+    pub username: Cow<'a, str>,
+    /// See [`Credentials::realm`].
+    pub realm: Cow<'a, str>,
+    /// See [`Credentials::nonce`].
+    pub nonce: Cow<'a, str>,
+    /// See [`Credentials::uri`].
+    pub uri: Cow<'a, str>,
+    /// See [`Credentials::response`].
+    pub response: Cow<'a, str>,
+    /// See [`Credentials::algorithm`].
+    pub algorithm: Algorithm,
+    /// See [`Credentials::cnonce`].
+    pub cnonce: Option<Cow<'a, str>>,
+    /// See [`Credentials::opaque`].
+    pub opaque: Option<Cow<'a, str>>,
+    /// See [`Credentials::qop`].
+    pub qop: Option<Qop>,
+    /// See [`Credentials::nc`].
+    pub nc: Option<u32>,
+}
+
+impl<'a> CredentialsRef<'a> {
+    /// Owned credentials.
+    pub fn into_owned(self) -> Credentials {
+        Credentials {
+            username: self.username.into_owned(),
+            realm: self.realm.into_owned(),
+            nonce: self.nonce.into_owned(),
+            uri: self.uri.into_owned(),
+            response: self.response.into_owned(),
+            algorithm: self.algorithm,
+            cnonce: self.cnonce.map(Cow::into_owned),
+            opaque: self.opaque.map(Cow::into_owned),
+            qop: self.qop,
+            nc: self.nc,
+        }
+    }
+}
+
+impl Credentials {
+    /// A borrowed view (no copies).
+    pub fn as_ref(&self) -> CredentialsRef<'_> {
+        CredentialsRef {
+            username: Cow::Borrowed(&self.username),
+            realm: Cow::Borrowed(&self.realm),
+            nonce: Cow::Borrowed(&self.nonce),
+            uri: Cow::Borrowed(&self.uri),
+            response: Cow::Borrowed(&self.response),
+            algorithm: self.algorithm,
+            cnonce: self.cnonce.as_deref().map(Cow::Borrowed),
+            opaque: self.opaque.as_deref().map(Cow::Borrowed),
+            qop: self.qop,
+            nc: self.nc,
+        }
+    }
+}
+
+/// [`parse_authorization`] without copying the values: the same rules and errors.
+pub fn parse_credentials(value: &str) -> Result<CredentialsRef<'_>, DigestError> {
     let mut username = None;
     let mut realm = None;
     let mut nonce = None;
@@ -370,21 +460,21 @@ pub fn parse_authorization(value: &str) -> Result<Credentials, DigestError> {
     for (name, param) in split_params(value)? {
         let is = |expected: &str| name.eq_ignore_ascii_case(expected.as_bytes());
         if is("username") {
-            username = Some(param.into_owned());
+            username = Some(param);
         } else if is("realm") {
-            realm = Some(param.into_owned());
+            realm = Some(param);
         } else if is("nonce") {
-            nonce = Some(param.into_owned());
+            nonce = Some(param);
         } else if is("uri") {
-            uri = Some(param.into_owned());
+            uri = Some(param);
         } else if is("response") {
-            response = Some(param.into_owned());
+            response = Some(param);
         } else if is("algorithm") {
             algorithm = Algorithm::from_name(&param)?;
         } else if is("cnonce") {
-            cnonce = Some(param.into_owned());
+            cnonce = Some(param);
         } else if is("opaque") {
-            opaque = Some(param.into_owned());
+            opaque = Some(param);
         } else if is("qop") {
             if !param.eq_ignore_ascii_case("auth") {
                 return Err(DigestError::UnsupportedQop(truncated(&param)));
@@ -402,7 +492,7 @@ pub fn parse_authorization(value: &str) -> Result<Credentials, DigestError> {
             return Err(DigestError::MissingParameter("nc"));
         }
     }
-    Ok(Credentials {
+    Ok(CredentialsRef {
         username: username.ok_or(DigestError::MissingParameter("username"))?,
         realm: realm.ok_or(DigestError::MissingParameter("realm"))?,
         nonce: nonce.ok_or(DigestError::MissingParameter("nonce"))?,
@@ -427,6 +517,18 @@ pub struct NonceManager {
     keyed: Hmac<Sha256>,
     realm: String,
     lifetime: Duration,
+}
+
+/// A nonce as base64url text, on the stack.
+struct EncodedNonce {
+    text: [u8; NONCE_LEN],
+    len: usize,
+}
+
+impl EncodedNonce {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.text.get(..self.len).unwrap_or_default()).unwrap_or_default()
+    }
 }
 
 /// What [`NonceManager::check`] found.
@@ -469,12 +571,23 @@ impl NonceManager {
 
     /// A fresh nonce issued at `now`.
     pub fn issue<R: RngCore + ?Sized>(&self, now: SystemTime, rng: &mut R) -> String {
+        self.issue_encoded(now, rng).as_str().to_owned()
+    }
+
+    /// [`NonceManager::issue`] on the stack.
+    fn issue_encoded<R: RngCore + ?Sized>(&self, now: SystemTime, rng: &mut R) -> EncodedNonce {
         let mut raw = [0u8; NONCE_RAW_LEN];
         raw[..8].copy_from_slice(&unix_seconds(now).to_be_bytes());
         rng.fill_bytes(&mut raw[8..16]);
         let tag = self.mac(&raw[..16]).finalize().into_bytes();
         raw[16..].copy_from_slice(&tag[..16]);
-        URL_SAFE_NO_PAD.encode(raw)
+        let mut encoded = EncodedNonce {
+            text: [0; NONCE_LEN],
+            len: 0,
+        };
+        // The buffer is exactly as long as the encoding.
+        encoded.len = URL_SAFE_NO_PAD.encode_slice(raw, &mut encoded.text).unwrap_or(0);
+        encoded
     }
 
     /// Whether `nonce` is one of ours and still fresh at `now`.
@@ -778,6 +891,25 @@ impl Verifier {
             .collect()
     }
 
+    /// [`Verifier::challenges`] as header values, handed to `write` one after the other (the
+    /// same text as [`Challenge::to_header_value`]), without building a [`Challenge`] each.
+    pub fn write_challenges<R: RngCore + ?Sized>(
+        &self,
+        now: SystemTime,
+        rng: &mut R,
+        stale: bool,
+        mut write: impl FnMut(&str),
+    ) {
+        let nonce = self.nonces.issue_encoded(now, rng);
+        let nonce = nonce.as_str();
+        let mut value = String::with_capacity(160);
+        for &algorithm in &self.algorithms {
+            value.clear();
+            write_challenge(&mut value, self.realm(), nonce, None, algorithm, Some(Qop::Auth), stale);
+            write(&value);
+        }
+    }
+
     /// Checks `credentials` sent with a request of `method` against the user's `secret`.
     ///
     /// In order: realm, algorithm offered, `qop` policy, nonce issued by us, response (constant-time),
@@ -787,6 +919,17 @@ impl Verifier {
     pub fn verify(
         &mut self,
         credentials: &Credentials,
+        method: &str,
+        secret: UserSecret<'_>,
+        now: SystemTime,
+    ) -> Verdict {
+        self.verify_ref(&credentials.as_ref(), method, secret, now)
+    }
+
+    /// [`Verifier::verify`] of borrowed credentials ([`parse_credentials`]).
+    pub fn verify_ref(
+        &mut self,
+        credentials: &CredentialsRef<'_>,
         method: &str,
         secret: UserSecret<'_>,
         now: SystemTime,
@@ -1010,6 +1153,14 @@ fn parse_nonce_count(value: &str) -> Result<u32, DigestError> {
 /// quoted-string at all and are dropped, so that no value can inject a header line.
 fn push_quoted(out: &mut String, value: &str) {
     out.push('"');
+    if !value
+        .bytes()
+        .any(|byte| matches!(byte, b'"' | b'\\' | b'\r' | b'\n' | b'\0'))
+    {
+        out.push_str(value);
+        out.push('"');
+        return;
+    }
     for character in value.chars() {
         match character {
             '"' | '\\' => {
@@ -1171,25 +1322,19 @@ impl<'a> Cursor<'a> {
         let opening = self.position;
         self.position += 1;
         // The common case: no backslash before the closing quote, nothing to unescape.
+        // One pass to the first quote, backslash or control character (tab aside).
         if let Some(length) = self.bytes[self.position..]
             .iter()
-            .position(|&b| b == b'"' || b == b'\\')
+            .position(|&b| b == b'"' || b == b'\\' || (b.is_ascii_control() && b != b'\t'))
         {
             let end = self.position + length;
-            if self.bytes[end] == b'"' {
+            if self.bytes[end] == b'"' && length <= MAX_VALUE_LEN {
                 let inner = &self.bytes[self.position..end];
-                // The same checks, in the same order, as the byte-by-byte loop below.
-                let checked = &inner[..inner.len().min(MAX_VALUE_LEN + 1)];
-                if let Some(offset) = checked.iter().position(|&b| b.is_ascii_control() && b != b'\t') {
-                    self.position += offset + 1;
-                    return Err(self.error("control character in quoted string"));
-                }
-                if inner.len() > MAX_VALUE_LEN {
-                    return Err(DigestError::TooLong("parameter value"));
-                }
                 self.position = end + 1;
                 return Ok(Cow::Borrowed(inner));
             }
+            // Anything else (an escape, a control character, an overlong value) takes the
+            // byte-by-byte loop below, which reports it as before.
         }
         let mut value = Vec::new();
         loop {

@@ -224,7 +224,7 @@ impl<'a> Params<'a> {
     }
 
     /// The parameters in order, names as bytes (no text conversion until one is wanted).
-    fn iter_raw(&self) -> impl Iterator<Item = RawParam<'a>> + 'a {
+    pub(crate) fn iter_raw(&self) -> impl Iterator<Item = RawParam<'a>> + 'a {
         let mut cursor = Cursor::new(self.raw);
         std::iter::from_fn(move || next_raw_param(&mut cursor).ok().flatten())
     }
@@ -270,9 +270,11 @@ fn is_gen_value_char(byte: u8) -> bool {
 
 /// A parameter with its name as bytes (`token` characters, so ASCII).
 #[derive(Clone, Copy)]
-struct RawParam<'a> {
-    name: &'a [u8],
-    value: Option<&'a [u8]>,
+pub(crate) struct RawParam<'a> {
+    /// The name as received.
+    pub(crate) name: &'a [u8],
+    /// The value as received, if any.
+    pub(crate) value: Option<&'a [u8]>,
 }
 
 impl<'a> RawParam<'a> {
@@ -339,6 +341,10 @@ pub struct Via<'a> {
     host_raw: &'a str,
     port: Option<u16>,
     params: Params<'a>,
+    /// The first `branch` parameter's value, found while the parameters were checked.
+    branch: Option<&'a str>,
+    /// The first `rport` parameter, likewise (see [`Via::rport`]).
+    rport: Option<Option<u16>>,
 }
 
 impl<'a> Via<'a> {
@@ -364,8 +370,8 @@ impl<'a> Via<'a> {
         } else {
             cursor.take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
         };
-        let host = Host::parse(host_bytes).map_err(HeaderError::Uri)?;
-        let host_raw = ascii_str(host_bytes).ok_or(HeaderError::Syntax)?;
+        let host_raw = ascii_str(host_bytes).ok_or(HeaderError::Uri(UriError::Host))?;
+        let host = Host::parse_str(host_raw).map_err(HeaderError::Uri)?;
         let mut probe = cursor;
         probe.skip_ws();
         let port = if probe.eat(b':') {
@@ -380,7 +386,7 @@ impl<'a> Via<'a> {
             None
         };
         let params = Params::parse(cursor.rest())?;
-        let via = Via {
+        let mut via = Via {
             protocol_name,
             protocol_version,
             transport,
@@ -388,8 +394,10 @@ impl<'a> Via<'a> {
             host_raw,
             port,
             params,
+            branch: None,
+            rport: None,
         };
-        via.check_known_params()?;
+        (via.branch, via.rport) = via.check_known_params()?;
         Ok(via)
     }
 
@@ -404,6 +412,8 @@ impl<'a> Via<'a> {
             host_raw: self.host_raw,
             port: self.port,
             params: self.params.raw,
+            branch: self.branch,
+            rport: self.rport,
         }
     }
 
@@ -417,26 +427,41 @@ impl<'a> Via<'a> {
             host_raw: parts.host_raw,
             port: parts.port,
             params: Params { raw: parts.params },
+            branch: parts.branch,
+            rport: parts.rport,
         }
     }
 
-    fn check_known_params(&self) -> Result<(), HeaderError> {
+    /// Checks the parameters whose values the grammar constrains; returns the first `branch`
+    /// value and the first `rport` (what [`Via::branch`] and [`Via::rport`] return), so that
+    /// they are not looked up again.
+    #[allow(clippy::type_complexity)]
+    fn check_known_params(&self) -> Result<(Option<&'a str>, Option<Option<u16>>), HeaderError> {
+        let mut branch = None;
+        let mut rport = None;
         for param in self.params.iter_raw() {
             let value = param.value.unwrap_or_default();
             if param.name.eq_ignore_ascii_case(b"branch") || param.name.eq_ignore_ascii_case(b"maddr") {
                 if value.is_empty() {
                     return Err(HeaderError::Syntax);
                 }
+                if branch.is_none() && param.name.eq_ignore_ascii_case(b"branch") {
+                    branch = Some(param.value.and_then(ascii_str));
+                }
             } else if param.name.eq_ignore_ascii_case(b"ttl") {
                 parse_u32(value)
                     .filter(|ttl| *ttl <= 255)
                     .ok_or(HeaderError::OutOfRange)?;
             } else if param.name.eq_ignore_ascii_case(b"rport") {
-                if param.value.is_some() {
-                    parse_u64(value)
-                        .and_then(|port| u16::try_from(port).ok())
-                        .ok_or(HeaderError::OutOfRange)?;
-                }
+                let port = match param.value {
+                    Some(_) => Some(
+                        parse_u64(value)
+                            .and_then(|port| u16::try_from(port).ok())
+                            .ok_or(HeaderError::OutOfRange)?,
+                    ),
+                    None => None,
+                };
+                rport.get_or_insert(port);
             } else if param.name.eq_ignore_ascii_case(b"received") {
                 Host::parse(value)
                     .ok()
@@ -444,7 +469,7 @@ impl<'a> Via<'a> {
                     .ok_or(HeaderError::Syntax)?;
             }
         }
-        Ok(())
+        Ok((branch.flatten(), rport))
     }
 
     /// The protocol name, normally `SIP`.
@@ -479,10 +504,7 @@ impl<'a> Via<'a> {
 
     /// The `branch` parameter.
     pub fn branch(&self) -> Option<&'a str> {
-        self.params
-            .get("branch")
-            .and_then(|param| param.value)
-            .and_then(ascii_str)
+        self.branch
     }
 
     /// True when the branch carries the RFC 3261 magic cookie and something after it, so that it
@@ -506,13 +528,7 @@ impl<'a> Via<'a> {
     /// The `rport` parameter (RFC 3581): `None` when absent, `Some(None)` when present without a
     /// value (a request asking for it), `Some(Some(port))` when filled in.
     pub fn rport(&self) -> Option<Option<u16>> {
-        let param = self.params.get("rport")?;
-        Some(
-            param
-                .value
-                .and_then(parse_u64)
-                .and_then(|port| u16::try_from(port).ok()),
-        )
+        self.rport
     }
 
     /// The `maddr` parameter.
@@ -557,6 +573,8 @@ pub(crate) struct ViaParts<'a> {
     pub(crate) host_raw: &'a str,
     pub(crate) port: Option<u16>,
     pub(crate) params: &'a [u8],
+    pub(crate) branch: Option<&'a str>,
+    pub(crate) rport: Option<Option<u16>>,
 }
 
 fn expect_slash(cursor: &mut Cursor<'_>) -> Result<(), HeaderError> {
@@ -670,24 +688,30 @@ impl<'a> NameAddr<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Contact<'a> {
     address: NameAddr<'a>,
+    /// The first `expires` parameter, decoded while the parameters were checked (see
+    /// [`Contact::expires`]).
+    expires: Option<Result<u32, HeaderError>>,
 }
 
 impl<'a> Contact<'a> {
     /// Parses one Contact element (not `*`).
     pub fn parse(value: &'a [u8]) -> Result<Self, HeaderError> {
         let address = NameAddr::parse(value)?;
-        if let Some(q) = address.params.get("q") {
-            parse_qvalue(q.value.unwrap_or_default()).ok_or(HeaderError::Syntax)?;
-        }
-        if let Some(expires) = address.params.get("expires") {
-            if !expires
-                .value
-                .is_some_and(|v| !v.is_empty() && v.iter().all(u8::is_ascii_digit))
-            {
-                return Err(HeaderError::Syntax);
+        // One pass over the parameters: the first `q` and the first `expires` are checked.
+        let (mut seen_q, mut expires) = (false, None);
+        for param in address.params.iter_raw() {
+            if !seen_q && param.name.eq_ignore_ascii_case(b"q") {
+                seen_q = true;
+                parse_qvalue(param.value.unwrap_or_default()).ok_or(HeaderError::Syntax)?;
+            } else if expires.is_none() && param.name.eq_ignore_ascii_case(b"expires") {
+                let value = param.value.unwrap_or_default();
+                if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+                    return Err(HeaderError::Syntax);
+                }
+                expires = Some(parse_u32(value).ok_or(HeaderError::OutOfRange));
             }
         }
-        Ok(Contact { address })
+        Ok(Contact { address, expires })
     }
 
     /// The address, its display name and parameters.
@@ -712,8 +736,7 @@ impl<'a> Contact<'a> {
     /// The `expires` parameter. `Some(Err(OutOfRange))` when the digits overflow a `u32`: RFC 4475
     /// (scalar02) lets the registrar then apply its default expiry.
     pub fn expires(&self) -> Option<Result<u32, HeaderError>> {
-        let value = self.address.params.get("expires")?.value.unwrap_or_default();
-        Some(parse_u32(value).ok_or(HeaderError::OutOfRange))
+        self.expires
     }
 }
 

@@ -26,7 +26,7 @@ use crate::sip::headers::{
     parse_call_id, parse_number, AuthHeader, CSeq, Contact, ContactList, HeaderError, HeaderName, MediaType, NameAddr,
     PttExtension, SipDate, Via, ViaParts,
 };
-use crate::sip::syntax::{ascii_str, is_token, is_ws, split_list, trim_ws, unfold};
+use crate::sip::syntax::{ascii_str, is_token, is_ws, split_list, substr, trim_ws, unfold};
 use crate::sip::uri::{Host, Uri};
 
 /// Header fields a message may carry before the parser gives up on it.
@@ -451,6 +451,9 @@ impl Eq for Message {}
 /// The parts of To and Contact that [`Message::validate`] parses anyway, as spans.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Facts {
+    /// The Request-URI parsed and is a `sip:`/`sips:` URI (false for other schemes and for
+    /// responses).
+    request_uri_sip: bool,
     /// To carries a `tag` parameter.
     to_tagged: bool,
     /// The `tag` parameters of To and From.
@@ -475,6 +478,8 @@ struct ViaSpans {
     host_raw: Span,
     port: Option<u16>,
     params: Span,
+    branch: Option<Span>,
+    rport: Option<Option<u16>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -643,6 +648,20 @@ impl Message {
             .map(|raw| Uri::parse(raw).map_err(HeaderError::Uri))
     }
 
+    /// Whether the Request-URI of a request parses as a `sip:`/`sips:` URI (`Some(false)`: it
+    /// does not parse, or has another scheme; `None` for a response). Taken from the
+    /// validation's parse when there was one.
+    pub fn request_uri_is_sip(&self) -> Option<bool> {
+        if !self.is_request() {
+            return None;
+        }
+        if let Some(facts) = &self.facts {
+            return Some(facts.request_uri_sip);
+        }
+        self.request_uri()
+            .map(|uri| uri.is_ok_and(|uri| uri.as_sip().is_some()))
+    }
+
     /// The status code of a response.
     pub fn status(&self) -> Option<u16> {
         match self.start {
@@ -708,15 +727,24 @@ impl Message {
     }
 
     /// The values of the header fields named `name`, in order (no name text looked at).
-    fn values_of(&self, name: HeaderName) -> impl Iterator<Item = &[u8]> + '_ {
+    pub(crate) fn values_of(&self, name: HeaderName) -> impl Iterator<Item = &[u8]> + '_ {
         self.headers
             .iter()
             .filter(move |entry| entry.name == name)
             .map(|entry| self.slice(entry.value))
     }
 
+    /// The first `name` field's value unfolded, as text when it is UTF-8: what
+    /// `header(name)?.value_str()` gives, without looking at the field's name text.
+    pub(crate) fn first_value_str(&self, name: HeaderName) -> Option<Cow<'_, str>> {
+        match unfold(self.first_value(name)?) {
+            Cow::Borrowed(bytes) => std::str::from_utf8(bytes).ok().map(Cow::Borrowed),
+            Cow::Owned(bytes) => String::from_utf8(bytes).ok().map(Cow::Owned),
+        }
+    }
+
     /// The value of the first header field named `name`.
-    fn first_value(&self, name: HeaderName) -> Option<&[u8]> {
+    pub(crate) fn first_value(&self, name: HeaderName) -> Option<&[u8]> {
         self.values_of(name).next()
     }
 
@@ -766,18 +794,24 @@ impl Message {
     }
 
     fn via_from_spans(&self, spans: &ViaSpans) -> Via<'_> {
+        // One UTF-8 check for the whole Via (its parts were ASCII when it was parsed), then
+        // each part borrowed from it.
+        let whole = self.slice_str(Span::new(spans.protocol_name.start, spans.params.start));
+        let part = |span: Span| substr(whole, self.slice(span)).unwrap_or_else(|| self.slice_str(span));
         Via::from_parts(ViaParts {
-            protocol_name: self.slice_str(spans.protocol_name),
-            protocol_version: self.slice_str(spans.protocol_version),
-            transport: self.slice_str(spans.transport),
+            protocol_name: part(spans.protocol_name),
+            protocol_version: part(spans.protocol_version),
+            transport: part(spans.transport),
             host: match spans.host {
-                HostSpan::Name(name) => Host::Name(self.slice_str(name)),
+                HostSpan::Name(name) => Host::Name(part(name)),
                 HostSpan::V4(address) => Host::V4(address),
                 HostSpan::V6(address) => Host::V6(address),
             },
-            host_raw: self.slice_str(spans.host_raw),
+            host_raw: part(spans.host_raw),
             port: spans.port,
             params: self.slice(spans.params),
+            branch: spans.branch.map(|branch| self.slice_str(branch)),
+            rport: spans.rport,
         })
     }
 
@@ -797,6 +831,11 @@ impl Message {
             host_raw: span(parts.host_raw)?,
             port: parts.port,
             params: self.span_of(parts.params)?,
+            branch: match parts.branch {
+                Some(branch) => Some(span(branch)?),
+                None => None,
+            },
+            rport: parts.rport,
         })
     }
 
@@ -1074,12 +1113,13 @@ impl Message {
         }
         let invalid = |name| move |error| ParseError::InvalidHeader { name, error };
         let cseq = self.cseq().map_err(invalid(HeaderName::CSeq))?;
+        let mut request_uri_sip = false;
         if let Some(method) = self.method() {
             if cseq.method != method {
                 return Err(ParseError::CSeqMethodMismatch);
             }
             match self.request_uri() {
-                Some(Ok(Uri::Sip(uri))) if uri.headers_raw().is_none() => {}
+                Some(Ok(Uri::Sip(uri))) if uri.headers_raw().is_none() => request_uri_sip = true,
                 Some(Ok(Uri::Other(_))) => {}
                 _ => return Err(ParseError::InvalidRequestUri),
             }
@@ -1095,7 +1135,9 @@ impl Message {
         // may copy it from the recorded parts.
         let top_via = top_via.filter(|_| {
             self.first_value(HeaderName::Via).is_some_and(|value| {
-                split_list(value).nth(1).is_none() && memchr::memchr2(b'\r', b'\n', value).is_none()
+                // Without a comma there is one element; with one, split to tell.
+                (memchr::memchr(b',', value).is_none() || split_list(value).nth(1).is_none())
+                    && memchr::memchr2(b'\r', b'\n', value).is_none()
             })
         });
         let from = self.from().map_err(invalid(HeaderName::From))?;
@@ -1125,6 +1167,7 @@ impl Message {
         }
         let sip = to.uri().as_sip();
         Ok(Facts {
+            request_uri_sip,
             to_tagged: to.tag().is_some(),
             to_tag: TagFact::of(self, &to),
             from_tag: TagFact::of(self, &from),

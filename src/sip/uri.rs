@@ -137,16 +137,22 @@ impl<'a> Host<'a> {
     /// Parses `hostname / IPv4address / IPv6reference`. Bare IPv6 (without brackets) is
     /// accepted too, as some Via `received` values carry it that way.
     pub fn parse(input: &'a [u8]) -> Result<Self, UriError> {
-        if let [b'[', inner @ .., b']'] = input {
-            let text = ascii_str(inner).ok_or(UriError::Host)?;
-            return text.parse().map(Host::V6).map_err(|_| UriError::Host);
+        Self::parse_str(ascii_str(input).ok_or(UriError::Host)?)
+    }
+
+    /// [`Host::parse`] of text already known to be valid (no second UTF-8 check).
+    pub(crate) fn parse_str(text: &'a str) -> Result<Self, UriError> {
+        if !text.is_ascii() {
+            return Err(UriError::Host);
         }
-        let text = ascii_str(input).ok_or(UriError::Host)?;
+        if let Some(inner) = text.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')) {
+            return inner.parse().map(Host::V6).map_err(|_| UriError::Host);
+        }
         if text.is_empty() {
             return Err(UriError::Host);
         }
         if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-            return text.parse().map(Host::V4).map_err(|_| UriError::Host);
+            return parse_ipv4(text.as_bytes()).map(Host::V4).ok_or(UriError::Host);
         }
         if text.contains(':') {
             return text.parse().map(Host::V6).map_err(|_| UriError::Host);
@@ -243,7 +249,8 @@ impl<'a> SipUri<'a> {
                 .position(|&b| matches!(b, b':' | b';' | b'?'))
                 .unwrap_or(hostpart.len())
         };
-        let host = Host::parse(hostpart.get(..host_end).unwrap_or_default())?;
+        let host_bytes = hostpart.get(..host_end).unwrap_or_default();
+        let host = Host::parse_str(substr(text, host_bytes).ok_or(UriError::Host)?)?;
         let mut rest = hostpart.get(host_end..).unwrap_or_default();
         let mut port = None;
         if let Some(after_colon) = rest.strip_prefix(b":") {
@@ -457,10 +464,73 @@ fn is_opaque_char(byte: u8) -> bool {
     byte.is_ascii_graphic() && !matches!(byte, b'<' | b'>' | b'"' | b'\\' | b'{' | b'}' | b'|' | b'^' | b'`')
 }
 
+/// Dotted-quad IPv4 from digits and dots, with the rules of `Ipv4Addr::from_str` (four decimal
+/// octets of at most three digits, no leading zeros, each at most 255), without its general
+/// parser machinery.
+fn parse_ipv4(text: &[u8]) -> Option<Ipv4Addr> {
+    if text.len() > 15 {
+        return None;
+    }
+    let mut octets = [0u8; 4];
+    let mut parts = text.split(|&b| b == b'.');
+    for octet in &mut octets {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 3 || (part.len() > 1 && part.first() == Some(&b'0')) {
+            return None;
+        }
+        let mut value: u16 = 0;
+        for &digit in part {
+            if !digit.is_ascii_digit() {
+                return None;
+            }
+            value = value * 10 + u16::from(digit - b'0');
+        }
+        *octet = u8::try_from(value).ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Ipv4Addr::from(octets))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_parses_as_the_standard_library_does() {
+        let cases = [
+            "0.0.0.0",
+            "1.2.3.4",
+            "255.255.255.255",
+            "256.1.1.1",
+            "01.2.3.4",
+            "1.2.3",
+            "1.2.3.4.5",
+            "1..3.4",
+            ".1.2.3",
+            "1.2.3.",
+            "",
+            "1234.1.1.1",
+            "000.0.0.0",
+            "0.0.0.00",
+            "10.0.0.255",
+            "192.168.001.1",
+            "1.2.3.4444",
+            "99.99.99.99",
+        ];
+        for case in cases {
+            assert_eq!(parse_ipv4(case.as_bytes()), case.parse().ok(), "{case:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ipv4_agrees_with_the_standard_library(text in "[0-9.]{0,18}") {
+            proptest::prop_assert_eq!(parse_ipv4(text.as_bytes()), text.parse().ok());
+        }
+    }
 
     fn sip(input: &str) -> SipUri<'_> {
         match Uri::parse(input.as_bytes()) {

@@ -54,6 +54,7 @@ mod tests;
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -106,7 +107,7 @@ pub enum Method {
     /// [`TransactionLayer::match_cancel`].
     Cancel,
     /// Any other method (BYE, OPTIONS, REGISTER, MESSAGE, INFO, ...): a plain non-INVITE transaction.
-    Other(Box<str>),
+    Other(Arc<str>),
 }
 
 impl Method {
@@ -152,6 +153,8 @@ impl fmt::Display for Method {
 /// keeps its own method, so it opens its own server transaction; [`TransactionLayer::match_cancel`] finds the
 /// INVITE it targets. Sent-by is compared ASCII-case-insensitively and without port defaulting: retransmissions,
 /// ACKs and CANCELs copy the Via verbatim, so they match.
+/// Its text is shared (`Arc<str>`), so that the copies the layer and the transaction user keep cost no
+/// allocation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TransactionKey {
     id: KeyId,
@@ -161,13 +164,13 @@ pub struct TransactionKey {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum KeyId {
     /// RFC 3261: the branch (with its magic cookie) and the sent-by of the top Via.
-    Branch { branch: Box<str>, sent_by: Box<str> },
+    Branch { branch: Arc<str>, sent_by: Arc<str> },
     /// RFC 2543 fallback, for top Vias whose branch lacks the magic cookie.
     Legacy {
-        call_id: Box<str>,
-        from_tag: Box<str>,
+        call_id: Arc<str>,
+        from_tag: Arc<str>,
         cseq_number: u32,
-        sent_by: Box<str>,
+        sent_by: Arc<str>,
     },
 }
 
@@ -197,7 +200,7 @@ impl TransactionKey {
         Ok(Self {
             id: KeyId::Branch {
                 branch: branch.into(),
-                sent_by: sent_by.to_ascii_lowercase().into(),
+                sent_by: lowercase(sent_by),
             },
             method: method.for_matching(),
         })
@@ -215,7 +218,7 @@ impl TransactionKey {
                 call_id: call_id.into(),
                 from_tag: from_tag.into(),
                 cseq_number,
-                sent_by: sent_by.to_ascii_lowercase().into(),
+                sent_by: lowercase(sent_by),
             },
             method: method.for_matching(),
         }
@@ -253,6 +256,16 @@ impl TransactionKey {
             id: self.id.clone(),
             method: method.for_matching(),
         }
+    }
+}
+
+/// `text` ASCII-lowercased, shared; copied once (not lowercased into a `String` first) when it is
+/// lowercase already, as addresses usually are.
+fn lowercase(text: &str) -> Arc<str> {
+    if text.bytes().any(|byte| byte.is_ascii_uppercase()) {
+        Arc::from(text.to_ascii_lowercase())
+    } else {
+        Arc::from(text)
     }
 }
 
