@@ -107,6 +107,10 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&config);
+            // Before the runtime and the node allocate anything much (see the function).
+            if let Err(error) = floorcast::io::disable_transparent_huge_pages() {
+                tracing::warn!(%error, "cannot opt out of transparent huge pages");
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(runtime) => runtime,
                 Err(error) => {

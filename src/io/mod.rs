@@ -32,3 +32,16 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
     }
     Ok(limit.rlim_cur)
 }
+
+/// Opts the process out of transparent huge pages (`prctl(PR_SET_THP_DISABLE)`). mimalloc asks
+/// for huge pages on its arenas, and the first touch of each fresh 2 MiB page has the kernel zero
+/// it inside the thread that touched it: the SIP thread stalled 5–7 ms of CPU at a time, inside
+/// whichever message happened to allocate then, whenever the node's memory grew (BENCHMARKS.md,
+/// "Floor-grant latency"). With 4 KiB pages the same growth costs microseconds at a time.
+pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
