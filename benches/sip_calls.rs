@@ -80,7 +80,7 @@
 //! Relay ports: each leg takes a port pair and a freed pair is quarantined
 //! (`media.port_quarantine_ms`, 5 s by default), so at R calls/s a node holds about 2·R·q
 //! pairs in quarantine. The two nodes get 10000-21383 and 21384-32767 (5,692 pairs each, below
-//! the kernel's ephemeral range) with a quarantine of 500 ms: room for ~5,000 calls/s. The
+//! the kernel's ephemeral range) with a quarantine of 200 ms: room for ~12,000 calls/s. The
 //! quarantine only delays reuse; it costs nothing per call.
 //!
 //! Run: `cargo bench --bench sip_calls` (about two minutes: twice 33 s waiting for the nodes'
@@ -129,7 +129,7 @@ const BENCH_T1_MS: u64 = 500;
 const MAX_TRANSACTIONS: usize = 1 << 20;
 /// Relay port ranges of the two nodes, and the quarantine of a freed pair.
 const MEDIA_RANGES: [(u16, u16); 2] = [(10_000, 21_383), (21_384, 32_767)];
-const PORT_QUARANTINE_MS: u64 = 500;
+const PORT_QUARANTINE_MS: u64 = 200;
 /// The targets.
 const TARGET_CPU_US: f64 = 250.0;
 const TARGET_P99_MS: f64 = 5.0;
