@@ -12,6 +12,8 @@ pub mod worker;
 
 pub use engine::{Engine, EngineError};
 
+use std::os::fd::AsRawFd;
+
 /// Raises the soft limit on open files to the hard limit: every leg holds one or two sockets,
 /// so a busy node needs thousands. Returns the new soft limit.
 pub fn raise_fd_limit() -> std::io::Result<u64> {
@@ -44,4 +46,51 @@ pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Sizes the process's file-descriptor table for `descriptors` now. The kernel grows the table
+/// by doubling when a new descriptor does not fit, and in a multi-threaded process each growth
+/// waits for an RCU grace period inside the `socket()` call that needed it: the SIP thread,
+/// binding a new leg's sockets, slept 5–15 ms at a time while the leg pool grew (BENCHMARKS.md,
+/// "Floor-grant latency"). Growing it once at start, to what the media port range can use,
+/// moves that wait out of the traffic. Capped at the open-file limit; returns the size asked.
+pub fn reserve_descriptors(descriptors: u64) -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit on a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let highest = descriptors.min(limit.rlim_cur.saturating_sub(1)).min(i32::MAX as u64);
+    let null = std::fs::File::open("/dev/null")?;
+    // SAFETY: duplicates a descriptor we own onto the lowest free one at or above `highest`
+    // (which makes the kernel size the table for it) and closes the duplicate at once.
+    let duplicate = unsafe { libc::fcntl(null.as_raw_fd(), libc::F_DUPFD_CLOEXEC, highest as libc::c_int) };
+    if duplicate < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `duplicate` is ours and used nowhere else.
+    unsafe { libc::close(duplicate) };
+    Ok(highest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table_size() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|line| line.starts_with("FDSize:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn the_descriptor_table_is_sized_up_front() {
+        raise_fd_limit().unwrap();
+        let asked = reserve_descriptors(6000).unwrap();
+        assert!(asked >= 1000, "the open-file limit allows at least that: {asked}");
+        assert!(table_size() > asked, "FDSize {} for {asked}", table_size());
+    }
 }

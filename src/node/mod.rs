@@ -100,6 +100,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Node> {
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
     }
+    // Every media port can hold a socket (two with RTCP on its own port: the odd ports are in
+    // the range too), plus the SIP connections and some slack.
+    let descriptors = u64::from(config.media.port_max.saturating_sub(config.media.port_min))
+        + 1
+        + config.sip.max_tcp_connections as u64
+        + 256;
+    if let Err(error) = crate::io::reserve_descriptors(descriptors) {
+        tracing::warn!(%error, "cannot size the descriptor table up front");
+    }
     let engine = Arc::new(
         Engine::start(&config.media, &config.node.name)
             .map_err(|error| anyhow::anyhow!("cannot start the media engine: {error}"))?,
