@@ -44,6 +44,40 @@ fn provision(directory: &Path, args: &[&str]) {
     );
 }
 
+/// Provisions three nodes, every group homed at node 0 and its members spread over all three
+/// (`--layout spread --groups-at 0`), one media worker each, 1,500 media ports from
+/// `media_base`.
+fn provision_spread(directory: &Path, groups: u32, members: u32, base_port: u16, media_base: u16, extra: &[&str]) {
+    let (groups, members, base_port, media_base) = (
+        groups.to_string(),
+        members.to_string(),
+        base_port.to_string(),
+        media_base.to_string(),
+    );
+    let mut args = vec![
+        "--nodes",
+        "3",
+        "--groups",
+        &groups,
+        "--members",
+        &members,
+        "--layout",
+        "spread",
+        "--groups-at",
+        "0",
+        "--base-port",
+        &base_port,
+        "--media-base",
+        &media_base,
+        "--media-ports",
+        "1500",
+        "--workers",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    provision(directory, &args);
+}
+
 /// Waits until a node answers OPTIONS at `address`.
 fn wait_ready(address: SocketAddr) {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -377,29 +411,7 @@ fn one_node_of_three_killed_mid_run() {
 fn listeners_on_other_nodes_than_the_group_home_lose_nothing() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let (_keep, directory) = directory();
-    provision(
-        &directory,
-        &[
-            "--nodes",
-            "3",
-            "--groups",
-            "3",
-            "--members",
-            "6",
-            "--layout",
-            "spread",
-            "--groups-at",
-            "0",
-            "--base-port",
-            "17431",
-            "--media-base",
-            "24600",
-            "--media-ports",
-            "1500",
-            "--workers",
-            "1",
-        ],
-    );
+    provision_spread(&directory, 3, 6, 17431, 24600, &[]);
     let _nodes = start_nodes(&directory, 3, 17431);
     let (output, report) = run_load(
         &directory.join("scenario.toml"),
@@ -446,29 +458,7 @@ fn listeners_on_other_nodes_than_the_group_home_lose_nothing() {
 fn f_up_03_back_to_back_talkers_across_nodes_lose_nothing() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let (_keep, directory) = directory();
-    provision(
-        &directory,
-        &[
-            "--nodes",
-            "3",
-            "--groups",
-            "3",
-            "--members",
-            "6",
-            "--layout",
-            "spread",
-            "--groups-at",
-            "0",
-            "--base-port",
-            "17451",
-            "--media-base",
-            "27800",
-            "--media-ports",
-            "1500",
-            "--workers",
-            "1",
-        ],
-    );
+    provision_spread(&directory, 3, 6, 17451, 27800, &[]);
     let _nodes = start_nodes(&directory, 3, 17451);
     let (output, report) = run_load(
         &directory.join("scenario.toml"),
@@ -506,29 +496,7 @@ fn f_up_03_back_to_back_talkers_across_nodes_lose_nothing() {
 fn f_flr_race_repeated_bursts_across_nodes_one_talker_heard() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let (_keep, directory) = directory();
-    provision(
-        &directory,
-        &[
-            "--nodes",
-            "3",
-            "--groups",
-            "2",
-            "--members",
-            "7",
-            "--layout",
-            "spread",
-            "--groups-at",
-            "0",
-            "--base-port",
-            "17461",
-            "--media-base",
-            "29400",
-            "--media-ports",
-            "1500",
-            "--workers",
-            "1",
-        ],
-    );
+    provision_spread(&directory, 2, 7, 17461, 29400, &[]);
     let _nodes = start_nodes(&directory, 3, 17461);
     let (output, report) = run_load(
         &directory.join("scenario.toml"),
@@ -567,31 +535,7 @@ fn f_flr_race_repeated_bursts_across_nodes_one_talker_heard() {
 fn group_call_cycles_set_up_and_tear_down_without_error() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let (_keep, directory) = directory();
-    provision(
-        &directory,
-        &[
-            "--nodes",
-            "3",
-            "--groups",
-            "2",
-            "--members",
-            "5",
-            "--layout",
-            "spread",
-            "--groups-at",
-            "0",
-            "--port-quarantine-ms",
-            "1000",
-            "--base-port",
-            "17441",
-            "--media-base",
-            "26200",
-            "--media-ports",
-            "1500",
-            "--workers",
-            "1",
-        ],
-    );
+    provision_spread(&directory, 2, 5, 17441, 26200, &["--port-quarantine-ms", "1000"]);
     let nodes = start_nodes(&directory, 3, 17441);
     let pids: Vec<String> = nodes.0.iter().map(|child| child.id().to_string()).collect();
     let (output, report) = run_load(
