@@ -2218,6 +2218,94 @@ mod tests {
         assert!(requests(&sent, CALLEE, "INVITE").is_empty());
     }
 
+    /// Peer tags at the group home: the downlink to member TCF h and the talker session h opens
+    /// for its member 1100 carry the same tag (so 1100's voice never goes back down h's
+    /// downlink: h fans it out itself), and the home's own members carry none.
+    #[test]
+    fn f_up_04_home_tags_a_member_tcfs_downlink_and_talker_sessions_alike() {
+        const MEMBER_TCF: &str = "127.0.0.1:5602";
+        let network = format!(
+            "[[tcf]]\nname = \"a\"\nsip = \"127.0.0.1:5601\"\nusers = [\"1000-1099\"]\ngroups = [\"2100\"]\nsecret = \"s\"\n\
+             [[tcf]]\nname = \"h\"\nsip = \"{MEMBER_TCF}\"\nusers = [\"1100-1199\"]\nsecret = \"s\"\n"
+        );
+        let subscribers = "[[user]]\nnumber = \"1000-1009\"\npassword = \"pw\"\n\
+                           [[user]]\nnumber = \"1100-1109\"\npassword = \"pw\"\n\
+                           [[group]]\nnumber = \"2100\"\nmembers = [\"1000\", \"1001\", \"1100\"]\n";
+        let mut rig = Rig::with(&network, subscribers);
+        let now = rig.at(0);
+        let unix = rig.wall.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        rig.tcf.restore(
+            Vec::new(),
+            Vec::new(),
+            vec![Location {
+                user: Number::parse("1100").unwrap(),
+                serving: "h".to_owned(),
+                expires_at: unix + 3600,
+            }],
+            now,
+        );
+        let _ = rig.sent();
+        let text = invite()
+            .replace("sip:1001@", "sip:2100@")
+            .replace("<sip:1001@", "<sip:2100@");
+        rig.deliver(1, CALLER, &text);
+        let sent = rig.sent();
+        let downlink = requests(&sent, MEMBER_TCF, "INVITE")
+            .first()
+            .copied()
+            .cloned()
+            .expect("a downlink INVITE to h");
+        let port_of = |message: &Message| -> u16 {
+            let body = String::from_utf8_lossy(message.body()).into_owned();
+            let line = body
+                .lines()
+                .find(|line| line.starts_with("m=audio "))
+                .unwrap()
+                .to_owned();
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        };
+        let peer_of_port = |rig: &Rig, port: u16| -> u32 {
+            rig.media.inspect(|state| {
+                state
+                    .legs
+                    .values()
+                    .find(|(local, _)| local.port() == port)
+                    .map(|(_, spec)| spec.peer)
+                    .expect("a leg on that port")
+            })
+        };
+        let downlink_tag = peer_of_port(&rig, port_of(&downlink));
+        assert_ne!(downlink_tag, 0, "a member TCF's downlink is tagged");
+        let member_invite = requests(&sent, CALLEE, "INVITE")[0].clone();
+        assert_eq!(
+            peer_of_port(&rig, port_of(&member_invite)),
+            0,
+            "a member served here is not"
+        );
+        // h opens a talker session for its member 1100 (a floor request).
+        let body = offer(9600).replace("a=rtpmap:0 PCMU/8000\r\n", "a=rtpmap:0 PCMU/8000\r\na=sendonly\r\n");
+        let talker = format!(
+            "INVITE sip:2100@127.0.0.1:5601 SIP/2.0\r\nVia: SIP/2.0/UDP {MEMBER_TCF};branch=z9hG4bKts1;rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1100@{MEMBER_TCF}>;tag=t1\r\nTo: <sip:2100@127.0.0.1:5601>\r\n\
+             Call-ID: ts1@h\r\nCSeq: 1 INVITE\r\nContact: <sip:1100@{MEMBER_TCF}>\r\n\
+             Ptt-Extension: pttrequest;priority=1;GDN=2100;callerUDN=1100;UDN=1100;stage=group-home\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        rig.deliver(5, MEMBER_TCF, &talker);
+        let sent = rig.sent();
+        let answer = sent
+            .iter()
+            .find_map(|(to, message)| {
+                (to.to_string() == MEMBER_TCF
+                    && message.status() == Some(200)
+                    && message.call_id().ok() == Some("ts1@h"))
+                .then_some(message)
+            })
+            .expect("the talker session is answered");
+        assert_eq!(peer_of_port(&rig, port_of(answer)), downlink_tag);
+    }
+
     /// The group home in simulated time: 1000 sets up group 2000 and holds the floor (the
     /// bridge's source is its leg); 1001 is invited; 1000 releases and 1001 asks: the source
     /// follows at once, and 1001's 200 says `pttaccept`.
