@@ -87,6 +87,17 @@ mod tests {
     }
 
     #[test]
+    fn the_process_opts_out_of_transparent_huge_pages() {
+        disable_transparent_huge_pages().unwrap();
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|line| line.starts_with("THP_enabled:"));
+        // Kernels before 5.0 do not show the flag; where they do, it is off now.
+        if let Some(line) = line {
+            assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+        }
+    }
+
+    #[test]
     fn the_descriptor_table_is_sized_up_front() {
         raise_fd_limit().unwrap();
         let asked = reserve_descriptors(6000).unwrap();
