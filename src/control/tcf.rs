@@ -425,6 +425,7 @@ impl LogLimiter {
 
 mod call;
 mod group;
+mod resend;
 
 impl Tcf {
     /// A core for node `config.name` of `network`.

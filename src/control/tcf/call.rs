@@ -43,6 +43,8 @@ use crate::sdp::{self, Sdp};
 use crate::sip::dialog::{Dialog, DialogId, DialogState};
 use crate::sip::transaction::IdMap;
 
+use super::resend::{Resend, Resend2xx};
+
 use super::*;
 
 /// Which side of a call at this hop.
@@ -160,16 +162,11 @@ struct Anchor {
     b: LegInfo,
 }
 
-/// Our 2xx to an INVITE, sent again until its ACK comes (RFC 3261 §13.3.1.4).
+/// Our 2xx to an INVITE on one side of the call, sent again until its ACK comes.
 #[derive(Debug)]
 struct Retransmit {
     side: Side,
-    key: TransactionKey,
-    bytes: Bytes,
-    cseq: u32,
-    next: Instant,
-    interval: Duration,
-    give_up: Instant,
+    resend: Resend2xx,
 }
 
 #[derive(Debug)]
@@ -1120,18 +1117,9 @@ impl Tcf {
     }
 
     fn retransmit_2xx(&mut self, call: &mut Call, side: Side, key: TransactionKey, bytes: Bytes, cseq: u32, now: Now) {
-        let t1 = self.config.timers.t1();
-        let next = now.instant + t1;
-        call.retransmit = Some(Retransmit {
-            side,
-            key,
-            bytes,
-            cseq,
-            next,
-            interval: t1,
-            give_up: now.instant + t1 * 64,
-        });
-        self.calls.timers.push(Reverse((next, call.id)));
+        let resend = Resend2xx::new(key, bytes, cseq, now.instant, self.config.timers.t1());
+        self.calls.timers.push(Reverse((resend.next(), call.id)));
+        call.retransmit = Some(Retransmit { side, resend });
     }
 
     // ---- ending -----------------------------------------------------------------------------
@@ -1318,7 +1306,7 @@ impl Tcf {
         if call
             .retransmit
             .as_ref()
-            .is_some_and(|retransmit| retransmit.side == side && retransmit.cseq == cseq)
+            .is_some_and(|retransmit| retransmit.side == side && retransmit.resend.cseq == cseq)
         {
             call.retransmit = None;
         }
@@ -1763,20 +1751,19 @@ impl Tcf {
         };
         // 2xx retransmission.
         if let Some(retransmit) = call.retransmit.as_mut() {
-            if now.instant >= retransmit.give_up {
-                call.retransmit = None;
-                tracing::warn!(call = id, "no ACK for our 2xx: ending the call (RFC 3261 §13.3.1.4)");
-                self.end_call(now, id, None, (408, "Request Timeout"), "no ACK");
-                return;
-            }
-            if retransmit.next <= now.instant {
-                let _ = self
-                    .layer
-                    .respond(now.instant, &retransmit.key, 200, retransmit.bytes.clone());
-                retransmit.interval = (retransmit.interval * 2).min(self.config.timers.t2());
-                retransmit.next = now.instant + retransmit.interval;
-                let next = retransmit.next.min(retransmit.give_up);
-                self.calls.timers.push(Reverse((next, id)));
+            match retransmit.resend.poll(now.instant, self.config.timers.t2()) {
+                Resend::GiveUp => {
+                    call.retransmit = None;
+                    tracing::warn!(call = id, "no ACK for our 2xx: ending the call (RFC 3261 §13.3.1.4)");
+                    self.end_call(now, id, None, (408, "Request Timeout"), "no ACK");
+                    return;
+                }
+                Resend::Send => {
+                    let resend = &retransmit.resend;
+                    let _ = self.layer.respond(now.instant, &resend.key, 200, resend.bytes.clone());
+                    self.calls.timers.push(Reverse((resend.next(), id)));
+                }
+                Resend::Wait => {}
             }
         }
         let Some(call) = self.calls.calls.get_mut(&id) else {

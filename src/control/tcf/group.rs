@@ -37,6 +37,7 @@ use crate::sip::dialog::{Dialog, DialogId};
 use super::*;
 
 use super::call::{is_sdp, SDP};
+use super::resend::{Resend, Resend2xx};
 
 /// Where a group dialog belongs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -180,12 +181,7 @@ enum GSent {
 #[derive(Debug)]
 struct Retransmit {
     dialog: DialogId,
-    cseq: u32,
-    key: TransactionKey,
-    bytes: Bytes,
-    next: Instant,
-    interval: Duration,
-    give_up: Instant,
+    resend: Resend2xx,
 }
 
 /// What waits for the end of a voluntary release's [`RELEASE_GRACE`]: the released talker's
@@ -234,7 +230,7 @@ impl Groups {
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         let floors = self.homes.values().filter_map(|home| home.floor.poll_timeout());
         floors
-            .chain(self.retransmits.iter().map(|retransmit| retransmit.next))
+            .chain(self.retransmits.iter().map(|retransmit| retransmit.resend.next()))
             .chain(self.deferred.iter().map(|(at, _)| *at))
             .min()
     }
@@ -553,14 +549,10 @@ impl Tcf {
                 remote_tag: id.local_tag,
             }) {
                 let t1 = self.config.timers.t1();
+                let cseq = awaiting.request.cseq().map_or(0, |cseq| cseq.number);
                 self.groups.retransmits.push(Retransmit {
                     dialog,
-                    cseq: awaiting.request.cseq().map_or(0, |cseq| cseq.number),
-                    key: awaiting.server.clone(),
-                    bytes,
-                    next: now.instant + t1,
-                    interval: t1,
-                    give_up: now.instant + t1 * 64,
+                    resend: Resend2xx::new(awaiting.server.clone(), bytes, cseq, now.instant, t1),
                 });
             }
         }
@@ -2596,23 +2588,22 @@ impl Tcf {
         let cseq = ack.cseq().map_or(0, |cseq| cseq.number);
         self.groups
             .retransmits
-            .retain(|retransmit| !(retransmit.dialog == id && retransmit.cseq == cseq));
+            .retain(|retransmit| !(retransmit.dialog == id && retransmit.resend.cseq == cseq));
     }
 
     fn group_retransmissions(&mut self, now: Now) {
         let t2 = self.config.timers.t2();
         let mut due = Vec::new();
-        self.groups.retransmits.retain_mut(|retransmit| {
-            if now.instant >= retransmit.give_up {
-                return false;
-            }
-            if retransmit.next <= now.instant {
-                due.push((retransmit.key.clone(), retransmit.bytes.clone()));
-                retransmit.interval = (retransmit.interval * 2).min(t2);
-                retransmit.next = (now.instant + retransmit.interval).min(retransmit.give_up);
-            }
-            true
-        });
+        self.groups
+            .retransmits
+            .retain_mut(|retransmit| match retransmit.resend.poll(now.instant, t2) {
+                Resend::GiveUp => false,
+                Resend::Send => {
+                    due.push((retransmit.resend.key.clone(), retransmit.resend.bytes.clone()));
+                    true
+                }
+                Resend::Wait => true,
+            });
         for (key, bytes) in due {
             let _ = self.layer.respond(now.instant, &key, 200, bytes);
         }
