@@ -2158,6 +2158,20 @@ mod tests {
         }
     }
 
+    /// An INVITE from peer TCF `from` (From user `user`) to group 2100 at this node, with
+    /// `Ptt-Extension: extension` and a send-only offer for RTP port `port`.
+    fn peer_invite(from: &str, user: &str, call_id: &str, extension: &str, port: u16) -> String {
+        let body = offer(port).replace("a=rtpmap:0 PCMU/8000\r\n", "a=rtpmap:0 PCMU/8000\r\na=sendonly\r\n");
+        format!(
+            "INVITE sip:2100@127.0.0.1:5601 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK{port};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{user}@{from}>;tag=p{port}\r\nTo: <sip:2100@127.0.0.1:5601>\r\n\
+             Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:{user}@{from}>\r\n\
+             Ptt-Extension: {extension}\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
     /// F-GRP-04 at a member TCF: the group home's downlink INVITE is answered at once, but the
     /// local members are invited only when the home's ACK shows it has the downlink's address
     /// (before that, what the home forwards could not reach this node, and a member that joined
@@ -2170,14 +2184,12 @@ mod tests {
         );
         let subscribers = format!("{SUBSCRIBERS}[[group]]\nnumber = \"2100\"\nmembers = [\"1000-1009\"]\n");
         let mut rig = Rig::with(&network, &subscribers);
-        let body = offer(9400).replace("a=rtpmap:0 PCMU/8000\r\n", "a=rtpmap:0 PCMU/8000\r\na=sendonly\r\n");
-        let downlink = format!(
-            "INVITE sip:2100@127.0.0.1:5601 SIP/2.0\r\nVia: SIP/2.0/UDP {HOME};branch=z9hG4bKdl1;rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:2100@{HOME}>;tag=h1\r\nTo: <sip:2100@127.0.0.1:5601>\r\n\
-             Call-ID: dl1@h\r\nCSeq: 1 INVITE\r\nContact: <sip:2100@{HOME}>\r\n\
-             Ptt-Extension: pttcall;calltype=4;priority=1;GDN=2100;callerUDN=1100;stage=group-member\r\n\
-             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
+        let downlink = peer_invite(
+            HOME,
+            "2100",
+            "dl1@h",
+            "pttcall;calltype=4;priority=1;GDN=2100;callerUDN=1100;stage=group-member",
+            9400,
         );
         rig.deliver(0, HOME, &downlink);
         let sent = rig.sent();
@@ -2191,7 +2203,7 @@ mod tests {
         let to = ok.header(HeaderName::To).unwrap().value_str().unwrap().into_owned();
         let ack = format!(
             "ACK sip:2100@127.0.0.1:5601 SIP/2.0\r\nVia: SIP/2.0/UDP {HOME};branch=z9hG4bKack1;rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:2100@{HOME}>;tag=h1\r\nTo: {to}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:2100@{HOME}>;tag=p9400\r\nTo: {to}\r\n\
              Call-ID: dl1@h\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
         );
         rig.deliver(3, HOME, &ack);
@@ -2270,14 +2282,12 @@ mod tests {
             "a member served here is not"
         );
         // h opens a talker session for its member 1100 (a floor request).
-        let body = offer(9600).replace("a=rtpmap:0 PCMU/8000\r\n", "a=rtpmap:0 PCMU/8000\r\na=sendonly\r\n");
-        let talker = format!(
-            "INVITE sip:2100@127.0.0.1:5601 SIP/2.0\r\nVia: SIP/2.0/UDP {MEMBER_TCF};branch=z9hG4bKts1;rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:1100@{MEMBER_TCF}>;tag=t1\r\nTo: <sip:2100@127.0.0.1:5601>\r\n\
-             Call-ID: ts1@h\r\nCSeq: 1 INVITE\r\nContact: <sip:1100@{MEMBER_TCF}>\r\n\
-             Ptt-Extension: pttrequest;priority=1;GDN=2100;callerUDN=1100;UDN=1100;stage=group-home\r\n\
-             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
+        let talker = peer_invite(
+            MEMBER_TCF,
+            "1100",
+            "ts1@h",
+            "pttrequest;priority=1;GDN=2100;callerUDN=1100;UDN=1100;stage=group-home",
+            9600,
         );
         rig.deliver(5, MEMBER_TCF, &talker);
         let sent = rig.sent();
