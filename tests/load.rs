@@ -149,6 +149,15 @@ fn run_load(scenario: &Path, json: &Path, args: &[&str]) -> (Output, Value) {
     (output, serde_json::from_str(&text).unwrap())
 }
 
+/// Runs the generator on the scenario `provision` wrote to `directory`; it must pass. Returns
+/// its printed report (for assertion messages) and its JSON report.
+fn run_passing(directory: &Path, args: &[&str]) -> (String, Value) {
+    let (output, report) = run_load(&directory.join("scenario.toml"), &directory.join("report.json"), args);
+    let text = report_text(&output);
+    assert!(output.status.success(), "{text}");
+    (text, report)
+}
+
 fn report_text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -221,9 +230,8 @@ fn group_calls_at_light_load_lose_nothing_and_stay_continuous() {
     );
     let nodes = start_nodes(&directory, 1, 17401);
     let pid = nodes.0[0].id().to_string();
-    let (output, report) = run_load(
-        &directory.join("scenario.toml"),
-        &directory.join("report.json"),
+    let (text, report) = run_passing(
+        &directory,
         &[
             "--groups",
             "4",
@@ -237,8 +245,6 @@ fn group_calls_at_light_load_lose_nothing_and_stay_continuous() {
             "0",
         ],
     );
-    let text = report_text(&output);
-    assert!(output.status.success(), "{text}");
     assert_eq!(u64_at(&report, "/groups/planned"), 4, "{text}");
     assert_eq!(u64_at(&report, "/groups/set_up"), 4, "{text}");
     assert_eq!(u64_at(&report, "/groups/failed"), 0, "{text}");
@@ -285,9 +291,8 @@ fn floor_bursts_and_single_calls() {
     );
     let _nodes = start_nodes(&directory, 1, 17411);
     // Groups 0 and 1 take the group calls; the members of group 2 (users 12..17) pair up.
-    let (output, report) = run_load(
-        &directory.join("scenario.toml"),
-        &directory.join("report.json"),
+    let (text, report) = run_passing(
+        &directory,
         &[
             "--groups",
             "2",
@@ -308,8 +313,6 @@ fn floor_bursts_and_single_calls() {
             "600",
         ],
     );
-    let text = report_text(&output);
-    assert!(output.status.success(), "{text}");
     assert_eq!(u64_at(&report, "/groups/set_up"), 2, "{text}");
     assert_eq!(u64_at(&report, "/groups/failed"), 0, "{text}");
     assert!(u64_at(&report, "/control/floor_queued") >= 2, "{text}");
@@ -351,9 +354,8 @@ fn one_node_of_three_killed_mid_run() {
     );
     let nodes = start_nodes(&directory, 3, 17421);
     let victim = nodes.0[2].id().to_string();
-    let (output, report) = run_load(
-        &directory.join("scenario.toml"),
-        &directory.join("report.json"),
+    let (text, report) = run_passing(
+        &directory,
         &[
             "--duration",
             "4",
@@ -367,8 +369,6 @@ fn one_node_of_three_killed_mid_run() {
             "1.5",
         ],
     );
-    let text = report_text(&output);
-    assert!(output.status.success(), "{text}");
     assert_eq!(
         report["fault"]["killed_pid"].as_u64(),
         Some(u64::from(nodes.0[2].id())),
@@ -413,9 +413,8 @@ fn listeners_on_other_nodes_than_the_group_home_lose_nothing() {
     let (_keep, directory) = directory();
     provision_spread(&directory, 3, 6, 17431, 24600, &[]);
     let _nodes = start_nodes(&directory, 3, 17431);
-    let (output, report) = run_load(
-        &directory.join("scenario.toml"),
-        &directory.join("report.json"),
+    let (text, report) = run_passing(
+        &directory,
         &[
             "--duration",
             "3",
@@ -427,8 +426,6 @@ fn listeners_on_other_nodes_than_the_group_home_lose_nothing() {
             "0",
         ],
     );
-    let text = report_text(&output);
-    assert!(output.status.success(), "{text}");
     assert_eq!(u64_at(&report, "/groups/set_up"), 3, "{text}");
     assert_eq!(u64_at(&report, "/groups/failed"), 0, "{text}");
     assert_eq!(u64_at(&report, "/control/members_missing"), 0, "{text}");
@@ -460,9 +457,8 @@ fn f_up_03_back_to_back_talkers_across_nodes_lose_nothing() {
     let (_keep, directory) = directory();
     provision_spread(&directory, 3, 6, 17451, 27800, &[]);
     let _nodes = start_nodes(&directory, 3, 17451);
-    let (output, report) = run_load(
-        &directory.join("scenario.toml"),
-        &directory.join("report.json"),
+    let (text, report) = run_passing(
+        &directory,
         &[
             "--duration",
             "4",
@@ -474,8 +470,6 @@ fn f_up_03_back_to_back_talkers_across_nodes_lose_nothing() {
             "0",
         ],
     );
-    let text = report_text(&output);
-    assert!(output.status.success(), "{text}");
     assert_eq!(u64_at(&report, "/groups/set_up"), 3, "{text}");
     assert_eq!(u64_at(&report, "/control/members_missing"), 0, "{text}");
     assert!(u64_at(&report, "/groups/switch_at_other_nodes/count") >= 20, "{text}");
@@ -498,9 +492,8 @@ fn f_flr_race_repeated_bursts_across_nodes_one_talker_heard() {
     let (_keep, directory) = directory();
     provision_spread(&directory, 2, 7, 17461, 29400, &[]);
     let _nodes = start_nodes(&directory, 3, 17461);
-    let (output, report) = run_load(
-        &directory.join("scenario.toml"),
-        &directory.join("report.json"),
+    let (text, report) = run_passing(
+        &directory,
         &[
             "--duration",
             "4",
@@ -514,8 +507,6 @@ fn f_flr_race_repeated_bursts_across_nodes_one_talker_heard() {
             "0",
         ],
     );
-    let text = report_text(&output);
-    assert!(output.status.success(), "{text}");
     assert_eq!(u64_at(&report, "/groups/set_up"), 2, "{text}");
     assert_eq!(u64_at(&report, "/groups/failed"), 0, "{text}");
     assert_eq!(u64_at(&report, "/control/members_missing"), 0, "{text}");
@@ -538,9 +529,8 @@ fn group_call_cycles_set_up_and_tear_down_without_error() {
     provision_spread(&directory, 2, 5, 17441, 26200, &["--port-quarantine-ms", "1000"]);
     let nodes = start_nodes(&directory, 3, 17441);
     let pids: Vec<String> = nodes.0.iter().map(|child| child.id().to_string()).collect();
-    let (output, report) = run_load(
-        &directory.join("scenario.toml"),
-        &directory.join("report.json"),
+    let (text, report) = run_passing(
+        &directory,
         &[
             "--cycle",
             "--cycle-spurt-ms",
@@ -555,8 +545,6 @@ fn group_call_cycles_set_up_and_tear_down_without_error() {
             &pids[2],
         ],
     );
-    let text = report_text(&output);
-    assert!(output.status.success(), "{text}");
     let completed = u64_at(&report, "/cycles/completed");
     assert!(completed >= 4, "{text}");
     assert_eq!(u64_at(&report, "/cycles/failed"), 0, "{text}");
