@@ -86,7 +86,8 @@
 //! Run: `cargo bench --bench sip_calls` (about two minutes: twice 33 s waiting for the nodes'
 //! transactions to expire, before phase 2 and before the leftover check). `SIP_BENCH_QUICK=1`
 //! shortens every phase to one second and skips both waits. `SIP_CALLS_WINDOW` overrides the
-//! calls in flight of phase 1, `SIP_CALLS_LOG` the nodes' log level. Results go to stdout as
+//! calls in flight of phase 1, `SIP_CALLS_LOG` the nodes' log level, `SIP_CALLS_FRACTION` the share of
+//! phase 1's rate that phase 2 offers (0.5 by default). Results go to stdout as
 //! Markdown tables (BENCHMARKS.md); progress and the nodes' pids to stderr.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -133,6 +134,16 @@ const PORT_QUARANTINE_MS: u64 = 200;
 /// The targets.
 const TARGET_CPU_US: f64 = 250.0;
 const TARGET_P99_MS: f64 = 5.0;
+
+/// The share of phase 1's maximum that phase 2 offers: one half (the target), or
+/// `SIP_CALLS_FRACTION` (to see how the latency grows with the load).
+fn open_fraction() -> f64 {
+    std::env::var("SIP_CALLS_FRACTION")
+        .ok()
+        .and_then(|value| value.parse::<f64>().ok())
+        .filter(|fraction| *fraction > 0.0 && *fraction <= 1.0)
+        .unwrap_or(0.5)
+}
 
 /// The node binary: the one Cargo built for this bench, or `SIP_BENCH_NODE` (another build of
 /// the node, for an A/B run).
@@ -1698,7 +1709,7 @@ fn main() {
     let maximum = generator.run(&pair, Load::Closed { window: in_flight }, warm_up(), window);
     let after_maximum = describe_gauges(&pair);
     let baseline_maximum = generator.run(&baseline, Load::Closed { window: in_flight }, warm_up(), window);
-    let half = (maximum.rate() / 2.0).max(10.0);
+    let half = (maximum.rate() * open_fraction()).max(10.0);
     let fixed = generator.run(&pair, Load::Open { rate: half }, steady_warm_up(t1), window);
     let baseline_fixed = generator.run(&baseline, Load::Open { rate: half }, warm_up(), window);
     drop(baseline);
