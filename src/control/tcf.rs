@@ -9,7 +9,8 @@
 //!
 //! Wire formats of everything sent here: `docs/protocol.md`.
 
-use std::collections::{HashMap, VecDeque};
+use crate::proto::NetMap;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -354,11 +355,11 @@ pub struct Tcf {
     verifier: Verifier,
     peer_verifier: Verifier,
     rng: StdRng,
-    bindings: HashMap<Number, Binding>,
-    registrations: HashMap<Number, Registration>,
-    locations: HashMap<Number, Location>,
+    bindings: NetMap<Number, Binding>,
+    registrations: NetMap<Number, Registration>,
+    locations: NetMap<Number, Location>,
     peers: Vec<Peer>,
-    pending: HashMap<TransactionKey, Pending>,
+    pending: NetMap<TransactionKey, Pending>,
     incoming: Option<Message>,
     /// Source address of the datagram being handled (requests are dispatched synchronously
     /// within `handle_datagram`).
@@ -479,11 +480,11 @@ impl Tcf {
             verifier,
             peer_verifier,
             rng: StdRng::seed_from_u64(seed),
-            bindings: HashMap::new(),
-            registrations: HashMap::new(),
-            locations: HashMap::new(),
+            bindings: NetMap::default(),
+            registrations: NetMap::default(),
+            locations: NetMap::default(),
             peers,
-            pending: HashMap::new(),
+            pending: NetMap::default(),
             incoming: None,
             current_source: None,
             current_reliable: false,
@@ -1841,7 +1842,7 @@ impl Tcf {
 
 /// Puts the entries still alive at `unix` into `map`; asks the store to delete the others.
 fn restore_live<T>(
-    map: &mut HashMap<Number, T>,
+    map: &mut NetMap<Number, T>,
     entries: Vec<T>,
     unix: u64,
     outputs: &mut VecDeque<Output>,

@@ -14,7 +14,8 @@
 //! Every call here is control path: it may lock the registry and allocate. The per-packet path
 //! is entirely inside the workers.
 
-use std::collections::{HashMap, VecDeque};
+use crate::proto::NetMap;
+use std::collections::VecDeque;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -93,8 +94,8 @@ struct Registry {
     ports: PortPool,
     /// Per worker, its idle pooled ports in release order (so in quarantine order).
     idle: Vec<VecDeque<IdlePort>>,
-    bridges: HashMap<BridgeId, BridgeEntry>,
-    legs: HashMap<LegId, LegEntry>,
+    bridges: NetMap<BridgeId, BridgeEntry>,
+    legs: NetMap<LegId, LegEntry>,
     legs_per_worker: Vec<usize>,
     next_id: u64,
 }
@@ -159,8 +160,8 @@ impl Engine {
         let mut registry = Registry {
             ports: PortPool::new(config.port_min, config.port_max, config.port_quarantine),
             idle: (0..started.len()).map(|_| VecDeque::new()).collect(),
-            bridges: HashMap::new(),
-            legs: HashMap::new(),
+            bridges: NetMap::default(),
+            legs: NetMap::default(),
             legs_per_worker: vec![0; started.len()],
             next_id: 1,
         };

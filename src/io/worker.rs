@@ -13,7 +13,7 @@
 //! worker that takes the port reuses them without a system call (the engine has drained them).
 //! Datagrams reaching a port no leg uses are read and dropped (`idle_port`), never forwarded.
 
-use std::collections::HashMap;
+use crate::proto::NetMap;
 use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{fence, AtomicBool, Ordering};
@@ -197,7 +197,7 @@ pub struct Worker {
     ports: Vec<Option<PortSockets>>,
     free_ports: Vec<u32>,
     /// Port number to index in `ports` (control path only).
-    port_index: HashMap<u16, u32>,
+    port_index: NetMap<u16, u32>,
     /// Shard leg slot to index in `ports` ([`NO_PORT`]: none): the sockets a leg sends from.
     leg_ports: Vec<u32>,
     rx: RecvBatch,
@@ -297,7 +297,7 @@ impl Worker {
             events,
             ports: Vec::new(),
             free_ports: Vec::new(),
-            port_index: HashMap::new(),
+            port_index: NetMap::default(),
             leg_ports: Vec::new(),
             uring,
             clock_origin,

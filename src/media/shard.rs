@@ -7,7 +7,7 @@
 //! it last returned has passed. Events go into the `events` sink given to each call. Nothing here
 //! reads the clock, touches a socket or allocates on the per-packet path.
 
-use std::collections::HashMap;
+use crate::proto::NetMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -186,8 +186,8 @@ pub struct Shard {
     free_legs: Vec<u32>,
     bridges: Vec<Option<Bridge>>,
     free_bridges: Vec<u32>,
-    leg_slots: HashMap<LegId, u32>,
-    bridge_slots: HashMap<BridgeId, u32>,
+    leg_slots: NetMap<LegId, u32>,
+    bridge_slots: NetMap<BridgeId, u32>,
     /// Counters of legs already removed, so totals never go backwards.
     retired: Counters,
     accepted: Vec<Accepted>,
@@ -226,8 +226,8 @@ impl Shard {
             free_legs: Vec::new(),
             bridges: Vec::new(),
             free_bridges: Vec::new(),
-            leg_slots: HashMap::new(),
-            bridge_slots: HashMap::new(),
+            leg_slots: NetMap::default(),
+            bridge_slots: NetMap::default(),
             retired: Counters::default(),
             accepted: Vec::with_capacity(MAX_BATCH),
             rng,

@@ -113,6 +113,15 @@ impl fmt::Display for NumberRange {
     }
 }
 
+/// A hash map keyed by data a peer chooses (numbers, Call-IDs, branches, tags) or by the
+/// node's own ids, on the per-message path: foldhash instead of the standard SipHash-1-3
+/// (SipHash was 3–5% of the SIP core's instructions). foldhash is randomly seeded per process
+/// and per map ("minimally DoS-resistant"): a peer cannot precompute colliding keys; it is
+/// not meant to resist an attacker who recovers the seed by timing the node, which is not the
+/// threat model of a trunking core behind its own network.
+pub type NetMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,8 +34,9 @@
 //! the B leg and the answer re-anchored at the A leg; RTP and RTCP are relayed byte for byte.
 //! Other hops pass SDP through unchanged.
 
+use crate::proto::NetMap;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
 use crate::config::Anchoring;
 use crate::media::api::{BridgeId, BridgeKind, LegInfo, LegSpec};
@@ -242,10 +243,10 @@ struct Passed {
 #[derive(Debug, Default)]
 pub(super) struct Calls {
     calls: IdMap<Call>,
-    by_invite: HashMap<TransactionKey, u64>,
-    by_dialog: HashMap<DialogId, (u64, Side)>,
-    sent: HashMap<TransactionKey, Sent>,
-    busy: HashMap<Number, u64>,
+    by_invite: NetMap<TransactionKey, u64>,
+    by_dialog: NetMap<DialogId, (u64, Side)>,
+    sent: NetMap<TransactionKey, Sent>,
+    busy: NetMap<Number, u64>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     next_id: u64,
     /// Peers that went down since the last timeout (their calls are torn down).

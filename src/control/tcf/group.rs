@@ -25,6 +25,7 @@
 //! away) and INFO (`pttinfo;UDN=<talker>` or `UDN=idle` after every floor change,
 //! `pttwaiting;position=N` when a queue position changes).
 
+use crate::proto::NetMap;
 use std::collections::HashMap;
 
 use crate::config::ReleaseBy;
@@ -136,11 +137,11 @@ struct Home {
     floor: Floor,
     initiator: Number,
     priority: u8,
-    talkers: HashMap<Number, HomeTalker>,
-    downlinks: HashMap<String, Downlink>,
-    members: HashMap<Number, Member>,
-    pids: HashMap<Number, ParticipantId>,
-    users: HashMap<ParticipantId, Number>,
+    talkers: NetMap<Number, HomeTalker>,
+    downlinks: NetMap<String, Downlink>,
+    members: NetMap<Number, Member>,
+    pids: NetMap<Number, ParticipantId>,
+    users: NetMap<ParticipantId, Number>,
     next_pid: u64,
 }
 
@@ -157,8 +158,8 @@ struct Local {
     /// what it forwards reaches us. Members are invited only from then on, so none can hear
     /// the call start with a packet the home could not send yet.
     downlink_confirmed: bool,
-    members: HashMap<Number, Member>,
-    talkers: HashMap<Number, LocalTalker>,
+    members: NetMap<Number, Member>,
+    talkers: NetMap<Number, LocalTalker>,
     initiator: Option<Number>,
     priority: u8,
     /// The talker the home last announced (`idle` when none).
@@ -203,10 +204,10 @@ const RELEASE_GRACE: Duration = Duration::from_millis(60);
 /// All group calls of this node.
 #[derive(Debug, Default)]
 pub(super) struct Groups {
-    homes: HashMap<Number, Home>,
-    locals: HashMap<Number, Local>,
-    by_dialog: HashMap<DialogId, Slot>,
-    sent: HashMap<TransactionKey, GSent>,
+    homes: NetMap<Number, Home>,
+    locals: NetMap<Number, Local>,
+    by_dialog: NetMap<DialogId, Slot>,
+    sent: NetMap<TransactionKey, GSent>,
     /// Users bound, unbound or located since the last look (late entry, F-REG-09).
     pub(super) changed: Vec<Number>,
     /// Peers that went down since the last look: their sessions end.
@@ -677,11 +678,11 @@ impl Tcf {
                     floor,
                     initiator: caller.clone(),
                     priority,
-                    talkers: HashMap::new(),
-                    downlinks: HashMap::new(),
-                    members: HashMap::new(),
-                    pids: HashMap::new(),
-                    users: HashMap::new(),
+                    talkers: NetMap::default(),
+                    downlinks: NetMap::default(),
+                    members: NetMap::default(),
+                    pids: NetMap::default(),
+                    users: NetMap::default(),
                     next_pid: 1,
                 },
             );
@@ -1345,8 +1346,8 @@ impl Tcf {
                 home_address: home.1,
                 downlink: None,
                 downlink_confirmed: false,
-                members: HashMap::new(),
-                talkers: HashMap::new(),
+                members: NetMap::default(),
+                talkers: NetMap::default(),
                 initiator: None,
                 priority,
                 talker: "idle".to_owned(),
@@ -2778,7 +2779,7 @@ fn answered_session(
     invite: &Message,
     offer: &Sdp,
     response: &Message,
-    by_dialog: &mut HashMap<DialogId, Slot>,
+    by_dialog: &mut NetMap<DialogId, Slot>,
     slot: &Slot,
 ) -> Option<sdp::Negotiated> {
     if dialog.is_none() {

@@ -1,7 +1,8 @@
 //! The transaction layer: many transactions, matched by key, with one merged timer queue and a cap.
 
+use crate::proto::NetMap;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -106,8 +107,8 @@ pub struct LayerStats {
 pub struct TransactionLayer<D> {
     config: LayerConfig,
     transactions: IdMap<Slot<D>>,
-    clients: HashMap<TransactionKey, u64>,
-    servers: HashMap<TransactionKey, u64>,
+    clients: NetMap<TransactionKey, u64>,
+    servers: NetMap<TransactionKey, u64>,
     /// Deadlines by transaction id. Entries go stale when a transaction's deadline moves or it ends; an entry
     /// counts only if it equals the slot's `scheduled`, and the heap is rebuilt when stale entries pile up.
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -139,8 +140,8 @@ impl<D: Clone> TransactionLayer<D> {
         Self {
             config,
             transactions: IdMap::default(),
-            clients: HashMap::new(),
-            servers: HashMap::new(),
+            clients: NetMap::default(),
+            servers: NetMap::default(),
             deadlines: BinaryHeap::new(),
             next_id: 0,
             outputs: VecDeque::new(),
