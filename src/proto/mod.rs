@@ -121,7 +121,6 @@ impl fmt::Display for NumberRange {
 /// threat model of a trunking core behind its own network.
 pub type NetMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -119,7 +119,10 @@ pub struct TransactionLayer<D> {
 
 #[derive(Debug)]
 struct Slot<D> {
-    transaction: Transaction<D>,
+    /// Boxed (a machine is ~450 bytes): the map's entries stay small, so sizing the table for
+    /// the cap costs little, and rebuilding the deadline heap scans `scheduled` without
+    /// touching the machines.
+    transaction: Box<Transaction<D>>,
     /// The deadline currently in the heap for this transaction.
     scheduled: Option<Instant>,
 }
@@ -135,14 +138,19 @@ enum Transaction<D> {
 }
 
 impl<D: Clone> TransactionLayer<D> {
-    /// An empty layer.
+    /// An empty layer, its tables sized for `config.max_transactions` at once: growing a table
+    /// of 10⁵ transactions rehashes every key (10–30 ms in which no message is handled), so the
+    /// tables never grow. Address space: about 400 bytes per transaction of the cap (boxed slots
+    /// aside), touched as the tables fill.
     pub fn new(config: LayerConfig) -> Self {
+        let capacity = config.max_transactions;
         Self {
             config,
-            transactions: IdMap::default(),
-            clients: NetMap::default(),
-            servers: NetMap::default(),
-            deadlines: BinaryHeap::new(),
+            transactions: IdMap::with_capacity_and_hasher(capacity, Default::default()),
+            clients: NetMap::with_capacity_and_hasher(capacity, Default::default()),
+            servers: NetMap::with_capacity_and_hasher(capacity, Default::default()),
+            // Stale entries may pile up to twice the live ones before a rebuild.
+            deadlines: BinaryHeap::with_capacity(2 * capacity + 128),
             next_id: 0,
             outputs: VecDeque::new(),
             stats: LayerStats::default(),
@@ -241,7 +249,7 @@ impl<D: Clone> TransactionLayer<D> {
             .transactions
             .get_mut(&id)
             .ok_or(TransactionError::UnknownTransaction)?;
-        let result = match &mut slot.transaction {
+        let result = match &mut *slot.transaction {
             Transaction::ServerInvite(machine) => machine.respond(now, status, response, &mut self.outputs),
             Transaction::ServerNonInvite(machine) => machine.respond(now, status, response, &mut self.outputs),
             Transaction::ClientInvite(_) | Transaction::ClientNonInvite(_) => Err(TransactionError::UnknownTransaction),
@@ -258,7 +266,7 @@ impl<D: Clone> TransactionLayer<D> {
             .transactions
             .get_mut(&id)
             .ok_or(TransactionError::UnknownTransaction)?;
-        let result = match &mut slot.transaction {
+        let result = match &mut *slot.transaction {
             Transaction::ClientInvite(machine) => machine.send_ack(ack, &mut self.outputs),
             Transaction::ClientNonInvite(machine) => Err(machine.wrong_state()),
             Transaction::ServerInvite(_) | Transaction::ServerNonInvite(_) => Err(TransactionError::UnknownTransaction),
@@ -287,10 +295,8 @@ impl<D: Clone> TransactionLayer<D> {
             return Err(TransactionError::DuplicateKey);
         }
         self.check_capacity()?;
-        let Some(Slot {
-            transaction: Transaction::ClientInvite(machine),
-            ..
-        }) = self.transactions.get_mut(&id)
+        let Some(Transaction::ClientInvite(machine)) =
+            self.transactions.get_mut(&id).map(|slot| &mut *slot.transaction)
         else {
             return Err(TransactionError::UnknownTransaction);
         };
@@ -319,7 +325,7 @@ impl<D: Clone> TransactionLayer<D> {
         let state = self
             .id(Role::Server, &invite)
             .and_then(|id| self.transactions.get(&id))
-            .and_then(|slot| match &slot.transaction {
+            .and_then(|slot| match &*slot.transaction {
                 Transaction::ServerInvite(machine) => Some(machine.state()),
                 _ => None,
             });
@@ -409,7 +415,7 @@ impl<D: Clone> TransactionLayer<D> {
         if let Some(id) = self.id(Role::Server, &key) {
             self.stats.matched_requests += 1;
             if let Some(slot) = self.transactions.get_mut(&id) {
-                match &mut slot.transaction {
+                match &mut *slot.transaction {
                     Transaction::ServerInvite(machine) => machine.on_request(now, &method, bytes, &mut self.outputs),
                     Transaction::ServerNonInvite(machine) => machine.on_request(&mut self.outputs),
                     Transaction::ClientInvite(_) | Transaction::ClientNonInvite(_) => {}
@@ -455,7 +461,7 @@ impl<D: Clone> TransactionLayer<D> {
             return;
         };
         if let Some(slot) = self.transactions.get_mut(&id) {
-            match &mut slot.transaction {
+            match &mut *slot.transaction {
                 Transaction::ClientInvite(machine) => machine.on_response(now, status, bytes, &mut self.outputs),
                 Transaction::ClientNonInvite(machine) => machine.on_response(now, status, bytes, &mut self.outputs),
                 Transaction::ServerInvite(_) | Transaction::ServerNonInvite(_) => {}
@@ -469,6 +475,17 @@ impl<D: Clone> TransactionLayer<D> {
             Role::Client => self.clients.get(key).copied(),
             Role::Server => self.servers.get(key).copied(),
         }
+    }
+
+    /// The tables' capacities (transactions, client keys, server keys, deadlines).
+    #[cfg(test)]
+    pub(super) fn capacities(&self) -> [usize; 4] {
+        [
+            self.transactions.capacity(),
+            self.clients.capacity(),
+            self.servers.capacity(),
+            self.deadlines.capacity(),
+        ]
     }
 
     fn check_capacity(&mut self) -> Result<(), TransactionError> {
@@ -489,7 +506,7 @@ impl<D: Clone> TransactionLayer<D> {
         self.transactions.insert(
             id,
             Slot {
-                transaction,
+                transaction: Box::new(transaction),
                 scheduled: None,
             },
         );
@@ -544,11 +561,16 @@ impl<D: Clone> TransactionLayer<D> {
         if self.deadlines.len() <= 2 * self.transactions.len() + 64 {
             return;
         }
-        self.deadlines = self
-            .transactions
-            .iter()
-            .filter_map(|(id, slot)| slot.scheduled.map(|at| Reverse((at, *id))))
-            .collect();
+        // From one scan of the table (entries are small, the machines are not touched), into
+        // the heap's own allocation, which keeps the capacity it was given at the start.
+        let mut entries = std::mem::take(&mut self.deadlines).into_vec();
+        entries.clear();
+        entries.extend(
+            self.transactions
+                .iter()
+                .filter_map(|(id, slot)| slot.scheduled.map(|at| Reverse((at, *id)))),
+        );
+        self.deadlines = BinaryHeap::from(entries);
     }
 }
 

@@ -558,6 +558,54 @@ fn unmatched_ack_goes_to_the_tu_and_stray_responses_are_dropped() {
     assert_eq!(layer.stats().stray_responses, 1);
 }
 
+/// The tables are sized for the cap at the start and never grow (a rehash of 10⁵ entries
+/// stalls the SIP thread for milliseconds): filled to the cap with clients and servers,
+/// emptied and filled again, their capacities stay what they were.
+#[test]
+fn tables_are_sized_for_the_cap_and_never_grow() {
+    let now = Instant::now();
+    let cap = 1_000;
+    let mut layer = TransactionLayer::<u8>::new(LayerConfig {
+        max_transactions: cap,
+        ..LayerConfig::default()
+    });
+    let start = layer.capacities();
+    assert!(start.iter().all(|&capacity| capacity >= cap), "{start:?}");
+    for round in 0..2 {
+        for index in 0..cap {
+            let key = key(&format!("z9hG4bK{round}x{index}"), options());
+            if index % 2 == 0 {
+                layer.handle_input(now, request(&key, options(), true)).expect("server");
+                layer.respond(now, &key, 200, Bytes::new()).expect("respond");
+            } else {
+                layer
+                    .send_request(now, key, options(), Bytes::new(), 0, true)
+                    .expect("client");
+            }
+        }
+        assert_eq!(layer.len(), cap);
+        assert_eq!(layer.capacities(), start, "round {round}");
+        // Reliable transport: every transaction ends at its next timers (or its response).
+        for index in (1..cap).step_by(2) {
+            let key = key(&format!("z9hG4bK{round}x{index}"), options());
+            layer
+                .handle_input(
+                    now,
+                    Input::Response {
+                        key,
+                        status: 200,
+                        bytes: Bytes::new(),
+                    },
+                )
+                .expect("response");
+        }
+        layer.handle_timeout(now + std::time::Duration::from_secs(64));
+        drain(&mut layer);
+        assert_eq!(layer.len(), 0, "round {round}");
+    }
+    assert_eq!(layer.capacities(), start);
+}
+
 #[test]
 fn overload_caps_live_transactions_and_frees_on_termination() {
     let now = Instant::now();
