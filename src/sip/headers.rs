@@ -324,6 +324,23 @@ fn next_raw_param<'a>(cursor: &mut Cursor<'a>) -> Result<Option<RawParam<'a>>, H
     Ok(Some(RawParam { name, value }))
 }
 
+/// Validates `raw` as [`Params::parse`] does, handing each parameter to `visit` until `visit`
+/// fails: one pass for the grammar and the checks of the known parameters. A grammar error wins
+/// over the visitor's, as when the two were separate passes.
+fn scan_params<'a>(
+    raw: &'a [u8],
+    mut visit: impl FnMut(RawParam<'a>) -> Result<(), HeaderError>,
+) -> Result<Params<'a>, HeaderError> {
+    let mut cursor = Cursor::new(raw);
+    let mut visited = Ok(());
+    while let Some(param) = next_raw_param(&mut cursor)? {
+        if visited.is_ok() {
+            visited = visit(param);
+        }
+    }
+    visited.map(|()| Params { raw })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Via
 // ---------------------------------------------------------------------------------------------
@@ -385,8 +402,10 @@ impl<'a> Via<'a> {
         } else {
             None
         };
-        let params = Params::parse(cursor.rest())?;
-        let mut via = Via {
+        let mut branch = None;
+        let mut rport = None;
+        let params = scan_params(cursor.rest(), |param| check_via_param(param, &mut branch, &mut rport))?;
+        Ok(Via {
             protocol_name,
             protocol_version,
             transport,
@@ -394,11 +413,9 @@ impl<'a> Via<'a> {
             host_raw,
             port,
             params,
-            branch: None,
-            rport: None,
-        };
-        (via.branch, via.rport) = via.check_known_params()?;
-        Ok(via)
+            branch: branch.flatten(),
+            rport,
+        })
     }
 
     /// The parts of a parsed Via, to rebuild it later without parsing it again
@@ -430,46 +447,6 @@ impl<'a> Via<'a> {
             branch: parts.branch,
             rport: parts.rport,
         }
-    }
-
-    /// Checks the parameters whose values the grammar constrains; returns the first `branch`
-    /// value and the first `rport` (what [`Via::branch`] and [`Via::rport`] return), so that
-    /// they are not looked up again.
-    #[allow(clippy::type_complexity)]
-    fn check_known_params(&self) -> Result<(Option<&'a str>, Option<Option<u16>>), HeaderError> {
-        let mut branch = None;
-        let mut rport = None;
-        for param in self.params.iter_raw() {
-            let value = param.value.unwrap_or_default();
-            if param.name.eq_ignore_ascii_case(b"branch") || param.name.eq_ignore_ascii_case(b"maddr") {
-                if value.is_empty() {
-                    return Err(HeaderError::Syntax);
-                }
-                if branch.is_none() && param.name.eq_ignore_ascii_case(b"branch") {
-                    branch = Some(param.value.and_then(ascii_str));
-                }
-            } else if param.name.eq_ignore_ascii_case(b"ttl") {
-                parse_u32(value)
-                    .filter(|ttl| *ttl <= 255)
-                    .ok_or(HeaderError::OutOfRange)?;
-            } else if param.name.eq_ignore_ascii_case(b"rport") {
-                let port = match param.value {
-                    Some(_) => Some(
-                        parse_u64(value)
-                            .and_then(|port| u16::try_from(port).ok())
-                            .ok_or(HeaderError::OutOfRange)?,
-                    ),
-                    None => None,
-                };
-                rport.get_or_insert(port);
-            } else if param.name.eq_ignore_ascii_case(b"received") {
-                Host::parse(value)
-                    .ok()
-                    .and_then(|host| host.ip())
-                    .ok_or(HeaderError::Syntax)?;
-            }
-        }
-        Ok((branch.flatten(), rport))
     }
 
     /// The protocol name, normally `SIP`.
@@ -577,6 +554,45 @@ pub(crate) struct ViaParts<'a> {
     pub(crate) rport: Option<Option<u16>>,
 }
 
+/// Checks one Via parameter whose value the grammar constrains, noting the first `branch` value
+/// and the first `rport` (what [`Via::branch`] and [`Via::rport`] return), so that they are not
+/// looked up again.
+fn check_via_param<'a>(
+    param: RawParam<'a>,
+    branch: &mut Option<Option<&'a str>>,
+    rport: &mut Option<Option<u16>>,
+) -> Result<(), HeaderError> {
+    let value = param.value.unwrap_or_default();
+    if param.name.eq_ignore_ascii_case(b"branch") || param.name.eq_ignore_ascii_case(b"maddr") {
+        if value.is_empty() {
+            return Err(HeaderError::Syntax);
+        }
+        if branch.is_none() && param.name.eq_ignore_ascii_case(b"branch") {
+            *branch = Some(param.value.and_then(ascii_str));
+        }
+    } else if param.name.eq_ignore_ascii_case(b"ttl") {
+        parse_u32(value)
+            .filter(|ttl| *ttl <= 255)
+            .ok_or(HeaderError::OutOfRange)?;
+    } else if param.name.eq_ignore_ascii_case(b"rport") {
+        let port = match param.value {
+            Some(_) => Some(
+                parse_u64(value)
+                    .and_then(|port| u16::try_from(port).ok())
+                    .ok_or(HeaderError::OutOfRange)?,
+            ),
+            None => None,
+        };
+        rport.get_or_insert(port);
+    } else if param.name.eq_ignore_ascii_case(b"received") {
+        Host::parse(value)
+            .ok()
+            .and_then(|host| host.ip())
+            .ok_or(HeaderError::Syntax)?;
+    }
+    Ok(())
+}
+
 fn expect_slash(cursor: &mut Cursor<'_>) -> Result<(), HeaderError> {
     cursor.skip_ws();
     if !cursor.eat(b'/') {
@@ -601,11 +617,23 @@ pub struct NameAddr<'a> {
     uri: Uri<'a>,
     bracketed: bool,
     params: Params<'a>,
+    /// The first `tag` parameter's value when ASCII, found while the parameters were checked
+    /// (what [`NameAddr::tag`] returns).
+    tag: Option<&'a str>,
 }
 
 impl<'a> NameAddr<'a> {
     /// Parses one value.
     pub fn parse(value: &'a [u8]) -> Result<Self, HeaderError> {
+        Self::parse_with(value, |_| Ok(()))
+    }
+
+    /// [`NameAddr::parse`], handing each header parameter to `visit` in the same pass (see
+    /// [`scan_params`]).
+    fn parse_with(
+        value: &'a [u8],
+        mut visit: impl FnMut(RawParam<'a>) -> Result<(), HeaderError>,
+    ) -> Result<Self, HeaderError> {
         let mut cursor = Cursor::new(value);
         cursor.skip_ws();
         if cursor.at_end() {
@@ -633,7 +661,7 @@ impl<'a> NameAddr<'a> {
 
         let (uri_bytes, bracketed) = if cursor.eat(b'<') {
             let rest = cursor.rest();
-            let close = rest.iter().position(|&b| b == b'>').ok_or(HeaderError::Syntax)?;
+            let close = memchr::memchr(b'>', rest).ok_or(HeaderError::Syntax)?;
             cursor.advance(close + 1);
             (rest.get(..close).unwrap_or_default(), true)
         } else {
@@ -644,12 +672,19 @@ impl<'a> NameAddr<'a> {
             (uri, false)
         };
         let uri = Uri::parse(uri_bytes)?;
-        let params = Params::parse(cursor.rest())?;
+        let mut tag = None;
+        let params = scan_params(cursor.rest(), |param| {
+            if tag.is_none() && param.name.eq_ignore_ascii_case(b"tag") {
+                tag = Some(param.value.and_then(ascii_str));
+            }
+            visit(param)
+        })?;
         Ok(NameAddr {
             display_name,
             uri,
             bracketed,
             params,
+            tag: tag.flatten(),
         })
     }
 
@@ -680,7 +715,7 @@ impl<'a> NameAddr<'a> {
 
     /// The `tag` parameter.
     pub fn tag(&self) -> Option<&'a str> {
-        self.params.get("tag").and_then(|param| param.value).and_then(ascii_str)
+        self.tag
     }
 }
 
@@ -696,10 +731,9 @@ pub struct Contact<'a> {
 impl<'a> Contact<'a> {
     /// Parses one Contact element (not `*`).
     pub fn parse(value: &'a [u8]) -> Result<Self, HeaderError> {
-        let address = NameAddr::parse(value)?;
-        // One pass over the parameters: the first `q` and the first `expires` are checked.
+        // The first `q` and the first `expires` are checked in the pass over the parameters.
         let (mut seen_q, mut expires) = (false, None);
-        for param in address.params.iter_raw() {
+        let address = NameAddr::parse_with(value, |param| {
             if !seen_q && param.name.eq_ignore_ascii_case(b"q") {
                 seen_q = true;
                 parse_qvalue(param.value.unwrap_or_default()).ok_or(HeaderError::Syntax)?;
@@ -710,7 +744,8 @@ impl<'a> Contact<'a> {
                 }
                 expires = Some(parse_u32(value).ok_or(HeaderError::OutOfRange));
             }
-        }
+            Ok(())
+        })?;
         Ok(Contact { address, expires })
     }
 

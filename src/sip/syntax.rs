@@ -42,11 +42,6 @@ pub(crate) fn is_ws(byte: u8) -> bool {
     matches!(byte, b' ' | b'\t' | b'\r' | b'\n')
 }
 
-/// `unreserved` = alphanum / mark.
-pub(crate) fn is_unreserved(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')')
-}
-
 /// Trims [`is_ws`] bytes from both ends.
 pub(crate) fn trim_ws(bytes: &[u8]) -> &[u8] {
     let start = bytes.iter().position(|&b| !is_ws(b)).unwrap_or(bytes.len());
@@ -311,18 +306,16 @@ impl<'a> Cursor<'a> {
 
     /// Skips SP, HTAB and folded line breaks.
     pub(crate) fn skip_ws(&mut self) {
-        while self.peek().is_some_and(is_ws) {
-            self.position += 1;
-        }
+        self.take_while(is_ws);
     }
 
     /// Consumes bytes while `predicate` holds and returns them.
     pub(crate) fn take_while(&mut self, predicate: impl Fn(u8) -> bool) -> &'a [u8] {
-        let start = self.position;
-        while self.peek().is_some_and(&predicate) {
-            self.position += 1;
-        }
-        self.input.get(start..self.position).unwrap_or_default()
+        // One scan of the rest (no bounds check per byte).
+        let rest = self.rest();
+        let count = rest.iter().position(|&byte| !predicate(byte)).unwrap_or(rest.len());
+        self.position += count;
+        rest.get(..count).unwrap_or_default()
     }
 
     /// Consumes a non-empty `token`.

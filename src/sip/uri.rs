@@ -10,9 +10,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::sip::syntax::{
-    ascii_str, escapes_valid, is_unreserved, parse_u64, substr, unescape, unescaped_eq_ignore_case,
-};
+use crate::sip::syntax::{ascii_str, escapes_valid, parse_u64, substr, unescape, unescaped_eq_ignore_case};
 
 /// Why a URI did not parse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -53,7 +51,7 @@ pub enum Uri<'a> {
 impl<'a> Uri<'a> {
     /// Parses a URI. The whole input must be the URI: no surrounding white space or brackets.
     pub fn parse(input: &'a [u8]) -> Result<Self, UriError> {
-        let colon = input.iter().position(|&b| b == b':').ok_or(UriError::Scheme)?;
+        let colon = memchr::memchr(b':', input).ok_or(UriError::Scheme)?;
         let scheme_bytes = input.get(..colon).unwrap_or_default();
         let rest = input.get(colon + 1..).unwrap_or_default();
         let scheme = parse_scheme(scheme_bytes)?;
@@ -142,26 +140,45 @@ impl<'a> Host<'a> {
 
     /// [`Host::parse`] of text already known to be valid (no second UTF-8 check).
     pub(crate) fn parse_str(text: &'a str) -> Result<Self, UriError> {
-        if !text.is_ascii() {
-            return Err(UriError::Host);
-        }
-        if let Some(inner) = text.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')) {
+        let bytes = text.as_bytes();
+        if let [b'[', .., b']'] = bytes {
+            let inner = text.get(1..text.len() - 1).ok_or(UriError::Host)?;
             return inner.parse().map(Host::V6).map_err(|_| UriError::Host);
         }
-        if text.is_empty() {
+        if bytes.is_empty() {
             return Err(UriError::Host);
         }
-        if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-            return parse_ipv4(text.as_bytes()).map(Host::V4).ok_or(UriError::Host);
+        // One pass classifies the text: IPv4 (digits and dots), bare IPv6 (a colon), or a host
+        // name, whose labels (trailing dots ignored) must be non-empty runs of host characters.
+        let mut digits_and_dots = true;
+        let mut colon = false;
+        let mut labels_ok = true;
+        let mut after_dot = true;
+        let mut empty_label = false;
+        let mut label_bytes = false;
+        for &byte in bytes {
+            if byte == b'.' {
+                empty_label |= after_dot;
+                after_dot = true;
+                continue;
+            }
+            if !byte.is_ascii_digit() {
+                digits_and_dots = false;
+                colon |= byte == b':';
+                labels_ok &= is_host_char(byte);
+            }
+            // An empty label followed by more text (not only by trailing dots).
+            labels_ok &= !empty_label;
+            after_dot = false;
+            label_bytes = true;
         }
-        if text.contains(':') {
+        if digits_and_dots {
+            return parse_ipv4(bytes).map(Host::V4).ok_or(UriError::Host);
+        }
+        if colon {
             return text.parse().map(Host::V6).map_err(|_| UriError::Host);
         }
-        let labels_ok = text
-            .trim_end_matches('.')
-            .split('.')
-            .all(|label| !label.is_empty() && label.bytes().all(is_host_char));
-        if labels_ok {
+        if labels_ok && label_bytes {
             Ok(Host::Name(text))
         } else {
             Err(UriError::Host)
@@ -208,7 +225,7 @@ impl<'a> SipUri<'a> {
         }
         let text = ascii_str(whole).ok_or(UriError::Character)?;
         // '@' may not appear unescaped in a parameter or header, so the first one ends userinfo.
-        let (user, password, hostpart) = match rest.iter().position(|&b| b == b'@') {
+        let (user, password, hostpart) = match memchr::memchr(b'@', rest) {
             Some(at) => {
                 let userinfo = rest.get(..at).unwrap_or_default();
                 let hostpart = rest.get(at + 1..).unwrap_or_default();
@@ -438,24 +455,53 @@ fn is_host_char(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_'
 }
 
+/// A byte class as a table: `unreserved` (alphanum / mark) plus `extra`. The URI parser asks
+/// these for every byte of a user part, parameter or header.
+const fn unreserved_and(extra: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] =
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')');
+        byte += 1;
+    }
+    let mut index = 0;
+    while index < extra.len() {
+        table[extra[index] as usize] = true;
+        index += 1;
+    }
+    table
+}
+
+// Evaluated at compile time over their own bounds; no network data reaches this indexing.
+#[allow(clippy::indexing_slicing)]
+static USER_CHARS: [bool; 256] = unreserved_and(b"%&=+$,;?/");
+#[allow(clippy::indexing_slicing)]
+static PASSWORD_CHARS: [bool; 256] = unreserved_and(b"%&=+$,");
+#[allow(clippy::indexing_slicing)]
+static PARAM_CHARS: [bool; 256] = unreserved_and(b"%[]/:&+$");
+#[allow(clippy::indexing_slicing)]
+static HEADER_CHARS: [bool; 256] = unreserved_and(b"%[]/?:+$");
+
 /// `user = 1*( unreserved / escaped / user-unreserved )`
 fn is_user_char(byte: u8) -> bool {
-    is_unreserved(byte) || matches!(byte, b'%' | b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/')
+    USER_CHARS.get(usize::from(byte)).copied().unwrap_or(false)
 }
 
 /// `password = *( unreserved / escaped / "&" / "=" / "+" / "$" / "," )`
 fn is_password_char(byte: u8) -> bool {
-    is_unreserved(byte) || matches!(byte, b'%' | b'&' | b'=' | b'+' | b'$' | b',')
+    PASSWORD_CHARS.get(usize::from(byte)).copied().unwrap_or(false)
 }
 
 /// `paramchar = param-unreserved / unreserved / escaped`
 fn is_param_char(byte: u8) -> bool {
-    is_unreserved(byte) || matches!(byte, b'%' | b'[' | b']' | b'/' | b':' | b'&' | b'+' | b'$')
+    PARAM_CHARS.get(usize::from(byte)).copied().unwrap_or(false)
 }
 
 /// `hname` / `hvalue` characters.
 fn is_header_char(byte: u8) -> bool {
-    is_unreserved(byte) || matches!(byte, b'%' | b'[' | b']' | b'/' | b'?' | b':' | b'+' | b'$')
+    HEADER_CHARS.get(usize::from(byte)).copied().unwrap_or(false)
 }
 
 /// Characters an opaque (non-SIP) URI may hold: RFC 3986 reserved and unreserved, `%`, and a
@@ -529,6 +575,76 @@ mod tests {
         #[test]
         fn ipv4_agrees_with_the_standard_library(text in "[0-9.]{0,18}") {
             proptest::prop_assert_eq!(parse_ipv4(text.as_bytes()), text.parse().ok());
+        }
+    }
+
+    /// The host parser as it was before the one-pass rewrite, as the reference.
+    fn host_reference(text: &str) -> Result<Host<'_>, UriError> {
+        if !text.is_ascii() {
+            return Err(UriError::Host);
+        }
+        if let Some(inner) = text.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')) {
+            return inner.parse().map(Host::V6).map_err(|_| UriError::Host);
+        }
+        if text.is_empty() {
+            return Err(UriError::Host);
+        }
+        if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            return text.parse().map(Host::V4).map_err(|_| UriError::Host);
+        }
+        if text.contains(':') {
+            return text.parse().map(Host::V6).map_err(|_| UriError::Host);
+        }
+        let labels_ok = text
+            .trim_end_matches('.')
+            .split('.')
+            .all(|label| !label.is_empty() && label.bytes().all(is_host_char));
+        if labels_ok {
+            Ok(Host::Name(text))
+        } else {
+            Err(UriError::Host)
+        }
+    }
+
+    #[test]
+    fn host_parses_as_the_reference_does() {
+        for case in [
+            "",
+            ".",
+            "..",
+            "a",
+            "a.",
+            "a..",
+            ".a",
+            "a..b",
+            "a.b.c",
+            "a_b-c.d",
+            "1.2.3.4",
+            "1.2.3.4.",
+            "1.2.a",
+            "[::1]",
+            "[::1",
+            "::1",
+            "[]",
+            "[",
+            "]",
+            "a:b",
+            "1:2",
+            "é",
+            "a é",
+            "[é]",
+            "-a.b-",
+            "1..2",
+            "999.1.1.1",
+        ] {
+            assert_eq!(Host::parse_str(case), host_reference(case), "{case:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn host_agrees_with_the_reference(text in "[0-9a-f.:_\\-\\[\\]é ]{0,12}") {
+            proptest::prop_assert_eq!(Host::parse_str(&text), host_reference(&text));
         }
     }
 
