@@ -456,7 +456,9 @@ fn is_host_char(byte: u8) -> bool {
 }
 
 /// A byte class as a table: `unreserved` (alphanum / mark) plus `extra`. The URI parser asks
-/// these for every byte of a user part, parameter or header.
+/// these for every byte of a user part, parameter or header. Evaluated at compile time only
+/// (the statics below), over its own bounds: no network data reaches this indexing.
+#[allow(clippy::indexing_slicing)]
 const fn unreserved_and(extra: &[u8]) -> [bool; 256] {
     let mut table = [false; 256];
     let mut byte = 0;
@@ -474,14 +476,9 @@ const fn unreserved_and(extra: &[u8]) -> [bool; 256] {
     table
 }
 
-// Evaluated at compile time over their own bounds; no network data reaches this indexing.
-#[allow(clippy::indexing_slicing)]
 static USER_CHARS: [bool; 256] = unreserved_and(b"%&=+$,;?/");
-#[allow(clippy::indexing_slicing)]
 static PASSWORD_CHARS: [bool; 256] = unreserved_and(b"%&=+$,");
-#[allow(clippy::indexing_slicing)]
 static PARAM_CHARS: [bool; 256] = unreserved_and(b"%[]/:&+$");
-#[allow(clippy::indexing_slicing)]
 static HEADER_CHARS: [bool; 256] = unreserved_and(b"%[]/?:+$");
 
 /// `user = 1*( unreserved / escaped / user-unreserved )`
