@@ -40,6 +40,7 @@ mod error;
 mod format;
 mod negotiate;
 mod view;
+mod write;
 
 #[cfg(test)]
 mod tests;
@@ -97,12 +98,15 @@ impl Sdp {
     /// The body to send (CRLF line ends, as RFC 8866 asks).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut body = Vec::with_capacity(512);
-        // Writing into a Vec cannot fail. The crate strips CR, LF and NUL from text fields, so
-        // a value carried over from a received body cannot inject lines.
-        if self.0.write(&mut body).is_err() {
-            body.clear();
-        }
+        self.write_to(&mut body);
         body
+    }
+
+    /// Appends the body to `out`: the bytes `sdp_types::Session::write` writes (CR, LF and NUL
+    /// are stripped from text fields, so a value carried over from a received body cannot
+    /// inject lines), without its `core::fmt` machinery.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        write::session(out, &self.0);
     }
 }
 

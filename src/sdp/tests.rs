@@ -748,3 +748,255 @@ proptest! {
         exercise(&body);
     }
 }
+
+/// Text for a field of the data model: mostly SDP-ish, sometimes with the CR, LF and NUL the
+/// writers strip, sometimes non-ASCII.
+fn field() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[A-Za-z0-9 ./:=;*-]{0,12}",
+        "[a-z\r\n\0]{0,6}",
+        any::<String>().prop_map(|text| text.chars().take(8).collect()),
+    ]
+}
+
+fn nettype() -> impl Strategy<Value = sdp_types::NetType> {
+    prop_oneof![
+        Just(sdp_types::NetType::In),
+        Just(sdp_types::NetType::Tn),
+        Just(sdp_types::NetType::Atm),
+        Just(sdp_types::NetType::Pstn),
+        field().prop_map(sdp_types::NetType::Other),
+    ]
+}
+
+fn addrtype() -> impl Strategy<Value = sdp_types::AddrType> {
+    prop_oneof![
+        Just(sdp_types::AddrType::Ip4),
+        Just(sdp_types::AddrType::Ip6),
+        field().prop_map(sdp_types::AddrType::Other),
+    ]
+}
+
+/// Seconds for `t=`, `r=` and `z=`: zero, whole days, hours and minutes, and anything.
+fn seconds() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(0u64),
+        (0u64..1000).prop_map(|days| days * 86_400),
+        (0u64..1000).prop_map(|hours| hours * 3_600),
+        (0u64..1000).prop_map(|minutes| minutes * 60),
+        any::<u64>(),
+    ]
+}
+
+fn connection_model() -> impl Strategy<Value = sdp_types::Connection> {
+    (nettype(), addrtype(), field()).prop_map(|(nettype, addrtype, connection_address)| sdp_types::Connection {
+        nettype,
+        addrtype,
+        connection_address,
+    })
+}
+
+fn bandwidth_model() -> impl Strategy<Value = sdp_types::Bandwidth> {
+    (field(), any::<u64>()).prop_map(|(bwtype, bandwidth)| sdp_types::Bandwidth { bwtype, bandwidth })
+}
+
+fn key_model() -> impl Strategy<Value = sdp_types::Key> {
+    (field(), proptest::option::of(field()))
+        .prop_map(|(method, encryption_key)| sdp_types::Key { method, encryption_key })
+}
+
+fn attribute_model() -> impl Strategy<Value = sdp_types::Attribute> {
+    (field(), proptest::option::of(field())).prop_map(|(attribute, value)| sdp_types::Attribute { attribute, value })
+}
+
+fn media_model() -> impl Strategy<Value = sdp_types::Media> {
+    (
+        (
+            field(),
+            any::<u16>(),
+            proptest::option::of(any::<u16>()),
+            field(),
+            field(),
+        ),
+        proptest::option::of(field()),
+        proptest::collection::vec(connection_model(), 0..3),
+        proptest::collection::vec(bandwidth_model(), 0..3),
+        proptest::option::of(key_model()),
+        proptest::collection::vec(attribute_model(), 0..6),
+    )
+        .prop_map(
+            |((media, port, num_ports, proto, fmt), media_title, connections, bandwidths, key, attributes)| {
+                sdp_types::Media {
+                    media,
+                    port,
+                    num_ports,
+                    proto,
+                    fmt,
+                    media_title,
+                    connections,
+                    bandwidths,
+                    key,
+                    attributes,
+                }
+            },
+        )
+}
+
+fn session_model() -> impl Strategy<Value = sdp_types::Session> {
+    let origin = (
+        proptest::option::of(field()),
+        field(),
+        any::<u64>(),
+        nettype(),
+        addrtype(),
+        field(),
+    )
+        .prop_map(
+            |(username, sess_id, sess_version, nettype, addrtype, unicast_address)| sdp_types::Origin {
+                username,
+                sess_id,
+                sess_version,
+                nettype,
+                addrtype,
+                unicast_address,
+            },
+        );
+    let repeat = (seconds(), seconds(), proptest::collection::vec(seconds(), 0..3)).prop_map(
+        |(repeat_interval, active_duration, offsets)| sdp_types::Repeat {
+            repeat_interval,
+            active_duration,
+            offsets,
+        },
+    );
+    let time = (any::<u64>(), any::<u64>(), proptest::collection::vec(repeat, 0..2)).prop_map(
+        |(start_time, stop_time, repeats)| sdp_types::Time {
+            start_time,
+            stop_time,
+            repeats,
+        },
+    );
+    let offset = prop_oneof![
+        seconds().prop_map(|seconds| seconds as i64),
+        seconds().prop_map(|seconds| (seconds as i64).wrapping_neg()),
+        Just(i64::MIN),
+        Just(i64::MAX),
+    ];
+    let zone = (seconds(), offset).prop_map(|(adjustment_time, offset)| sdp_types::TimeZone {
+        adjustment_time,
+        offset,
+    });
+    (
+        (
+            origin,
+            field(),
+            proptest::option::of(field()),
+            proptest::option::of(field()),
+        ),
+        (
+            proptest::collection::vec(field(), 0..3),
+            proptest::collection::vec(field(), 0..3),
+            proptest::option::of(connection_model()),
+            proptest::collection::vec(bandwidth_model(), 0..3),
+        ),
+        (
+            proptest::collection::vec(time, 0..3),
+            proptest::collection::vec(zone, 0..3),
+            proptest::option::of(key_model()),
+            proptest::collection::vec(attribute_model(), 0..6),
+            proptest::collection::vec(media_model(), 0..4),
+        ),
+    )
+        .prop_map(
+            |(
+                (origin, session_name, session_description, uri),
+                (emails, phones, connection, bandwidths),
+                (times, time_zones, key, attributes, medias),
+            )| sdp_types::Session {
+                origin,
+                session_name,
+                session_description,
+                uri,
+                emails,
+                phones,
+                connection,
+                bandwidths,
+                times,
+                time_zones,
+                key,
+                attributes,
+                medias,
+            },
+        )
+}
+
+/// What the crate's own writer writes.
+fn written_by_sdp_types(session: &sdp_types::Session) -> Vec<u8> {
+    let mut body = Vec::new();
+    session.write(&mut body).unwrap();
+    body
+}
+
+#[test]
+fn write_matches_sdp_types_on_the_fixtures() {
+    for text in [LINPHONE, THREE_GPP, HOLD_SENDONLY, HOLD_ZERO, AUDIO_VIDEO, MUX] {
+        let parsed = sdp(text);
+        assert_eq!(parsed.to_bytes(), written_by_sdp_types(parsed.session()), "{text}");
+        let preferences = default_preferences();
+        let answered = answer(&parsed, &local(&preferences)).unwrap().sdp;
+        assert_eq!(answered.to_bytes(), written_by_sdp_types(answered.session()));
+        let rewritten = rewrite_connection(&parsed, RELAY, 41000, Some(41001));
+        assert_eq!(rewritten.to_bytes(), written_by_sdp_types(rewritten.session()));
+    }
+    let offered = offer(&local(&default_preferences()));
+    assert_eq!(offered.to_bytes(), written_by_sdp_types(offered.session()));
+    // Every line type, repeat and zone units, stripped characters, an empty time list.
+    let text = "v=0\r
+o=jdoe 2890844526 2890842807 IN IP4 10.47.16.5\r
+s=SDP Seminar\r
+i=A Seminar\r
+u=http://www.example.com/seminars/sdp.pdf\r
+e=j.doe@example.com (Jane Doe)\r
+p=+1 617 555-6011\r
+c=IN IP4 224.2.17.12/127\r
+b=AS:128\r
+t=2873397496 2873404696\r
+r=7d 1h 0 25h\r
+r=604800 3600 61 90000\r
+t=0 0\r
+z=2882844526 -1h 2898848070 0\r
+k=clear:1234\r
+a=recvonly\r
+m=audio 49170 RTP/AVP 0\r
+i=voice\r
+c=IN IP6 ::1\r
+c=IN IP4 192.0.2.1\r
+b=CT:64\r
+k=prompt\r
+a=rtpmap:0 PCMU/8000\r
+m=video 51372/2 RTP/AVP 99\r
+a=rtpmap:99 h263-1998/90000\r
+";
+    let mut session = sdp(text).into_session();
+    assert_eq!(Sdp::from(session.clone()).to_bytes(), written_by_sdp_types(&session));
+    session.origin.username = Some(String::new());
+    session.session_name = "a\r\nm=evil\0".to_owned();
+    session.times.clear();
+    session.time_zones.push(sdp_types::TimeZone::new(1, i64::MIN));
+    assert_eq!(Sdp::from(session.clone()).to_bytes(), written_by_sdp_types(&session));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    #[test]
+    fn write_matches_sdp_types(session in session_model()) {
+        let ours = Sdp::from(session.clone()).to_bytes();
+        let theirs = written_by_sdp_types(&session);
+        prop_assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(&theirs));
+        prop_assert_eq!(&ours, &theirs);
+        // Appending keeps what is there.
+        let mut out = b"head".to_vec();
+        Sdp::from(session).write_to(&mut out);
+        prop_assert_eq!(&out[4..], &ours[..]);
+    }
+}
