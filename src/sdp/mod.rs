@@ -10,7 +10,8 @@
 //!   m-line, in order; the first RTP audio stream we share a codec with is accepted, every
 //!   other stream is rejected with port 0. The result carries the SDP to send and the
 //!   [`Negotiated`] parameters of the leg (remote RTP/RTCP addresses, payload types for
-//!   [`crate::media::api::LegSpec`], direction, ptime).
+//!   [`crate::media::api::LegSpec`], direction, ptime). [`negotiate_offer`] gives the same
+//!   parameters without writing the answer, for a hop that forwards the offer instead.
 //! - [`offer`] builds our own offer (a B2BUA leg towards the next hop); [`parse_answer`]
 //!   checks the answer to it and extracts the same [`Negotiated`] parameters.
 //! - [`rewrite_connection`] re-anchors a passed-through body at this node's relay leg (media
@@ -50,7 +51,8 @@ use std::fmt;
 pub use error::{ErrorKind, OfferAnswerError, SdpError};
 pub use format::{default_preferences, static_payload_type, Direction, Format, PayloadFormat};
 pub use negotiate::{
-    answer, offer, parse_answer, reanchor, rewrite_connection, Answer, LocalMedia, Negotiated, SessionOrigin,
+    answer, negotiate_offer, offer, parse_answer, reanchor, rewrite_connection, Answer, LocalMedia, Negotiated,
+    SessionOrigin,
 };
 
 /// Largest SDP body we read (bytes). Real offers of SIP phones are well under 2 KiB.

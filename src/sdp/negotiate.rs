@@ -145,31 +145,62 @@ pub struct Answer {
 /// (488) when no RTP audio was offered at all; address errors for a malformed accepted stream.
 pub fn answer(offer: &Sdp, local: &LocalMedia<'_>) -> Result<Answer, OfferAnswerError> {
     let session = offer.session();
-    let mut medias = Vec::with_capacity(session.medias.len());
-    let mut negotiated: Option<Negotiated> = None;
-    let mut audio_offered = false;
-    for (index, media) in session.medias.iter().enumerate() {
-        if negotiated.is_none() && view::is_active(media) && view::is_rtp_audio(media) {
-            audio_offered = true;
-            if let Some((answered, leg)) = answer_audio(session, media, index, local)? {
-                medias.push(answered);
-                negotiated = Some(leg);
-                continue;
-            }
-        }
-        medias.push(rejected(media));
-    }
-    let negotiated = match negotiated {
-        Some(negotiated) => negotiated,
-        None if audio_offered => return Err(OfferAnswerError::NoCommonCodec),
-        None => return Err(OfferAnswerError::NoAcceptableMedia),
-    };
+    let negotiated = negotiate_offer(offer, local)?;
     let mut answer = session_for(local);
-    answer.medias = medias;
+    answer.medias = session
+        .medias
+        .iter()
+        .enumerate()
+        .map(|(index, media)| {
+            if index == negotiated.media_index {
+                answered_audio(media, local, &negotiated)
+            } else {
+                rejected(media)
+            }
+        })
+        .collect();
     Ok(Answer {
         sdp: Sdp(answer),
         negotiated,
     })
+}
+
+/// What [`answer`] negotiates for `offer`, with the same errors, without writing the answer:
+/// for a hop that forwards the offer (re-anchored) rather than answering it.
+pub fn negotiate_offer(offer: &Sdp, local: &LocalMedia<'_>) -> Result<Negotiated, OfferAnswerError> {
+    let session = offer.session();
+    let mut audio_offered = false;
+    for (index, media) in session.medias.iter().enumerate() {
+        if view::is_active(media) && view::is_rtp_audio(media) {
+            audio_offered = true;
+            if let Some(negotiated) = answer_audio(session, media, index, local)? {
+                return Ok(negotiated);
+            }
+        }
+    }
+    if audio_offered {
+        Err(OfferAnswerError::NoCommonCodec)
+    } else {
+        Err(OfferAnswerError::NoAcceptableMedia)
+    }
+}
+
+/// The answer's m-line for the accepted audio stream `media`.
+fn answered_audio(media: &Media, local: &LocalMedia<'_>, negotiated: &Negotiated) -> Media {
+    let lines = LineOptions {
+        rtcp_port: (!negotiated.rtcp_mux).then_some(local.rtcp_port),
+        rtcp_mux: negotiated.rtcp_mux,
+        default_fmtp: false,
+    };
+    audio_media(
+        media.media.clone(),
+        media.proto.clone(),
+        local,
+        &negotiated.formats,
+        negotiated.ptime,
+        lines,
+        negotiated.direction,
+    )
 }
 
 /// Answers one audio m-line; `Ok(None)`: no codec in common.
@@ -178,7 +209,7 @@ fn answer_audio(
     media: &Media,
     index: usize,
     local: &LocalMedia<'_>,
-) -> Result<Option<(Media, Negotiated)>, OfferAnswerError> {
+) -> Result<Option<Negotiated>, OfferAnswerError> {
     let offered = view::formats(media);
     let mut formats: Vec<PayloadFormat> = Vec::new();
     for preference in local.preferences.iter().filter(|format| !format.is_auxiliary()) {
@@ -233,21 +264,7 @@ fn answer_audio(
         (offered, ours) => offered.or(ours),
     };
 
-    let lines = LineOptions {
-        rtcp_port: (!rtcp_mux).then_some(local.rtcp_port),
-        rtcp_mux,
-        default_fmtp: false,
-    };
-    let answered = audio_media(
-        media.media.clone(),
-        media.proto.clone(),
-        local,
-        &formats,
-        ptime,
-        lines,
-        direction,
-    );
-    let negotiated = Negotiated {
+    Ok(Some(Negotiated {
         media_index: index,
         formats,
         remote_rtp: remote_ip.map(|ip| SocketAddr::new(ip, media.port)),
@@ -256,8 +273,7 @@ fn answer_audio(
         direction,
         ptime,
         connection_hold,
-    };
-    Ok(Some((answered, negotiated)))
+    }))
 }
 
 /// Builds our own offer for the relay leg `local`: one audio m-line over RTP/AVP with

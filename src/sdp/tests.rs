@@ -693,6 +693,11 @@ fn exercise(body: &[u8]) {
     let preferences = default_preferences();
     let mut local = local(&preferences);
     let _ = offer.to_bytes();
+    // Negotiating without writing the answer gives what the answer carries, errors included.
+    assert_eq!(
+        negotiate_offer(&offer, &local),
+        answer(&offer, &local).map(|answer| answer.negotiated)
+    );
     if let Ok(answer) = answer(&offer, &local) {
         // What we answer must always be readable again.
         let again = parse(&answer.sdp.to_bytes()).unwrap();
@@ -700,7 +705,10 @@ fn exercise(body: &[u8]) {
     }
     local.single_codec = true;
     local.rtcp_mux = true;
-    let _ = super::answer(&offer, &local);
+    assert_eq!(
+        negotiate_offer(&offer, &local),
+        super::answer(&offer, &local).map(|answer| answer.negotiated)
+    );
     let _ = parse_answer(&offer, &offer);
     let our_offer = super::offer(&local);
     let _ = parse_answer(&our_offer, &offer);
@@ -934,6 +942,36 @@ fn written_by_sdp_types(session: &sdp_types::Session) -> Vec<u8> {
     let mut body = Vec::new();
     session.write(&mut body).unwrap();
     body
+}
+
+#[test]
+fn negotiate_offer_is_the_answer_without_the_body() {
+    let preferences = default_preferences();
+    for text in [LINPHONE, THREE_GPP, HOLD_SENDONLY, HOLD_ZERO, AUDIO_VIDEO, MUX] {
+        let offer = sdp(text);
+        let mut local = local(&preferences);
+        for (single_codec, rtcp_mux) in [(false, false), (true, true)] {
+            local.single_codec = single_codec;
+            local.rtcp_mux = rtcp_mux;
+            assert_eq!(
+                negotiate_offer(&offer, &local),
+                answer(&offer, &local).map(|answer| answer.negotiated),
+                "{text}"
+            );
+        }
+    }
+    let video_only =
+        sdp("v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=video 5000 RTP/AVP 99\r\n");
+    assert_eq!(
+        negotiate_offer(&video_only, &local(&preferences)),
+        Err(OfferAnswerError::NoAcceptableMedia)
+    );
+    let only_g722 =
+        sdp("v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 5000 RTP/AVP 9\r\n");
+    assert_eq!(
+        negotiate_offer(&only_g722, &local(&preferences)),
+        Err(OfferAnswerError::NoCommonCodec)
+    );
 }
 
 #[test]
