@@ -361,6 +361,7 @@ pub fn parse_answer(offer: &Sdp, answer: &Sdp) -> Result<Negotiated, OfferAnswer
     }
 
     let offered_formats = view::formats(offered);
+    let answered_lines = view::FormatLines::new(answered);
     let mut formats: Vec<PayloadFormat> = Vec::new();
     let mut aliases: Vec<PayloadFormat> = Vec::new();
     for payload_type in view::payload_types(answered) {
@@ -368,7 +369,7 @@ pub fn parse_answer(offer: &Sdp, answer: &Sdp) -> Result<Negotiated, OfferAnswer
             continue;
         }
         // An answer may leave out the rtpmap of a number it copied from the offer.
-        let format = view::format(answered, payload_type).or_else(|| {
+        let format = answered_lines.format(payload_type).or_else(|| {
             offered_formats
                 .iter()
                 .find(|ours| ours.payload_type == payload_type)

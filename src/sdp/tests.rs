@@ -688,8 +688,41 @@ m=message 9 TCP/MSRP *\nm=audio 8000 RTP/AVP 8 18\na=RTPMAP:8 pcma/8000\na=SendO
     assert_eq!(media_lines(&answer.sdp, 0), ["m=message 0 TCP/MSRP *"]);
 }
 
+/// The format of a payload type found the way the module did before [`view::FormatLines`]: a
+/// search over the attributes per payload type and line (the reference it must agree with).
+fn format_by_search(media: &sdp_types::Media, payload_type: u8) -> Option<Format> {
+    let values = |name: &'static str| {
+        media
+            .attributes
+            .iter()
+            .filter(move |attribute| attribute.attribute.trim().eq_ignore_ascii_case(name))
+            .filter_map(|attribute| attribute.value.as_deref().map(str::trim))
+    };
+    let rtpmap = values("rtpmap").find_map(|value| {
+        let (number, rest) = value.split_once(|c: char| c.is_ascii_whitespace())?;
+        if number.parse::<u8>().ok()? != payload_type {
+            return None;
+        }
+        let mut parts = rest.trim().split('/');
+        let name = parts.next()?.trim();
+        let clock_rate = parts.next()?.trim().parse::<u32>().ok()?;
+        Some((name, clock_rate))
+    });
+    let fmtp = values("fmtp").find_map(|value| {
+        let (number, rest) = value.split_once(|c: char| c.is_ascii_whitespace())?;
+        (number.parse::<u8>().ok()? == payload_type).then(|| rest.trim())
+    });
+    Format::from_sdp(payload_type, rtpmap, fmtp)
+}
+
 fn exercise(body: &[u8]) {
     let Ok(offer) = parse(body) else { return };
+    for media in &offer.session().medias {
+        let lines = view::FormatLines::new(media);
+        for payload_type in 0..=u8::MAX {
+            assert_eq!(lines.format(payload_type), format_by_search(media, payload_type));
+        }
+    }
     let preferences = default_preferences();
     let mut local = local(&preferences);
     let _ = offer.to_bytes();

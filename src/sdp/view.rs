@@ -49,44 +49,90 @@ pub(crate) fn payload_types(media: &Media) -> impl Iterator<Item = u8> + '_ {
         .filter(|&payload_type| payload_type <= 127)
 }
 
-/// The encoding name and clock rate of `payload_type` from its `a=rtpmap`, if present and
-/// readable.
-fn rtpmap(media: &Media, payload_type: u8) -> Option<(&str, u32)> {
-    attribute_values(&media.attributes, "rtpmap")
-        .flatten()
-        .find_map(|value| {
-            let (number, rest) = value.split_once(|c: char| c.is_ascii_whitespace())?;
-            if number.parse::<u8>().ok()? != payload_type {
-                return None;
+/// The `a=rtpmap` and `a=fmtp` lines of an m-line, read in one pass over its attributes (a
+/// search per payload type and attribute name cost a pass each).
+pub(crate) struct FormatLines<'a> {
+    /// In attribute order; an `a=rtpmap` only when it reads completely.
+    lines: Vec<(u8, FormatLine<'a>)>,
+}
+
+#[derive(Clone, Copy)]
+enum FormatLine<'a> {
+    /// Encoding name and clock rate.
+    Rtpmap(&'a str, u32),
+    /// The parameters after the payload type.
+    Fmtp(&'a str),
+}
+
+impl<'a> FormatLines<'a> {
+    /// Reads the lines of `media`.
+    pub(crate) fn new(media: &'a Media) -> FormatLines<'a> {
+        let mut lines = Vec::new();
+        for attribute in &media.attributes {
+            let Some(value) = attribute.value.as_deref() else {
+                continue;
+            };
+            let name = attribute.attribute.trim();
+            let rtpmap = name.eq_ignore_ascii_case("rtpmap");
+            if !rtpmap && !name.eq_ignore_ascii_case("fmtp") {
+                continue;
             }
-            let mut parts = rest.trim().split('/');
-            let name = parts.next()?.trim();
-            let clock_rate = parts.next()?.trim().parse::<u32>().ok()?;
-            Some((name, clock_rate))
+            let Some((number, rest)) = value.trim().split_once(|c: char| c.is_ascii_whitespace()) else {
+                continue;
+            };
+            let Ok(payload_type) = number.parse::<u8>() else {
+                continue;
+            };
+            let line = if rtpmap {
+                let mut parts = rest.trim().split('/');
+                let name = parts.next().map(str::trim);
+                let clock_rate = parts.next().and_then(|rate| rate.trim().parse::<u32>().ok());
+                match (name, clock_rate) {
+                    (Some(name), Some(clock_rate)) => FormatLine::Rtpmap(name, clock_rate),
+                    _ => continue,
+                }
+            } else {
+                FormatLine::Fmtp(rest.trim())
+            };
+            if lines.is_empty() {
+                lines.reserve(media.attributes.len());
+            }
+            lines.push((payload_type, line));
+        }
+        FormatLines { lines }
+    }
+
+    /// The encoding name and clock rate of `payload_type` from its first readable `a=rtpmap`.
+    fn rtpmap(&self, payload_type: u8) -> Option<(&'a str, u32)> {
+        self.lines.iter().find_map(|&(number, line)| match line {
+            FormatLine::Rtpmap(name, clock_rate) if number == payload_type => Some((name, clock_rate)),
+            _ => None,
         })
-}
+    }
 
-/// The `a=fmtp` parameters of `payload_type` (text after the number), if present.
-fn fmtp(media: &Media, payload_type: u8) -> Option<&str> {
-    attribute_values(&media.attributes, "fmtp").flatten().find_map(|value| {
-        let (number, rest) = value.split_once(|c: char| c.is_ascii_whitespace())?;
-        (number.parse::<u8>().ok()? == payload_type).then(|| rest.trim())
-    })
-}
+    /// The parameters of `payload_type` from its first `a=fmtp`.
+    fn fmtp(&self, payload_type: u8) -> Option<&'a str> {
+        self.lines.iter().find_map(|&(number, line)| match line {
+            FormatLine::Fmtp(parameters) if number == payload_type => Some(parameters),
+            _ => None,
+        })
+    }
 
-/// The format of one payload type of an m-line, if we know its codec.
-pub(crate) fn format(media: &Media, payload_type: u8) -> Option<Format> {
-    Format::from_sdp(payload_type, rtpmap(media, payload_type), fmtp(media, payload_type))
+    /// The format of one payload type of the m-line, if we know its codec.
+    pub(crate) fn format(&self, payload_type: u8) -> Option<Format> {
+        Format::from_sdp(payload_type, self.rtpmap(payload_type), self.fmtp(payload_type))
+    }
 }
 
 /// The known formats of an m-line in m-line order (a payload type listed twice counts once).
 pub(crate) fn formats(media: &Media) -> Vec<PayloadFormat> {
+    let lines = FormatLines::new(media);
     let mut formats: Vec<PayloadFormat> = Vec::new();
     for payload_type in payload_types(media) {
         if formats.iter().any(|known| known.payload_type == payload_type) {
             continue;
         }
-        if let Some(format) = format(media, payload_type) {
+        if let Some(format) = lines.format(payload_type) {
             formats.push(PayloadFormat { payload_type, format });
         }
     }
