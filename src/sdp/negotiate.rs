@@ -449,14 +449,14 @@ pub fn rewrite_connection(sdp: &Sdp, address: IpAddr, rtp_port: u16, rtcp_port: 
 pub fn reanchor(sdp: Sdp, address: IpAddr, rtp_port: u16, rtcp_port: Option<u16>) -> Sdp {
     let mut session = sdp.0;
     session.origin.addrtype = addrtype(address);
-    session.origin.unicast_address = address.to_string();
+    set_ip(&mut session.origin.unicast_address, address);
     let session_hold = session
         .connection
         .as_ref()
         .is_some_and(|connection| is_unspecified(&connection.connection_address));
     let had_session_connection = session.connection.is_some();
-    if had_session_connection {
-        session.connection = Some(connection(if session_hold { unspecified(address) } else { address }));
+    if let Some(connection) = &mut session.connection {
+        set_connection(connection, if session_hold { unspecified(address) } else { address });
     }
 
     let anchored = session
@@ -470,7 +470,7 @@ pub fn reanchor(sdp: Sdp, address: IpAddr, rtp_port: u16, rtcp_port: Option<u16>
                 media.num_ports = None;
             }
             for connection in &mut media.connections {
-                *connection = self::connection(address);
+                set_connection(connection, address);
             }
             continue;
         }
@@ -480,19 +480,26 @@ pub fn reanchor(sdp: Sdp, address: IpAddr, rtp_port: u16, rtcp_port: Option<u16>
         };
         let own = if hold { unspecified(address) } else { address };
         if !media.connections.is_empty() || !had_session_connection || hold != session_hold {
-            media.connections = vec![connection(own)];
+            // One c= line at `own`, rewritten in place when there is one.
+            media.connections.truncate(1);
+            match media.connections.first_mut() {
+                Some(connection) => set_connection(connection, own),
+                None => media.connections.push(connection(own)),
+            }
         }
         media.port = rtp_port;
         media.num_ports = None;
         media.attributes.retain(|attribute| {
-            let name = attribute.attribute.trim();
+            let name = view::trim(&attribute.attribute);
             !name.eq_ignore_ascii_case("candidate") && !name.eq_ignore_ascii_case("remote-candidates")
         });
         let rtcp = rtcp_port.unwrap_or(rtp_port);
         let mut had_rtcp = false;
         for attribute in &mut media.attributes {
-            if attribute.attribute.trim().eq_ignore_ascii_case("rtcp") {
-                attribute.value = Some(rtcp.to_string());
+            if view::trim(&attribute.attribute).eq_ignore_ascii_case("rtcp") {
+                let value = attribute.value.get_or_insert_with(String::new);
+                value.clear();
+                value.push_str(itoa::Buffer::new().format(rtcp));
                 had_rtcp = true;
             }
         }
@@ -511,7 +518,7 @@ fn session_for(local: &LocalMedia<'_>) -> Session {
         sess_version: local.origin.version,
         nettype: NetType::In,
         addrtype: addrtype(local.address),
-        unicast_address: local.address.to_string(),
+        unicast_address: ip_text(local.address),
     };
     let mut session = Session::new(origin, "-");
     session.connection = Some(connection(local.address));
@@ -612,7 +619,44 @@ fn connection(address: IpAddr) -> Connection {
     Connection {
         nettype: NetType::In,
         addrtype: addrtype(address),
-        connection_address: address.to_string(),
+        connection_address: ip_text(address),
+    }
+}
+
+/// Makes `connection` what [`connection`] builds for `address`, reusing its text buffer.
+fn set_connection(connection: &mut Connection, address: IpAddr) {
+    connection.nettype = NetType::In;
+    connection.addrtype = addrtype(address);
+    set_ip(&mut connection.connection_address, address);
+}
+
+/// `address.to_string()`.
+fn ip_text(address: IpAddr) -> String {
+    let mut text = String::with_capacity(15);
+    set_ip(&mut text, address);
+    text
+}
+
+/// Replaces `text` with `address.to_string()`: IPv4 digit by digit (the `Display` of an
+/// address goes through `core::fmt` and a buffer of its own), IPv6 through `Display` (its
+/// `::` compression rules).
+fn set_ip(text: &mut String, address: IpAddr) {
+    text.clear();
+    match address {
+        IpAddr::V4(ip) => {
+            let mut digits = itoa::Buffer::new();
+            for (at, octet) in ip.octets().into_iter().enumerate() {
+                if at > 0 {
+                    text.push('.');
+                }
+                text.push_str(digits.format(octet));
+            }
+        }
+        IpAddr::V6(ip) => {
+            use std::fmt::Write as _;
+            // Writing into a String cannot fail.
+            let _ = write!(text, "{ip}");
+        }
     }
 }
 
@@ -627,6 +671,32 @@ fn is_unspecified(connection_address: &str) -> bool {
     connection_address
         .split('/')
         .next()
-        .and_then(|literal| literal.trim().parse::<IpAddr>().ok())
+        .and_then(|literal| view::trim(literal).parse::<IpAddr>().ok())
         .is_some_and(|ip| ip.is_unspecified())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn ip_text_is_display(v4 in any::<u32>(), v6 in any::<u128>(), short in 0u16..3) {
+            let v6_short = Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, short, 1);
+            for ip in [
+                IpAddr::V4(Ipv4Addr::from(v4)),
+                IpAddr::V6(Ipv6Addr::from(v6)),
+                IpAddr::V6(v6_short),
+            ] {
+                prop_assert_eq!(ip_text(ip), ip.to_string());
+                let mut reused = "255.255.255.255 and more".to_owned();
+                set_ip(&mut reused, ip);
+                prop_assert_eq!(reused, ip.to_string());
+            }
+        }
+    }
 }

@@ -715,6 +715,98 @@ fn format_by_search(media: &sdp_types::Media, payload_type: u8) -> Option<Format
     Format::from_sdp(payload_type, rtpmap, fmtp)
 }
 
+/// `reanchor` as it was before it rewrote in place (the reference it must agree with).
+fn reanchor_reference(sdp: Sdp, address: IpAddr, rtp_port: u16, rtcp_port: Option<u16>) -> Sdp {
+    let mut session = sdp.into_session();
+    session.origin.addrtype = reference_addrtype(address);
+    session.origin.unicast_address = address.to_string();
+    let session_hold = session
+        .connection
+        .as_ref()
+        .is_some_and(|connection| reference_is_unspecified(&connection.connection_address));
+    let had_session_connection = session.connection.is_some();
+    if had_session_connection {
+        session.connection = Some(reference_connection(if session_hold {
+            reference_unspecified(address)
+        } else {
+            address
+        }));
+    }
+
+    let anchored = session
+        .medias
+        .iter()
+        .position(|media| super::view::is_active(media) && super::view::is_rtp_audio(media));
+    for (index, media) in session.medias.iter_mut().enumerate() {
+        if Some(index) != anchored {
+            if super::view::is_active(media) {
+                media.port = 0;
+                media.num_ports = None;
+            }
+            for connection in &mut media.connections {
+                *connection = reference_connection(address);
+            }
+            continue;
+        }
+        let hold = match media.connections.first() {
+            Some(connection) => reference_is_unspecified(&connection.connection_address),
+            None => session_hold,
+        };
+        let own = if hold { reference_unspecified(address) } else { address };
+        if !media.connections.is_empty() || !had_session_connection || hold != session_hold {
+            media.connections = vec![reference_connection(own)];
+        }
+        media.port = rtp_port;
+        media.num_ports = None;
+        media.attributes.retain(|attribute| {
+            let name = attribute.attribute.trim();
+            !name.eq_ignore_ascii_case("candidate") && !name.eq_ignore_ascii_case("remote-candidates")
+        });
+        let rtcp = rtcp_port.unwrap_or(rtp_port);
+        let mut had_rtcp = false;
+        for attribute in &mut media.attributes {
+            if attribute.attribute.trim().eq_ignore_ascii_case("rtcp") {
+                attribute.value = Some(rtcp.to_string());
+                had_rtcp = true;
+            }
+        }
+        if !had_rtcp && Some(rtcp) != rtp_port.checked_add(1) && rtcp_port.is_some() {
+            media.attributes.push(sdp_types::Attribute::with_value("rtcp", rtcp));
+        }
+    }
+    Sdp::from(session)
+}
+
+fn reference_addrtype(address: IpAddr) -> sdp_types::AddrType {
+    match address {
+        IpAddr::V4(_) => sdp_types::AddrType::Ip4,
+        IpAddr::V6(_) => sdp_types::AddrType::Ip6,
+    }
+}
+
+fn reference_connection(address: IpAddr) -> sdp_types::Connection {
+    sdp_types::Connection {
+        nettype: sdp_types::NetType::In,
+        addrtype: reference_addrtype(address),
+        connection_address: address.to_string(),
+    }
+}
+
+fn reference_unspecified(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+fn reference_is_unspecified(connection_address: &str) -> bool {
+    connection_address
+        .split('/')
+        .next()
+        .and_then(|literal| literal.trim().parse::<IpAddr>().ok())
+        .is_some_and(|ip| ip.is_unspecified())
+}
+
 fn exercise(body: &[u8]) {
     let Ok(offer) = parse(body) else { return };
     for media in &offer.session().medias {
@@ -745,6 +837,13 @@ fn exercise(body: &[u8]) {
     let _ = parse_answer(&offer, &offer);
     let our_offer = super::offer(&local);
     let _ = parse_answer(&our_offer, &offer);
+    let v6 = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 5));
+    for (address, rtp_port, rtcp_port) in [(RELAY, 40000, Some(40001)), (RELAY, 40000, Some(40007)), (v6, 1, None)] {
+        assert_eq!(
+            reanchor(offer.clone(), address, rtp_port, rtcp_port),
+            reanchor_reference(offer.clone(), address, rtp_port, rtcp_port)
+        );
+    }
     let rewritten = rewrite_connection(&offer, RELAY, 65535, Some(0));
     let _ = super::answer(&rewritten, &local);
     let _ = rewrite_connection(&offer, RELAY, 1, None).to_bytes();
@@ -1069,5 +1168,16 @@ proptest! {
         let mut out = b"head".to_vec();
         Sdp::from(session).write_to(&mut out);
         prop_assert_eq!(&out[4..], &ours[..]);
+    }
+}
+
+proptest! {
+    #[test]
+    fn trim_and_split_are_the_std_ones(text in prop_oneof!["[ \t\r\na-z0-9\u{a0}\u{2003}\u{3000}é]{0,12}", any::<String>()]) {
+        prop_assert_eq!(view::trim(&text), text.trim());
+        prop_assert_eq!(
+            view::split_at_whitespace(&text),
+            text.split_once(|c: char| c.is_ascii_whitespace())
+        );
     }
 }

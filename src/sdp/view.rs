@@ -11,6 +11,23 @@ use sdp_types::{Attribute, Connection, Media, NetType, Session};
 use super::error::OfferAnswerError;
 use super::format::{Direction, Format, PayloadFormat};
 
+/// `text.trim()`, without its Unicode scan when the text starts and ends with a visible
+/// ASCII character (the usual case: names and values the parser has already split at spaces).
+pub(crate) fn trim(text: &str) -> &str {
+    match (text.as_bytes().first(), text.as_bytes().last()) {
+        (Some(first), Some(last)) if first.is_ascii_graphic() && last.is_ascii_graphic() => text,
+        _ => text.trim(),
+    }
+}
+
+/// `text.split_once(|c: char| c.is_ascii_whitespace())`, by bytes (ASCII white space is one
+/// byte in UTF-8 and no byte of a longer sequence).
+pub(crate) fn split_at_whitespace(text: &str) -> Option<(&str, &str)> {
+    let at = text.bytes().position(|byte| byte.is_ascii_whitespace())?;
+    let (before, rest) = text.split_at_checked(at)?;
+    Some((before, rest.get(1..)?))
+}
+
 /// The values of the attributes called `name` (case-insensitive), in order.
 pub(crate) fn attribute_values<'a>(
     attributes: &'a [Attribute],
@@ -18,8 +35,8 @@ pub(crate) fn attribute_values<'a>(
 ) -> impl Iterator<Item = Option<&'a str>> + 'a {
     attributes
         .iter()
-        .filter(move |attribute| attribute.attribute.trim().eq_ignore_ascii_case(name))
-        .map(|attribute| attribute.value.as_deref().map(str::trim))
+        .filter(move |attribute| trim(&attribute.attribute).eq_ignore_ascii_case(name))
+        .map(|attribute| attribute.value.as_deref().map(trim))
 }
 
 /// Whether an attribute called `name` is present.
@@ -72,27 +89,27 @@ impl<'a> FormatLines<'a> {
             let Some(value) = attribute.value.as_deref() else {
                 continue;
             };
-            let name = attribute.attribute.trim();
+            let name = trim(&attribute.attribute);
             let rtpmap = name.eq_ignore_ascii_case("rtpmap");
             if !rtpmap && !name.eq_ignore_ascii_case("fmtp") {
                 continue;
             }
-            let Some((number, rest)) = value.trim().split_once(|c: char| c.is_ascii_whitespace()) else {
+            let Some((number, rest)) = split_at_whitespace(trim(value)) else {
                 continue;
             };
             let Ok(payload_type) = number.parse::<u8>() else {
                 continue;
             };
             let line = if rtpmap {
-                let mut parts = rest.trim().split('/');
-                let name = parts.next().map(str::trim);
-                let clock_rate = parts.next().and_then(|rate| rate.trim().parse::<u32>().ok());
+                let mut parts = trim(rest).split('/');
+                let name = parts.next().map(trim);
+                let clock_rate = parts.next().and_then(|rate| trim(rate).parse::<u32>().ok());
                 match (name, clock_rate) {
                     (Some(name), Some(clock_rate)) => FormatLine::Rtpmap(name, clock_rate),
                     _ => continue,
                 }
             } else {
-                FormatLine::Fmtp(rest.trim())
+                FormatLine::Fmtp(trim(rest))
             };
             if lines.is_empty() {
                 lines.reserve(media.attributes.len());
@@ -144,7 +161,7 @@ pub(crate) fn direction(session: &Session, media: &Media) -> Direction {
     let find = |attributes: &[Attribute]| {
         attributes
             .iter()
-            .find_map(|attribute| Direction::from_attribute(attribute.attribute.trim()))
+            .find_map(|attribute| Direction::from_attribute(trim(&attribute.attribute)))
     };
     find(&media.attributes)
         .or_else(|| find(&session.attributes))
@@ -158,7 +175,7 @@ pub(crate) fn ptime(media: &Media) -> Option<u32> {
         .flatten()
         .find_map(|value| {
             let whole = value.split('.').next()?;
-            whole.trim().parse::<u32>().ok().filter(|&ptime| ptime > 0)
+            trim(whole).parse::<u32>().ok().filter(|&ptime| ptime > 0)
         })
 }
 
@@ -170,7 +187,7 @@ fn connection<'a>(session: &'a Session, media: &'a Media) -> Option<&'a Connecti
 /// An IP literal of a connection address, with an optional `/ttl` or `/count` suffix cut off.
 fn ip_literal(address: &str) -> Option<IpAddr> {
     let literal = address.split('/').next()?;
-    literal.trim().parse::<IpAddr>().ok()
+    trim(literal).parse::<IpAddr>().ok()
 }
 
 /// The address to send an m-line's media to. `Ok(None)`: the unspecified address (`0.0.0.0`,
