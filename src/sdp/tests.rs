@@ -1181,3 +1181,33 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn format_lines_beyond_the_inline_ones() {
+    // More rtpmap/fmtp lines than FormatLines keeps on the stack, with repeats: the first
+    // readable one of each payload type still wins.
+    let mut text = String::from("v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n");
+    text.push_str("m=audio 5000 RTP/AVP 0 8 96 97 98 99 100 101 102 103 104 105 106 107 108 109\r\n");
+    for payload_type in 96..110 {
+        text.push_str(&format!("a=rtpmap:{payload_type} bad\r\n"));
+        text.push_str(&format!("a=fmtp:{payload_type} x={payload_type}\r\n"));
+    }
+    for payload_type in 96..110 {
+        let codec = if payload_type % 2 == 0 {
+            "AMR-WB/16000"
+        } else {
+            "telephone-event/8000"
+        };
+        text.push_str(&format!(
+            "a=rtpmap:{payload_type} {codec}\r\na=fmtp:{payload_type} y\r\n"
+        ));
+    }
+    let offer = sdp(&text);
+    let media = &offer.session().medias[0];
+    let lines = view::FormatLines::new(media);
+    for payload_type in 0..=u8::MAX {
+        assert_eq!(lines.format(payload_type), format_by_search(media, payload_type));
+    }
+    assert_eq!(lines.format(109).unwrap().codec, Codec::TelephoneEvent8k);
+    assert_eq!(lines.format(109).unwrap().fmtp.as_deref(), Some("x=109"));
+}

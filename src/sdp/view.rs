@@ -28,6 +28,13 @@ pub(crate) fn split_at_whitespace(text: &str) -> Option<(&str, &str)> {
     Some((before, rest.get(1..)?))
 }
 
+/// `text.split_once(byte as char)` for an ASCII `byte`, by bytes.
+fn split_at_byte(text: &str, byte: u8) -> Option<(&str, &str)> {
+    let at = text.bytes().position(|candidate| candidate == byte)?;
+    let (before, rest) = text.split_at_checked(at)?;
+    Some((before, rest.get(1..)?))
+}
+
 /// The values of the attributes called `name` (case-insensitive), in order.
 pub(crate) fn attribute_values<'a>(
     attributes: &'a [Attribute],
@@ -69,9 +76,16 @@ pub(crate) fn payload_types(media: &Media) -> impl Iterator<Item = u8> + '_ {
 /// The `a=rtpmap` and `a=fmtp` lines of an m-line, read in one pass over its attributes (a
 /// search per payload type and attribute name cost a pass each).
 pub(crate) struct FormatLines<'a> {
-    /// In attribute order; an `a=rtpmap` only when it reads completely.
-    lines: Vec<(u8, FormatLine<'a>)>,
+    /// The first [`INLINE_LINES`] lines (of `inline_len`), in attribute order; an `a=rtpmap`
+    /// only when it reads completely. Kept on the stack: an m-line rarely has more.
+    inline: [(u8, FormatLine<'a>); INLINE_LINES],
+    inline_len: usize,
+    /// The lines after those.
+    spilled: Vec<(u8, FormatLine<'a>)>,
 }
+
+/// rtpmap/fmtp lines of an m-line read without allocating.
+const INLINE_LINES: usize = 12;
 
 #[derive(Clone, Copy)]
 enum FormatLine<'a> {
@@ -84,7 +98,11 @@ enum FormatLine<'a> {
 impl<'a> FormatLines<'a> {
     /// Reads the lines of `media`.
     pub(crate) fn new(media: &'a Media) -> FormatLines<'a> {
-        let mut lines = Vec::new();
+        let mut lines = FormatLines {
+            inline: [(0, FormatLine::Fmtp("")); INLINE_LINES],
+            inline_len: 0,
+            spilled: Vec::new(),
+        };
         for attribute in &media.attributes {
             let Some(value) = attribute.value.as_deref() else {
                 continue;
@@ -101,27 +119,40 @@ impl<'a> FormatLines<'a> {
                 continue;
             };
             let line = if rtpmap {
-                let mut parts = trim(rest).split('/');
-                let name = parts.next().map(trim);
-                let clock_rate = parts.next().and_then(|rate| trim(rate).parse::<u32>().ok());
-                match (name, clock_rate) {
-                    (Some(name), Some(clock_rate)) => FormatLine::Rtpmap(name, clock_rate),
-                    _ => continue,
-                }
+                // `<encoding name>/<clock rate>[/<parameters>]`
+                let Some((name, rest)) = split_at_byte(trim(rest), b'/') else {
+                    continue;
+                };
+                let rate = split_at_byte(rest, b'/').map_or(rest, |(rate, _)| rate);
+                let Ok(clock_rate) = trim(rate).parse::<u32>() else {
+                    continue;
+                };
+                FormatLine::Rtpmap(trim(name), clock_rate)
             } else {
                 FormatLine::Fmtp(trim(rest))
             };
-            if lines.is_empty() {
-                lines.reserve(media.attributes.len());
-            }
             lines.push((payload_type, line));
         }
-        FormatLines { lines }
+        lines
+    }
+
+    fn push(&mut self, line: (u8, FormatLine<'a>)) {
+        match self.inline.get_mut(self.inline_len) {
+            Some(slot) => {
+                *slot = line;
+                self.inline_len += 1;
+            }
+            None => self.spilled.push(line),
+        }
+    }
+
+    fn lines(&self) -> impl Iterator<Item = &(u8, FormatLine<'a>)> {
+        self.inline.iter().take(self.inline_len).chain(&self.spilled)
     }
 
     /// The encoding name and clock rate of `payload_type` from its first readable `a=rtpmap`.
     fn rtpmap(&self, payload_type: u8) -> Option<(&'a str, u32)> {
-        self.lines.iter().find_map(|&(number, line)| match line {
+        self.lines().find_map(|&(number, line)| match line {
             FormatLine::Rtpmap(name, clock_rate) if number == payload_type => Some((name, clock_rate)),
             _ => None,
         })
@@ -129,7 +160,7 @@ impl<'a> FormatLines<'a> {
 
     /// The parameters of `payload_type` from its first `a=fmtp`.
     fn fmtp(&self, payload_type: u8) -> Option<&'a str> {
-        self.lines.iter().find_map(|&(number, line)| match line {
+        self.lines().find_map(|&(number, line)| match line {
             FormatLine::Fmtp(parameters) if number == payload_type => Some(parameters),
             _ => None,
         })
