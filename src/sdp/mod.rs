@@ -143,7 +143,7 @@ fn check_limits(session: &sdp_types::Session) -> Result<(), SdpError> {
         return Err(SdpError::TooManyAttributes { limit: MAX_ATTRIBUTES });
     }
     for (index, media) in session.medias.iter().enumerate() {
-        if media.fmt.split_ascii_whitespace().count() > MAX_FORMATS {
+        if token_count(&media.fmt) > MAX_FORMATS {
             return Err(SdpError::TooManyFormats {
                 media: index,
                 limit: MAX_FORMATS,
@@ -154,4 +154,18 @@ fn check_limits(session: &sdp_types::Session) -> Result<(), SdpError> {
         }
     }
     Ok(())
+}
+
+/// `text.split_ascii_whitespace().count()`, without building the pieces.
+fn token_count(text: &str) -> usize {
+    let mut count = 0;
+    let mut in_token = false;
+    for byte in text.bytes() {
+        let white = byte.is_ascii_whitespace();
+        if !white && !in_token {
+            count += 1;
+        }
+        in_token = !white;
+    }
+    count
 }

@@ -228,10 +228,13 @@ fn answer_audio(
     if local.single_codec {
         formats.truncate(1);
     }
-    let clock_rates: Vec<u32> = formats.iter().map(|format| format.format.codec.clock_rate()).collect();
+    // Telephone-event / CN go along at the clock rates of the chosen voice codecs (those
+    // added below share one of them, so looking at the whole list is the same).
     for candidate in &offered {
         let wanted = candidate.format.is_auxiliary()
-            && clock_rates.contains(&candidate.format.codec.clock_rate())
+            && formats
+                .iter()
+                .any(|chosen| chosen.format.codec.clock_rate() == candidate.format.codec.clock_rate())
             && local
                 .preferences
                 .iter()

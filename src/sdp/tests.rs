@@ -1211,3 +1211,10 @@ fn format_lines_beyond_the_inline_ones() {
     assert_eq!(lines.format(109).unwrap().codec, Codec::TelephoneEvent8k);
     assert_eq!(lines.format(109).unwrap().fmtp.as_deref(), Some("x=109"));
 }
+
+proptest! {
+    #[test]
+    fn token_count_is_split_ascii_whitespace(text in "[ \t\r\n\x0ca-z0-9\u{a0}é]{0,16}") {
+        prop_assert_eq!(super::token_count(&text), text.split_ascii_whitespace().count());
+    }
+}
