@@ -10,7 +10,8 @@
 //!   m-line, in order; the first RTP audio stream we share a codec with is accepted, every
 //!   other stream is rejected with port 0. The result carries the SDP to send and the
 //!   [`Negotiated`] parameters of the leg (remote RTP/RTCP addresses, payload types for
-//!   [`crate::media::api::LegSpec`], direction, ptime).
+//!   [`crate::media::api::LegSpec`], direction, ptime). [`negotiate_offer`] gives the same
+//!   parameters without writing the answer, for a hop that forwards the offer instead.
 //! - [`offer`] builds our own offer (a B2BUA leg towards the next hop); [`parse_answer`]
 //!   checks the answer to it and extracts the same [`Negotiated`] parameters.
 //! - [`rewrite_connection`] re-anchors a passed-through body at this node's relay leg (media
@@ -40,6 +41,7 @@ mod error;
 mod format;
 mod negotiate;
 mod view;
+mod write;
 
 #[cfg(test)]
 mod tests;
@@ -49,7 +51,8 @@ use std::fmt;
 pub use error::{ErrorKind, OfferAnswerError, SdpError};
 pub use format::{default_preferences, static_payload_type, Direction, Format, PayloadFormat};
 pub use negotiate::{
-    answer, offer, parse_answer, reanchor, rewrite_connection, Answer, LocalMedia, Negotiated, SessionOrigin,
+    answer, negotiate_offer, offer, parse_answer, reanchor, rewrite_connection, Answer, LocalMedia, Negotiated,
+    SessionOrigin,
 };
 
 /// Largest SDP body we read (bytes). Real offers of SIP phones are well under 2 KiB.
@@ -97,12 +100,15 @@ impl Sdp {
     /// The body to send (CRLF line ends, as RFC 8866 asks).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut body = Vec::with_capacity(512);
-        // Writing into a Vec cannot fail. The crate strips CR, LF and NUL from text fields, so
-        // a value carried over from a received body cannot inject lines.
-        if self.0.write(&mut body).is_err() {
-            body.clear();
-        }
+        self.write_to(&mut body);
         body
+    }
+
+    /// Appends the body to `out`: the bytes `sdp_types::Session::write` writes (CR, LF and NUL
+    /// are stripped from text fields, so a value carried over from a received body cannot
+    /// inject lines), without its `core::fmt` machinery.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        write::session(out, &self.0);
     }
 }
 
@@ -137,7 +143,7 @@ fn check_limits(session: &sdp_types::Session) -> Result<(), SdpError> {
         return Err(SdpError::TooManyAttributes { limit: MAX_ATTRIBUTES });
     }
     for (index, media) in session.medias.iter().enumerate() {
-        if media.fmt.split_ascii_whitespace().count() > MAX_FORMATS {
+        if token_count(&media.fmt) > MAX_FORMATS {
             return Err(SdpError::TooManyFormats {
                 media: index,
                 limit: MAX_FORMATS,
@@ -148,4 +154,18 @@ fn check_limits(session: &sdp_types::Session) -> Result<(), SdpError> {
         }
     }
     Ok(())
+}
+
+/// `text.split_ascii_whitespace().count()`, without building the pieces.
+fn token_count(text: &str) -> usize {
+    let mut count = 0;
+    let mut in_token = false;
+    for byte in text.bytes() {
+        let white = byte.is_ascii_whitespace();
+        if !white && !in_token {
+            count += 1;
+        }
+        in_token = !white;
+    }
+    count
 }

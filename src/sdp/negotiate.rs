@@ -145,31 +145,62 @@ pub struct Answer {
 /// (488) when no RTP audio was offered at all; address errors for a malformed accepted stream.
 pub fn answer(offer: &Sdp, local: &LocalMedia<'_>) -> Result<Answer, OfferAnswerError> {
     let session = offer.session();
-    let mut medias = Vec::with_capacity(session.medias.len());
-    let mut negotiated: Option<Negotiated> = None;
-    let mut audio_offered = false;
-    for (index, media) in session.medias.iter().enumerate() {
-        if negotiated.is_none() && view::is_active(media) && view::is_rtp_audio(media) {
-            audio_offered = true;
-            if let Some((answered, leg)) = answer_audio(session, media, index, local)? {
-                medias.push(answered);
-                negotiated = Some(leg);
-                continue;
-            }
-        }
-        medias.push(rejected(media));
-    }
-    let negotiated = match negotiated {
-        Some(negotiated) => negotiated,
-        None if audio_offered => return Err(OfferAnswerError::NoCommonCodec),
-        None => return Err(OfferAnswerError::NoAcceptableMedia),
-    };
+    let negotiated = negotiate_offer(offer, local)?;
     let mut answer = session_for(local);
-    answer.medias = medias;
+    answer.medias = session
+        .medias
+        .iter()
+        .enumerate()
+        .map(|(index, media)| {
+            if index == negotiated.media_index {
+                answered_audio(media, local, &negotiated)
+            } else {
+                rejected(media)
+            }
+        })
+        .collect();
     Ok(Answer {
         sdp: Sdp(answer),
         negotiated,
     })
+}
+
+/// What [`answer`] negotiates for `offer`, with the same errors, without writing the answer:
+/// for a hop that forwards the offer (re-anchored) rather than answering it.
+pub fn negotiate_offer(offer: &Sdp, local: &LocalMedia<'_>) -> Result<Negotiated, OfferAnswerError> {
+    let session = offer.session();
+    let mut audio_offered = false;
+    for (index, media) in session.medias.iter().enumerate() {
+        if view::is_active(media) && view::is_rtp_audio(media) {
+            audio_offered = true;
+            if let Some(negotiated) = answer_audio(session, media, index, local)? {
+                return Ok(negotiated);
+            }
+        }
+    }
+    if audio_offered {
+        Err(OfferAnswerError::NoCommonCodec)
+    } else {
+        Err(OfferAnswerError::NoAcceptableMedia)
+    }
+}
+
+/// The answer's m-line for the accepted audio stream `media`.
+fn answered_audio(media: &Media, local: &LocalMedia<'_>, negotiated: &Negotiated) -> Media {
+    let lines = LineOptions {
+        rtcp_port: (!negotiated.rtcp_mux).then_some(local.rtcp_port),
+        rtcp_mux: negotiated.rtcp_mux,
+        default_fmtp: false,
+    };
+    audio_media(
+        media.media.clone(),
+        media.proto.clone(),
+        local,
+        &negotiated.formats,
+        negotiated.ptime,
+        lines,
+        negotiated.direction,
+    )
 }
 
 /// Answers one audio m-line; `Ok(None)`: no codec in common.
@@ -178,7 +209,7 @@ fn answer_audio(
     media: &Media,
     index: usize,
     local: &LocalMedia<'_>,
-) -> Result<Option<(Media, Negotiated)>, OfferAnswerError> {
+) -> Result<Option<Negotiated>, OfferAnswerError> {
     let offered = view::formats(media);
     let mut formats: Vec<PayloadFormat> = Vec::new();
     for preference in local.preferences.iter().filter(|format| !format.is_auxiliary()) {
@@ -197,10 +228,13 @@ fn answer_audio(
     if local.single_codec {
         formats.truncate(1);
     }
-    let clock_rates: Vec<u32> = formats.iter().map(|format| format.format.codec.clock_rate()).collect();
+    // Telephone-event / CN go along at the clock rates of the chosen voice codecs (those
+    // added below share one of them, so looking at the whole list is the same).
     for candidate in &offered {
         let wanted = candidate.format.is_auxiliary()
-            && clock_rates.contains(&candidate.format.codec.clock_rate())
+            && formats
+                .iter()
+                .any(|chosen| chosen.format.codec.clock_rate() == candidate.format.codec.clock_rate())
             && local
                 .preferences
                 .iter()
@@ -233,21 +267,7 @@ fn answer_audio(
         (offered, ours) => offered.or(ours),
     };
 
-    let lines = LineOptions {
-        rtcp_port: (!rtcp_mux).then_some(local.rtcp_port),
-        rtcp_mux,
-        default_fmtp: false,
-    };
-    let answered = audio_media(
-        media.media.clone(),
-        media.proto.clone(),
-        local,
-        &formats,
-        ptime,
-        lines,
-        direction,
-    );
-    let negotiated = Negotiated {
+    Ok(Some(Negotiated {
         media_index: index,
         formats,
         remote_rtp: remote_ip.map(|ip| SocketAddr::new(ip, media.port)),
@@ -256,8 +276,7 @@ fn answer_audio(
         direction,
         ptime,
         connection_hold,
-    };
-    Ok(Some((answered, negotiated)))
+    }))
 }
 
 /// Builds our own offer for the relay leg `local`: one audio m-line over RTP/AVP with
@@ -345,6 +364,7 @@ pub fn parse_answer(offer: &Sdp, answer: &Sdp) -> Result<Negotiated, OfferAnswer
     }
 
     let offered_formats = view::formats(offered);
+    let answered_lines = view::FormatLines::new(answered);
     let mut formats: Vec<PayloadFormat> = Vec::new();
     let mut aliases: Vec<PayloadFormat> = Vec::new();
     for payload_type in view::payload_types(answered) {
@@ -352,7 +372,7 @@ pub fn parse_answer(offer: &Sdp, answer: &Sdp) -> Result<Negotiated, OfferAnswer
             continue;
         }
         // An answer may leave out the rtpmap of a number it copied from the offer.
-        let format = view::format(answered, payload_type).or_else(|| {
+        let format = answered_lines.format(payload_type).or_else(|| {
             offered_formats
                 .iter()
                 .find(|ours| ours.payload_type == payload_type)
@@ -432,14 +452,14 @@ pub fn rewrite_connection(sdp: &Sdp, address: IpAddr, rtp_port: u16, rtcp_port: 
 pub fn reanchor(sdp: Sdp, address: IpAddr, rtp_port: u16, rtcp_port: Option<u16>) -> Sdp {
     let mut session = sdp.0;
     session.origin.addrtype = addrtype(address);
-    session.origin.unicast_address = address.to_string();
+    set_ip(&mut session.origin.unicast_address, address);
     let session_hold = session
         .connection
         .as_ref()
         .is_some_and(|connection| is_unspecified(&connection.connection_address));
     let had_session_connection = session.connection.is_some();
-    if had_session_connection {
-        session.connection = Some(connection(if session_hold { unspecified(address) } else { address }));
+    if let Some(connection) = &mut session.connection {
+        set_connection(connection, if session_hold { unspecified(address) } else { address });
     }
 
     let anchored = session
@@ -453,7 +473,7 @@ pub fn reanchor(sdp: Sdp, address: IpAddr, rtp_port: u16, rtcp_port: Option<u16>
                 media.num_ports = None;
             }
             for connection in &mut media.connections {
-                *connection = self::connection(address);
+                set_connection(connection, address);
             }
             continue;
         }
@@ -463,19 +483,26 @@ pub fn reanchor(sdp: Sdp, address: IpAddr, rtp_port: u16, rtcp_port: Option<u16>
         };
         let own = if hold { unspecified(address) } else { address };
         if !media.connections.is_empty() || !had_session_connection || hold != session_hold {
-            media.connections = vec![connection(own)];
+            // One c= line at `own`, rewritten in place when there is one.
+            media.connections.truncate(1);
+            match media.connections.first_mut() {
+                Some(connection) => set_connection(connection, own),
+                None => media.connections.push(connection(own)),
+            }
         }
         media.port = rtp_port;
         media.num_ports = None;
         media.attributes.retain(|attribute| {
-            let name = attribute.attribute.trim();
+            let name = view::trim(&attribute.attribute);
             !name.eq_ignore_ascii_case("candidate") && !name.eq_ignore_ascii_case("remote-candidates")
         });
         let rtcp = rtcp_port.unwrap_or(rtp_port);
         let mut had_rtcp = false;
         for attribute in &mut media.attributes {
-            if attribute.attribute.trim().eq_ignore_ascii_case("rtcp") {
-                attribute.value = Some(rtcp.to_string());
+            if view::trim(&attribute.attribute).eq_ignore_ascii_case("rtcp") {
+                let value = attribute.value.get_or_insert_with(String::new);
+                value.clear();
+                value.push_str(itoa::Buffer::new().format(rtcp));
                 had_rtcp = true;
             }
         }
@@ -494,7 +521,7 @@ fn session_for(local: &LocalMedia<'_>) -> Session {
         sess_version: local.origin.version,
         nettype: NetType::In,
         addrtype: addrtype(local.address),
-        unicast_address: local.address.to_string(),
+        unicast_address: ip_text(local.address),
     };
     let mut session = Session::new(origin, "-");
     session.connection = Some(connection(local.address));
@@ -595,7 +622,44 @@ fn connection(address: IpAddr) -> Connection {
     Connection {
         nettype: NetType::In,
         addrtype: addrtype(address),
-        connection_address: address.to_string(),
+        connection_address: ip_text(address),
+    }
+}
+
+/// Makes `connection` what [`connection`] builds for `address`, reusing its text buffer.
+fn set_connection(connection: &mut Connection, address: IpAddr) {
+    connection.nettype = NetType::In;
+    connection.addrtype = addrtype(address);
+    set_ip(&mut connection.connection_address, address);
+}
+
+/// `address.to_string()`.
+fn ip_text(address: IpAddr) -> String {
+    let mut text = String::with_capacity(15);
+    set_ip(&mut text, address);
+    text
+}
+
+/// Replaces `text` with `address.to_string()`: IPv4 digit by digit (the `Display` of an
+/// address goes through `core::fmt` and a buffer of its own), IPv6 through `Display` (its
+/// `::` compression rules).
+fn set_ip(text: &mut String, address: IpAddr) {
+    text.clear();
+    match address {
+        IpAddr::V4(ip) => {
+            let mut digits = itoa::Buffer::new();
+            for (at, octet) in ip.octets().into_iter().enumerate() {
+                if at > 0 {
+                    text.push('.');
+                }
+                text.push_str(digits.format(octet));
+            }
+        }
+        IpAddr::V6(ip) => {
+            use std::fmt::Write as _;
+            // Writing into a String cannot fail.
+            let _ = write!(text, "{ip}");
+        }
     }
 }
 
@@ -610,6 +674,32 @@ fn is_unspecified(connection_address: &str) -> bool {
     connection_address
         .split('/')
         .next()
-        .and_then(|literal| literal.trim().parse::<IpAddr>().ok())
+        .and_then(|literal| view::trim(literal).parse::<IpAddr>().ok())
         .is_some_and(|ip| ip.is_unspecified())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn ip_text_is_display(v4 in any::<u32>(), v6 in any::<u128>(), short in 0u16..3) {
+            let v6_short = Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, short, 1);
+            for ip in [
+                IpAddr::V4(Ipv4Addr::from(v4)),
+                IpAddr::V6(Ipv6Addr::from(v6)),
+                IpAddr::V6(v6_short),
+            ] {
+                prop_assert_eq!(ip_text(ip), ip.to_string());
+                let mut reused = "255.255.255.255 and more".to_owned();
+                set_ip(&mut reused, ip);
+                prop_assert_eq!(reused, ip.to_string());
+            }
+        }
+    }
 }

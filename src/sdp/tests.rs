@@ -688,11 +688,141 @@ m=message 9 TCP/MSRP *\nm=audio 8000 RTP/AVP 8 18\na=RTPMAP:8 pcma/8000\na=SendO
     assert_eq!(media_lines(&answer.sdp, 0), ["m=message 0 TCP/MSRP *"]);
 }
 
+/// The format of a payload type found the way the module did before [`view::FormatLines`]: a
+/// search over the attributes per payload type and line (the reference it must agree with).
+fn format_by_search(media: &sdp_types::Media, payload_type: u8) -> Option<Format> {
+    let values = |name: &'static str| {
+        media
+            .attributes
+            .iter()
+            .filter(move |attribute| attribute.attribute.trim().eq_ignore_ascii_case(name))
+            .filter_map(|attribute| attribute.value.as_deref().map(str::trim))
+    };
+    let rtpmap = values("rtpmap").find_map(|value| {
+        let (number, rest) = value.split_once(|c: char| c.is_ascii_whitespace())?;
+        if number.parse::<u8>().ok()? != payload_type {
+            return None;
+        }
+        let mut parts = rest.trim().split('/');
+        let name = parts.next()?.trim();
+        let clock_rate = parts.next()?.trim().parse::<u32>().ok()?;
+        Some((name, clock_rate))
+    });
+    let fmtp = values("fmtp").find_map(|value| {
+        let (number, rest) = value.split_once(|c: char| c.is_ascii_whitespace())?;
+        (number.parse::<u8>().ok()? == payload_type).then(|| rest.trim())
+    });
+    Format::from_sdp(payload_type, rtpmap, fmtp)
+}
+
+/// `reanchor` as it was before it rewrote in place (the reference it must agree with).
+fn reanchor_reference(sdp: Sdp, address: IpAddr, rtp_port: u16, rtcp_port: Option<u16>) -> Sdp {
+    let mut session = sdp.into_session();
+    session.origin.addrtype = reference_addrtype(address);
+    session.origin.unicast_address = address.to_string();
+    let session_hold = session
+        .connection
+        .as_ref()
+        .is_some_and(|connection| reference_is_unspecified(&connection.connection_address));
+    let had_session_connection = session.connection.is_some();
+    if had_session_connection {
+        session.connection = Some(reference_connection(if session_hold {
+            reference_unspecified(address)
+        } else {
+            address
+        }));
+    }
+
+    let anchored = session
+        .medias
+        .iter()
+        .position(|media| super::view::is_active(media) && super::view::is_rtp_audio(media));
+    for (index, media) in session.medias.iter_mut().enumerate() {
+        if Some(index) != anchored {
+            if super::view::is_active(media) {
+                media.port = 0;
+                media.num_ports = None;
+            }
+            for connection in &mut media.connections {
+                *connection = reference_connection(address);
+            }
+            continue;
+        }
+        let hold = match media.connections.first() {
+            Some(connection) => reference_is_unspecified(&connection.connection_address),
+            None => session_hold,
+        };
+        let own = if hold { reference_unspecified(address) } else { address };
+        if !media.connections.is_empty() || !had_session_connection || hold != session_hold {
+            media.connections = vec![reference_connection(own)];
+        }
+        media.port = rtp_port;
+        media.num_ports = None;
+        media.attributes.retain(|attribute| {
+            let name = attribute.attribute.trim();
+            !name.eq_ignore_ascii_case("candidate") && !name.eq_ignore_ascii_case("remote-candidates")
+        });
+        let rtcp = rtcp_port.unwrap_or(rtp_port);
+        let mut had_rtcp = false;
+        for attribute in &mut media.attributes {
+            if attribute.attribute.trim().eq_ignore_ascii_case("rtcp") {
+                attribute.value = Some(rtcp.to_string());
+                had_rtcp = true;
+            }
+        }
+        if !had_rtcp && Some(rtcp) != rtp_port.checked_add(1) && rtcp_port.is_some() {
+            media.attributes.push(sdp_types::Attribute::with_value("rtcp", rtcp));
+        }
+    }
+    Sdp::from(session)
+}
+
+fn reference_addrtype(address: IpAddr) -> sdp_types::AddrType {
+    match address {
+        IpAddr::V4(_) => sdp_types::AddrType::Ip4,
+        IpAddr::V6(_) => sdp_types::AddrType::Ip6,
+    }
+}
+
+fn reference_connection(address: IpAddr) -> sdp_types::Connection {
+    sdp_types::Connection {
+        nettype: sdp_types::NetType::In,
+        addrtype: reference_addrtype(address),
+        connection_address: address.to_string(),
+    }
+}
+
+fn reference_unspecified(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+fn reference_is_unspecified(connection_address: &str) -> bool {
+    connection_address
+        .split('/')
+        .next()
+        .and_then(|literal| literal.trim().parse::<IpAddr>().ok())
+        .is_some_and(|ip| ip.is_unspecified())
+}
+
 fn exercise(body: &[u8]) {
     let Ok(offer) = parse(body) else { return };
+    for media in &offer.session().medias {
+        let lines = view::FormatLines::new(media);
+        for payload_type in 0..=u8::MAX {
+            assert_eq!(lines.format(payload_type), format_by_search(media, payload_type));
+        }
+    }
     let preferences = default_preferences();
     let mut local = local(&preferences);
     let _ = offer.to_bytes();
+    // Negotiating without writing the answer gives what the answer carries, errors included.
+    assert_eq!(
+        negotiate_offer(&offer, &local),
+        answer(&offer, &local).map(|answer| answer.negotiated)
+    );
     if let Ok(answer) = answer(&offer, &local) {
         // What we answer must always be readable again.
         let again = parse(&answer.sdp.to_bytes()).unwrap();
@@ -700,10 +830,20 @@ fn exercise(body: &[u8]) {
     }
     local.single_codec = true;
     local.rtcp_mux = true;
-    let _ = super::answer(&offer, &local);
+    assert_eq!(
+        negotiate_offer(&offer, &local),
+        super::answer(&offer, &local).map(|answer| answer.negotiated)
+    );
     let _ = parse_answer(&offer, &offer);
     let our_offer = super::offer(&local);
     let _ = parse_answer(&our_offer, &offer);
+    let v6 = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 5));
+    for (address, rtp_port, rtcp_port) in [(RELAY, 40000, Some(40001)), (RELAY, 40000, Some(40007)), (v6, 1, None)] {
+        assert_eq!(
+            reanchor(offer.clone(), address, rtp_port, rtcp_port),
+            reanchor_reference(offer.clone(), address, rtp_port, rtcp_port)
+        );
+    }
     let rewritten = rewrite_connection(&offer, RELAY, 65535, Some(0));
     let _ = super::answer(&rewritten, &local);
     let _ = rewrite_connection(&offer, RELAY, 1, None).to_bytes();
@@ -746,5 +886,335 @@ proptest! {
             }
         }
         exercise(&body);
+    }
+}
+
+/// Text for a field of the data model: mostly SDP-ish, sometimes with the CR, LF and NUL the
+/// writers strip, sometimes non-ASCII.
+fn field() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[A-Za-z0-9 ./:=;*-]{0,12}",
+        "[a-z\r\n\0]{0,6}",
+        any::<String>().prop_map(|text| text.chars().take(8).collect()),
+    ]
+}
+
+fn nettype() -> impl Strategy<Value = sdp_types::NetType> {
+    prop_oneof![
+        Just(sdp_types::NetType::In),
+        Just(sdp_types::NetType::Tn),
+        Just(sdp_types::NetType::Atm),
+        Just(sdp_types::NetType::Pstn),
+        field().prop_map(sdp_types::NetType::Other),
+    ]
+}
+
+fn addrtype() -> impl Strategy<Value = sdp_types::AddrType> {
+    prop_oneof![
+        Just(sdp_types::AddrType::Ip4),
+        Just(sdp_types::AddrType::Ip6),
+        field().prop_map(sdp_types::AddrType::Other),
+    ]
+}
+
+/// Seconds for `t=`, `r=` and `z=`: zero, whole days, hours and minutes, and anything.
+fn seconds() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(0u64),
+        (0u64..1000).prop_map(|days| days * 86_400),
+        (0u64..1000).prop_map(|hours| hours * 3_600),
+        (0u64..1000).prop_map(|minutes| minutes * 60),
+        any::<u64>(),
+    ]
+}
+
+fn connection_model() -> impl Strategy<Value = sdp_types::Connection> {
+    (nettype(), addrtype(), field()).prop_map(|(nettype, addrtype, connection_address)| sdp_types::Connection {
+        nettype,
+        addrtype,
+        connection_address,
+    })
+}
+
+fn bandwidth_model() -> impl Strategy<Value = sdp_types::Bandwidth> {
+    (field(), any::<u64>()).prop_map(|(bwtype, bandwidth)| sdp_types::Bandwidth { bwtype, bandwidth })
+}
+
+fn key_model() -> impl Strategy<Value = sdp_types::Key> {
+    (field(), proptest::option::of(field()))
+        .prop_map(|(method, encryption_key)| sdp_types::Key { method, encryption_key })
+}
+
+fn attribute_model() -> impl Strategy<Value = sdp_types::Attribute> {
+    (field(), proptest::option::of(field())).prop_map(|(attribute, value)| sdp_types::Attribute { attribute, value })
+}
+
+fn media_model() -> impl Strategy<Value = sdp_types::Media> {
+    (
+        (
+            field(),
+            any::<u16>(),
+            proptest::option::of(any::<u16>()),
+            field(),
+            field(),
+        ),
+        proptest::option::of(field()),
+        proptest::collection::vec(connection_model(), 0..3),
+        proptest::collection::vec(bandwidth_model(), 0..3),
+        proptest::option::of(key_model()),
+        proptest::collection::vec(attribute_model(), 0..6),
+    )
+        .prop_map(
+            |((media, port, num_ports, proto, fmt), media_title, connections, bandwidths, key, attributes)| {
+                sdp_types::Media {
+                    media,
+                    port,
+                    num_ports,
+                    proto,
+                    fmt,
+                    media_title,
+                    connections,
+                    bandwidths,
+                    key,
+                    attributes,
+                }
+            },
+        )
+}
+
+fn session_model() -> impl Strategy<Value = sdp_types::Session> {
+    let origin = (
+        proptest::option::of(field()),
+        field(),
+        any::<u64>(),
+        nettype(),
+        addrtype(),
+        field(),
+    )
+        .prop_map(
+            |(username, sess_id, sess_version, nettype, addrtype, unicast_address)| sdp_types::Origin {
+                username,
+                sess_id,
+                sess_version,
+                nettype,
+                addrtype,
+                unicast_address,
+            },
+        );
+    let repeat = (seconds(), seconds(), proptest::collection::vec(seconds(), 0..3)).prop_map(
+        |(repeat_interval, active_duration, offsets)| sdp_types::Repeat {
+            repeat_interval,
+            active_duration,
+            offsets,
+        },
+    );
+    let time = (any::<u64>(), any::<u64>(), proptest::collection::vec(repeat, 0..2)).prop_map(
+        |(start_time, stop_time, repeats)| sdp_types::Time {
+            start_time,
+            stop_time,
+            repeats,
+        },
+    );
+    let offset = prop_oneof![
+        seconds().prop_map(|seconds| seconds as i64),
+        seconds().prop_map(|seconds| (seconds as i64).wrapping_neg()),
+        Just(i64::MIN),
+        Just(i64::MAX),
+    ];
+    let zone = (seconds(), offset).prop_map(|(adjustment_time, offset)| sdp_types::TimeZone {
+        adjustment_time,
+        offset,
+    });
+    (
+        (
+            origin,
+            field(),
+            proptest::option::of(field()),
+            proptest::option::of(field()),
+        ),
+        (
+            proptest::collection::vec(field(), 0..3),
+            proptest::collection::vec(field(), 0..3),
+            proptest::option::of(connection_model()),
+            proptest::collection::vec(bandwidth_model(), 0..3),
+        ),
+        (
+            proptest::collection::vec(time, 0..3),
+            proptest::collection::vec(zone, 0..3),
+            proptest::option::of(key_model()),
+            proptest::collection::vec(attribute_model(), 0..6),
+            proptest::collection::vec(media_model(), 0..4),
+        ),
+    )
+        .prop_map(
+            |(
+                (origin, session_name, session_description, uri),
+                (emails, phones, connection, bandwidths),
+                (times, time_zones, key, attributes, medias),
+            )| sdp_types::Session {
+                origin,
+                session_name,
+                session_description,
+                uri,
+                emails,
+                phones,
+                connection,
+                bandwidths,
+                times,
+                time_zones,
+                key,
+                attributes,
+                medias,
+            },
+        )
+}
+
+/// What the crate's own writer writes.
+fn written_by_sdp_types(session: &sdp_types::Session) -> Vec<u8> {
+    let mut body = Vec::new();
+    session.write(&mut body).unwrap();
+    body
+}
+
+#[test]
+fn negotiate_offer_is_the_answer_without_the_body() {
+    let preferences = default_preferences();
+    for text in [LINPHONE, THREE_GPP, HOLD_SENDONLY, HOLD_ZERO, AUDIO_VIDEO, MUX] {
+        let offer = sdp(text);
+        let mut local = local(&preferences);
+        for (single_codec, rtcp_mux) in [(false, false), (true, true)] {
+            local.single_codec = single_codec;
+            local.rtcp_mux = rtcp_mux;
+            assert_eq!(
+                negotiate_offer(&offer, &local),
+                answer(&offer, &local).map(|answer| answer.negotiated),
+                "{text}"
+            );
+        }
+    }
+    let video_only =
+        sdp("v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=video 5000 RTP/AVP 99\r\n");
+    assert_eq!(
+        negotiate_offer(&video_only, &local(&preferences)),
+        Err(OfferAnswerError::NoAcceptableMedia)
+    );
+    let only_g722 =
+        sdp("v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 5000 RTP/AVP 9\r\n");
+    assert_eq!(
+        negotiate_offer(&only_g722, &local(&preferences)),
+        Err(OfferAnswerError::NoCommonCodec)
+    );
+}
+
+#[test]
+fn write_matches_sdp_types_on_the_fixtures() {
+    for text in [LINPHONE, THREE_GPP, HOLD_SENDONLY, HOLD_ZERO, AUDIO_VIDEO, MUX] {
+        let parsed = sdp(text);
+        assert_eq!(parsed.to_bytes(), written_by_sdp_types(parsed.session()), "{text}");
+        let preferences = default_preferences();
+        let answered = answer(&parsed, &local(&preferences)).unwrap().sdp;
+        assert_eq!(answered.to_bytes(), written_by_sdp_types(answered.session()));
+        let rewritten = rewrite_connection(&parsed, RELAY, 41000, Some(41001));
+        assert_eq!(rewritten.to_bytes(), written_by_sdp_types(rewritten.session()));
+    }
+    let offered = offer(&local(&default_preferences()));
+    assert_eq!(offered.to_bytes(), written_by_sdp_types(offered.session()));
+    // Every line type, repeat and zone units, stripped characters, an empty time list.
+    let text = "v=0\r
+o=jdoe 2890844526 2890842807 IN IP4 10.47.16.5\r
+s=SDP Seminar\r
+i=A Seminar\r
+u=http://www.example.com/seminars/sdp.pdf\r
+e=j.doe@example.com (Jane Doe)\r
+p=+1 617 555-6011\r
+c=IN IP4 224.2.17.12/127\r
+b=AS:128\r
+t=2873397496 2873404696\r
+r=7d 1h 0 25h\r
+r=604800 3600 61 90000\r
+t=0 0\r
+z=2882844526 -1h 2898848070 0\r
+k=clear:1234\r
+a=recvonly\r
+m=audio 49170 RTP/AVP 0\r
+i=voice\r
+c=IN IP6 ::1\r
+c=IN IP4 192.0.2.1\r
+b=CT:64\r
+k=prompt\r
+a=rtpmap:0 PCMU/8000\r
+m=video 51372/2 RTP/AVP 99\r
+a=rtpmap:99 h263-1998/90000\r
+";
+    let mut session = sdp(text).into_session();
+    assert_eq!(Sdp::from(session.clone()).to_bytes(), written_by_sdp_types(&session));
+    session.origin.username = Some(String::new());
+    session.session_name = "a\r\nm=evil\0".to_owned();
+    session.times.clear();
+    session.time_zones.push(sdp_types::TimeZone::new(1, i64::MIN));
+    assert_eq!(Sdp::from(session.clone()).to_bytes(), written_by_sdp_types(&session));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    #[test]
+    fn write_matches_sdp_types(session in session_model()) {
+        let ours = Sdp::from(session.clone()).to_bytes();
+        let theirs = written_by_sdp_types(&session);
+        prop_assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(&theirs));
+        prop_assert_eq!(&ours, &theirs);
+        // Appending keeps what is there.
+        let mut out = b"head".to_vec();
+        Sdp::from(session).write_to(&mut out);
+        prop_assert_eq!(&out[4..], &ours[..]);
+    }
+}
+
+proptest! {
+    #[test]
+    fn trim_and_split_are_the_std_ones(text in prop_oneof!["[ \t\r\na-z0-9\u{a0}\u{2003}\u{3000}é]{0,12}", any::<String>()]) {
+        prop_assert_eq!(view::trim(&text), text.trim());
+        prop_assert_eq!(
+            view::split_at_whitespace(&text),
+            text.split_once(|c: char| c.is_ascii_whitespace())
+        );
+    }
+}
+
+#[test]
+fn format_lines_beyond_the_inline_ones() {
+    // More rtpmap/fmtp lines than FormatLines keeps on the stack, with repeats: the first
+    // readable one of each payload type still wins.
+    let mut text = String::from("v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n");
+    text.push_str("m=audio 5000 RTP/AVP 0 8 96 97 98 99 100 101 102 103 104 105 106 107 108 109\r\n");
+    for payload_type in 96..110 {
+        text.push_str(&format!("a=rtpmap:{payload_type} bad\r\n"));
+        text.push_str(&format!("a=fmtp:{payload_type} x={payload_type}\r\n"));
+    }
+    for payload_type in 96..110 {
+        let codec = if payload_type % 2 == 0 {
+            "AMR-WB/16000"
+        } else {
+            "telephone-event/8000"
+        };
+        text.push_str(&format!(
+            "a=rtpmap:{payload_type} {codec}\r\na=fmtp:{payload_type} y\r\n"
+        ));
+    }
+    let offer = sdp(&text);
+    let media = &offer.session().medias[0];
+    let lines = view::FormatLines::new(media);
+    for payload_type in 0..=u8::MAX {
+        assert_eq!(lines.format(payload_type), format_by_search(media, payload_type));
+    }
+    assert_eq!(lines.format(109).unwrap().codec, Codec::TelephoneEvent8k);
+    assert_eq!(lines.format(109).unwrap().fmtp.as_deref(), Some("x=109"));
+}
+
+proptest! {
+    #[test]
+    fn token_count_is_split_ascii_whitespace(text in "[ \t\r\n\x0ca-z0-9\u{a0}é]{0,16}") {
+        prop_assert_eq!(super::token_count(&text), text.split_ascii_whitespace().count());
     }
 }

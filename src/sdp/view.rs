@@ -11,6 +11,30 @@ use sdp_types::{Attribute, Connection, Media, NetType, Session};
 use super::error::OfferAnswerError;
 use super::format::{Direction, Format, PayloadFormat};
 
+/// `text.trim()`, without its Unicode scan when the text starts and ends with a visible
+/// ASCII character (the usual case: names and values the parser has already split at spaces).
+pub(crate) fn trim(text: &str) -> &str {
+    match (text.as_bytes().first(), text.as_bytes().last()) {
+        (Some(first), Some(last)) if first.is_ascii_graphic() && last.is_ascii_graphic() => text,
+        _ => text.trim(),
+    }
+}
+
+/// `text.split_once(|c: char| c.is_ascii_whitespace())`, by bytes (ASCII white space is one
+/// byte in UTF-8 and no byte of a longer sequence).
+pub(crate) fn split_at_whitespace(text: &str) -> Option<(&str, &str)> {
+    let at = text.bytes().position(|byte| byte.is_ascii_whitespace())?;
+    let (before, rest) = text.split_at_checked(at)?;
+    Some((before, rest.get(1..)?))
+}
+
+/// `text.split_once(byte as char)` for an ASCII `byte`, by bytes.
+fn split_at_byte(text: &str, byte: u8) -> Option<(&str, &str)> {
+    let at = text.bytes().position(|candidate| candidate == byte)?;
+    let (before, rest) = text.split_at_checked(at)?;
+    Some((before, rest.get(1..)?))
+}
+
 /// The values of the attributes called `name` (case-insensitive), in order.
 pub(crate) fn attribute_values<'a>(
     attributes: &'a [Attribute],
@@ -18,8 +42,8 @@ pub(crate) fn attribute_values<'a>(
 ) -> impl Iterator<Item = Option<&'a str>> + 'a {
     attributes
         .iter()
-        .filter(move |attribute| attribute.attribute.trim().eq_ignore_ascii_case(name))
-        .map(|attribute| attribute.value.as_deref().map(str::trim))
+        .filter(move |attribute| trim(&attribute.attribute).eq_ignore_ascii_case(name))
+        .map(|attribute| attribute.value.as_deref().map(trim))
 }
 
 /// Whether an attribute called `name` is present.
@@ -49,44 +73,114 @@ pub(crate) fn payload_types(media: &Media) -> impl Iterator<Item = u8> + '_ {
         .filter(|&payload_type| payload_type <= 127)
 }
 
-/// The encoding name and clock rate of `payload_type` from its `a=rtpmap`, if present and
-/// readable.
-fn rtpmap(media: &Media, payload_type: u8) -> Option<(&str, u32)> {
-    attribute_values(&media.attributes, "rtpmap")
-        .flatten()
-        .find_map(|value| {
-            let (number, rest) = value.split_once(|c: char| c.is_ascii_whitespace())?;
-            if number.parse::<u8>().ok()? != payload_type {
-                return None;
+/// The `a=rtpmap` and `a=fmtp` lines of an m-line, read in one pass over its attributes (a
+/// search per payload type and attribute name cost a pass each).
+pub(crate) struct FormatLines<'a> {
+    /// The first [`INLINE_LINES`] lines (of `inline_len`), in attribute order; an `a=rtpmap`
+    /// only when it reads completely. Kept on the stack: an m-line rarely has more.
+    inline: [(u8, FormatLine<'a>); INLINE_LINES],
+    inline_len: usize,
+    /// The lines after those.
+    spilled: Vec<(u8, FormatLine<'a>)>,
+}
+
+/// rtpmap/fmtp lines of an m-line read without allocating.
+const INLINE_LINES: usize = 12;
+
+#[derive(Clone, Copy)]
+enum FormatLine<'a> {
+    /// Encoding name and clock rate.
+    Rtpmap(&'a str, u32),
+    /// The parameters after the payload type.
+    Fmtp(&'a str),
+}
+
+impl<'a> FormatLines<'a> {
+    /// Reads the lines of `media`.
+    pub(crate) fn new(media: &'a Media) -> FormatLines<'a> {
+        let mut lines = FormatLines {
+            inline: [(0, FormatLine::Fmtp("")); INLINE_LINES],
+            inline_len: 0,
+            spilled: Vec::new(),
+        };
+        for attribute in &media.attributes {
+            let Some(value) = attribute.value.as_deref() else {
+                continue;
+            };
+            let name = trim(&attribute.attribute);
+            let rtpmap = name.eq_ignore_ascii_case("rtpmap");
+            if !rtpmap && !name.eq_ignore_ascii_case("fmtp") {
+                continue;
             }
-            let mut parts = rest.trim().split('/');
-            let name = parts.next()?.trim();
-            let clock_rate = parts.next()?.trim().parse::<u32>().ok()?;
-            Some((name, clock_rate))
+            let Some((number, rest)) = split_at_whitespace(trim(value)) else {
+                continue;
+            };
+            let Ok(payload_type) = number.parse::<u8>() else {
+                continue;
+            };
+            let line = if rtpmap {
+                // `<encoding name>/<clock rate>[/<parameters>]`
+                let Some((name, rest)) = split_at_byte(trim(rest), b'/') else {
+                    continue;
+                };
+                let rate = split_at_byte(rest, b'/').map_or(rest, |(rate, _)| rate);
+                let Ok(clock_rate) = trim(rate).parse::<u32>() else {
+                    continue;
+                };
+                FormatLine::Rtpmap(trim(name), clock_rate)
+            } else {
+                FormatLine::Fmtp(trim(rest))
+            };
+            lines.push((payload_type, line));
+        }
+        lines
+    }
+
+    fn push(&mut self, line: (u8, FormatLine<'a>)) {
+        match self.inline.get_mut(self.inline_len) {
+            Some(slot) => {
+                *slot = line;
+                self.inline_len += 1;
+            }
+            None => self.spilled.push(line),
+        }
+    }
+
+    fn lines(&self) -> impl Iterator<Item = &(u8, FormatLine<'a>)> {
+        self.inline.iter().take(self.inline_len).chain(&self.spilled)
+    }
+
+    /// The encoding name and clock rate of `payload_type` from its first readable `a=rtpmap`.
+    fn rtpmap(&self, payload_type: u8) -> Option<(&'a str, u32)> {
+        self.lines().find_map(|&(number, line)| match line {
+            FormatLine::Rtpmap(name, clock_rate) if number == payload_type => Some((name, clock_rate)),
+            _ => None,
         })
-}
+    }
 
-/// The `a=fmtp` parameters of `payload_type` (text after the number), if present.
-fn fmtp(media: &Media, payload_type: u8) -> Option<&str> {
-    attribute_values(&media.attributes, "fmtp").flatten().find_map(|value| {
-        let (number, rest) = value.split_once(|c: char| c.is_ascii_whitespace())?;
-        (number.parse::<u8>().ok()? == payload_type).then(|| rest.trim())
-    })
-}
+    /// The parameters of `payload_type` from its first `a=fmtp`.
+    fn fmtp(&self, payload_type: u8) -> Option<&'a str> {
+        self.lines().find_map(|&(number, line)| match line {
+            FormatLine::Fmtp(parameters) if number == payload_type => Some(parameters),
+            _ => None,
+        })
+    }
 
-/// The format of one payload type of an m-line, if we know its codec.
-pub(crate) fn format(media: &Media, payload_type: u8) -> Option<Format> {
-    Format::from_sdp(payload_type, rtpmap(media, payload_type), fmtp(media, payload_type))
+    /// The format of one payload type of the m-line, if we know its codec.
+    pub(crate) fn format(&self, payload_type: u8) -> Option<Format> {
+        Format::from_sdp(payload_type, self.rtpmap(payload_type), self.fmtp(payload_type))
+    }
 }
 
 /// The known formats of an m-line in m-line order (a payload type listed twice counts once).
 pub(crate) fn formats(media: &Media) -> Vec<PayloadFormat> {
+    let lines = FormatLines::new(media);
     let mut formats: Vec<PayloadFormat> = Vec::new();
     for payload_type in payload_types(media) {
         if formats.iter().any(|known| known.payload_type == payload_type) {
             continue;
         }
-        if let Some(format) = format(media, payload_type) {
+        if let Some(format) = lines.format(payload_type) {
             formats.push(PayloadFormat { payload_type, format });
         }
     }
@@ -98,7 +192,7 @@ pub(crate) fn direction(session: &Session, media: &Media) -> Direction {
     let find = |attributes: &[Attribute]| {
         attributes
             .iter()
-            .find_map(|attribute| Direction::from_attribute(attribute.attribute.trim()))
+            .find_map(|attribute| Direction::from_attribute(trim(&attribute.attribute)))
     };
     find(&media.attributes)
         .or_else(|| find(&session.attributes))
@@ -112,7 +206,7 @@ pub(crate) fn ptime(media: &Media) -> Option<u32> {
         .flatten()
         .find_map(|value| {
             let whole = value.split('.').next()?;
-            whole.trim().parse::<u32>().ok().filter(|&ptime| ptime > 0)
+            trim(whole).parse::<u32>().ok().filter(|&ptime| ptime > 0)
         })
 }
 
@@ -124,7 +218,7 @@ fn connection<'a>(session: &'a Session, media: &'a Media) -> Option<&'a Connecti
 /// An IP literal of a connection address, with an optional `/ttl` or `/count` suffix cut off.
 fn ip_literal(address: &str) -> Option<IpAddr> {
     let literal = address.split('/').next()?;
-    literal.trim().parse::<IpAddr>().ok()
+    trim(literal).parse::<IpAddr>().ok()
 }
 
 /// The address to send an m-line's media to. `Ok(None)`: the unspecified address (`0.0.0.0`,

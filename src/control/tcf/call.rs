@@ -676,8 +676,9 @@ impl Tcf {
     fn anchor(&mut self, offer: Sdp) -> Result<(Anchor, Bytes, Sdp), (u16, &'static str)> {
         let preferences = sdp::default_preferences();
         let local = sdp::LocalMedia::new(self.media_ip(), 9, &preferences);
-        let answer = sdp::answer(&offer, &local).map_err(|_| (488, "Not Acceptable Here (no acceptable codec)"))?;
-        let spec_a = leg_spec(answer.negotiated.remote_rtp, answer.negotiated.remote_rtcp, false);
+        let negotiated =
+            sdp::negotiate_offer(&offer, &local).map_err(|_| (488, "Not Acceptable Here (no acceptable codec)"))?;
+        let spec_a = leg_spec(negotiated.remote_rtp, negotiated.remote_rtcp, false);
         let no_media = (503, "Service Unavailable (no media resources)");
         let bridge = self.media.create_bridge(BridgeKind::Relay).map_err(|_| no_media)?;
         let legs = self
@@ -1423,7 +1424,7 @@ impl Tcf {
             (Some(offer), Some(anchor)) => {
                 let preferences = sdp::default_preferences();
                 let local = sdp::LocalMedia::new(self.media_ip(), 9, &preferences);
-                let Ok(checked) = sdp::answer(offer, &local) else {
+                let Ok(negotiated) = sdp::negotiate_offer(offer, &local) else {
                     self.respond(
                         now,
                         &key,
@@ -1438,7 +1439,7 @@ impl Tcf {
                     Side::A => (&anchor.a, &anchor.b),
                     Side::B => (&anchor.b, &anchor.a),
                 };
-                let spec = leg_spec(checked.negotiated.remote_rtp, checked.negotiated.remote_rtcp, false);
+                let spec = leg_spec(negotiated.remote_rtp, negotiated.remote_rtcp, false);
                 let _ = self.media.update_leg(own.id, spec);
                 let body = sdp::rewrite_connection(
                     offer,

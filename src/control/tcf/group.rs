@@ -326,9 +326,9 @@ impl Tcf {
         let preferences = sdp::default_preferences();
         let mut local = sdp::LocalMedia::new(self.address.ip(), 9, &preferences);
         local.single_codec = true;
-        let answer = sdp::answer(offer, &local).map_err(|_| (488, "Not Acceptable Here (no acceptable codec)"))?;
-        answer
-            .negotiated
+        let negotiated =
+            sdp::negotiate_offer(offer, &local).map_err(|_| (488, "Not Acceptable Here (no acceptable codec)"))?;
+        negotiated
             .voice()
             .map(|voice| voice.format.clone())
             .ok_or((488, "Not Acceptable Here (no acceptable codec)"))
@@ -360,8 +360,9 @@ impl Tcf {
         let mut local = sdp::LocalMedia::new(self.address.ip(), 9, &preferences);
         local.direction = direction;
         local.single_codec = true;
-        let checked = sdp::answer(offer, &local).map_err(|_| (488, "Not Acceptable Here (no acceptable codec)"))?;
-        let spec = group_leg_spec(Some(&checked.negotiated), fanout, peer);
+        let negotiated =
+            sdp::negotiate_offer(offer, &local).map_err(|_| (488, "Not Acceptable Here (no acceptable codec)"))?;
+        let spec = group_leg_spec(Some(&negotiated), fanout, peer);
         let leg = self
             .media
             .add_leg(bridge, spec)
