@@ -250,6 +250,18 @@ impl SendDatagrams {
     }
 }
 
+/// Registers a UDP socket with the current tokio reactor for `interest` only (tokio's own
+/// `UdpSocket` always registers for reading and writing).
+pub fn watch(
+    socket: std::net::UdpSocket,
+    interest: tokio::io::Interest,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::net::UdpSocket>> {
+    // SAFETY: the `AsyncFd` owns the socket, which owns its descriptor: the descriptor stays
+    // open and names the same socket until the `AsyncFd` (and the socket with it) is dropped,
+    // and `as_raw_fd` always returns it.
+    Ok(unsafe { tokio::io::unix::AsyncFd::register_with_interest(socket, interest) }?)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

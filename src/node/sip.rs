@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::control::tcf::{Binding, Location, Now, Output, Registration, SipStats, StoreWrite, Tcf, TcfEvent};
-use crate::node::datagrams::{RecvDatagrams, SendDatagrams};
+use crate::node::datagrams::{watch, RecvDatagrams, SendDatagrams};
 use crate::node::store::{Store, Table};
 use crate::proto::Number;
 use crate::sip::{Frame, Message, Rejection, StreamFramer};
@@ -159,7 +160,7 @@ pub fn spawn_dedicated(
             }
         };
         runtime.block_on(async move {
-            let sockets = UdpSocket::from_std(socket).and_then(|socket| Ok((socket, TcpListener::from_std(listener)?)));
+            let sockets = SipSocket::new(socket).and_then(|socket| Ok((socket, TcpListener::from_std(listener)?)));
             let (socket, listener) = match sockets {
                 Ok(sockets) => sockets,
                 Err(error) => {
@@ -186,14 +187,14 @@ pub fn spawn_dedicated(
 
 /// Starts the SIP task on the current runtime.
 fn spawn(
-    socket: UdpSocket,
+    socket: SipSocket,
     listener: TcpListener,
     limits: TransportLimits,
     mut tcf: Tcf,
     store: Store,
     mut shutdown: broadcast::Receiver<()>,
 ) -> anyhow::Result<(SipHandle, tokio::task::JoinHandle<()>)> {
-    let address = socket.local_addr()?;
+    let address = socket.0.get_ref().local_addr()?;
     let (events, _) = broadcast::channel(4096);
     let (queries, mut query_receiver) = mpsc::channel(64);
     let handle = SipHandle {
@@ -222,11 +223,14 @@ fn spawn(
             .await;
             let deadline = tokio::time::Instant::from_std(tcf.poll_timeout());
             tokio::select! {
-                ready = socket.readable() => {
+                ready = socket.0.readable() => {
                     // One `recvmmsg` takes what is queued (bounded) before anything is sent:
                     // one wake-up then serves a burst instead of one datagram.
                     let received = match ready {
-                        Ok(()) => socket.try_io(Interest::READABLE, || inbound_datagrams.receive(socket.as_raw_fd())),
+                        Ok(mut guard) => match guard.try_io(|fd| inbound_datagrams.receive(fd.as_raw_fd())) {
+                            Ok(result) => result,
+                            Err(_would_block) => Err(std::io::ErrorKind::WouldBlock.into()),
+                        },
                         Err(error) => Err(error),
                     };
                     match received {
@@ -346,9 +350,32 @@ fn answer(tcf: &Tcf, query: Query) {
     }
 }
 
+/// The SIP UDP socket, watched for readability only. A UDP socket is writable nearly always,
+/// and every datagram the kernel frees after sending it raises an edge-triggered `EPOLLOUT`:
+/// registered for both (as `tokio::net::UdpSocket` is), each wake-up of the SIP thread cost
+/// one more `epoll_wait` that returned at once with nothing to do. Writability is watched only
+/// while a send waits for buffer room ([`send_datagrams`]).
+struct SipSocket(AsyncFd<std::net::UdpSocket>);
+
+impl SipSocket {
+    fn new(socket: std::net::UdpSocket) -> std::io::Result<SipSocket> {
+        socket.set_nonblocking(true)?;
+        Ok(SipSocket(watch(socket, Interest::READABLE)?))
+    }
+
+    /// Waits until the socket has buffer room again: a duplicate of its descriptor is watched
+    /// for writability for as long as this takes (the original stays registered for reading).
+    async fn writable(&self) -> std::io::Result<()> {
+        let watcher = watch(self.0.get_ref().try_clone()?, Interest::WRITABLE)?;
+        let mut guard = watcher.writable().await?;
+        guard.clear_ready();
+        Ok(())
+    }
+}
+
 async fn carry_out(
     tcf: &mut Tcf,
-    socket: &UdpSocket,
+    socket: &SipSocket,
     datagrams: &mut SendDatagrams,
     connections: &HashMap<SocketAddr, mpsc::Sender<Bytes>>,
     store: &Store,
@@ -392,9 +419,9 @@ async fn carry_out(
 
 /// Sends the queued datagrams with as few `sendmmsg` calls as the kernel allows. Only a full
 /// socket buffer waits; a datagram the kernel refuses (say, no route) is dropped and logged.
-async fn send_datagrams(socket: &UdpSocket, datagrams: &mut SendDatagrams) {
+async fn send_datagrams(socket: &SipSocket, datagrams: &mut SendDatagrams) {
     while !datagrams.is_empty() {
-        match socket.try_io(Interest::WRITABLE, || datagrams.send(socket.as_raw_fd())) {
+        match datagrams.send(socket.0.as_raw_fd()) {
             Ok(_) => {}
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                 if let Err(error) = socket.writable().await {
@@ -408,6 +435,50 @@ async fn send_datagrams(socket: &UdpSocket, datagrams: &mut SendDatagrams) {
                 }
                 datagrams.consume(1);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SIP socket is watched for reading only: a send leaves no readiness behind that
+    /// would wake the thread, a datagram does wake it, and waiting for buffer room (a
+    /// duplicate descriptor watched for writing) works while the socket stays registered.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_sip_socket_wakes_for_datagrams_only() {
+        let std_socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let address = std_socket.local_addr().unwrap();
+        let socket = SipSocket::new(std_socket).unwrap();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Sending raises no readiness of its own.
+        let mut outbound = SendDatagrams::new();
+        outbound.push(peer.local_addr().unwrap(), Bytes::from_static(b"ping"));
+        send_datagrams(&socket, &mut outbound).await;
+        let mut buffer = [0u8; 16];
+        assert_eq!(peer.recv(&mut buffer).unwrap(), 4);
+        let idle = tokio::time::timeout(std::time::Duration::from_millis(50), socket.0.readable()).await;
+        assert!(idle.is_err(), "no readiness without a datagram");
+        // A datagram does.
+        peer.send_to(b"pong", address).unwrap();
+        let mut guard = tokio::time::timeout(std::time::Duration::from_secs(5), socket.0.readable())
+            .await
+            .expect("woken by the datagram")
+            .unwrap();
+        let mut inbound = RecvDatagrams::new(4, 64);
+        let received = guard
+            .try_io(|fd| inbound.receive(fd.as_raw_fd()))
+            .expect("ready")
+            .unwrap();
+        assert_eq!(received, 1);
+        // Waiting for room on a socket that has it returns at once, twice (the watcher is gone
+        // after each wait).
+        for _ in 0..2 {
+            tokio::time::timeout(std::time::Duration::from_secs(5), socket.writable())
+                .await
+                .expect("room at once")
+                .unwrap();
         }
     }
 }
