@@ -24,6 +24,9 @@ pub trait MediaPlane: Send {
     /// Removes one leg (its ports go into quarantine).
     fn remove_leg(&mut self, leg: LegId);
     /// The next event of the user plane (talker first packet, talker silent), if any.
+    /// Called by the driver once it has sent what a batch of messages produced: a plane that
+    /// defers work (the engine's wake-ups, [`Engine::defer_wakes`]) does it now.
+    fn flush(&mut self) {}
     fn poll_event(&mut self) -> Option<Event> {
         None
     }
@@ -60,6 +63,10 @@ impl MediaPlane for Arc<Engine> {
 
     fn poll_event(&mut self) -> Option<Event> {
         self.events().try_recv().ok()
+    }
+
+    fn flush(&mut self) {
+        self.flush_wakes();
     }
 }
 

@@ -505,6 +505,12 @@ impl Tcf {
         self.media = media;
     }
 
+    /// Lets the user plane carry out what it deferred ([`MediaPlane::flush`]). The driver
+    /// calls it after sending the datagrams [`Self::poll_output`] gave.
+    pub fn flush_media(&mut self) {
+        self.media.flush();
+    }
+
     /// This node's SIP address.
     pub fn address(&self) -> SocketAddr {
         self.address

@@ -17,6 +17,7 @@
 use crate::proto::NetMap;
 use std::collections::VecDeque;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -103,6 +104,9 @@ struct Registry {
 struct WorkerHandle {
     commands: Sender<Command>,
     waker: Waker,
+    /// A change was queued for this worker while wake-ups were deferred: wake it at the next
+    /// [`Engine::flush_wakes`].
+    owed: AtomicBool,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -113,6 +117,8 @@ pub struct Engine {
     workers: Vec<WorkerHandle>,
     events: Receiver<Event>,
     io_uring_active: bool,
+    /// See [`Engine::defer_wakes`].
+    defer_wakes: AtomicBool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -175,6 +181,7 @@ impl Engine {
             workers.push(WorkerHandle {
                 commands,
                 waker,
+                owed: AtomicBool::new(false),
                 thread: Some(thread),
             });
         }
@@ -184,7 +191,31 @@ impl Engine {
             workers,
             events,
             io_uring_active,
+            defer_wakes: AtomicBool::new(false),
         })
+    }
+
+    /// Defers the wake-ups that changes (legs, bridges, sources) owe to sleeping workers until
+    /// [`Self::flush_wakes`]. Waking a worker is a write to its eventfd and, on a VM, an
+    /// interrupt to another vCPU: 10–100 µs the SIP thread spent inside a message before the
+    /// responses it was building went out. The node's SIP driver turns this on and flushes
+    /// right after it sent what a batch of messages produced, so a floor change reaches the
+    /// user plane a few microseconds later and the 200 OK that grants it that much sooner.
+    /// Queries that wait for a worker's answer (statistics) always wake it at once.
+    pub fn defer_wakes(&self, on: bool) {
+        self.defer_wakes.store(on, Ordering::SeqCst);
+        if !on {
+            self.flush_wakes();
+        }
+    }
+
+    /// Wakes every worker a deferred change is owed to (see [`Self::defer_wakes`]).
+    pub fn flush_wakes(&self) {
+        for handle in &self.workers {
+            if handle.owed.swap(false, Ordering::AcqRel) {
+                handle.waker.wake();
+            }
+        }
     }
 
     /// Whether the workers send with io_uring (asked for and available).
@@ -224,6 +255,19 @@ impl Engine {
         Ok(())
     }
 
+    /// Queues a change (a command nobody waits an answer for); the wake-up it needs, if any,
+    /// is deferred while [`Self::defer_wakes`] is on.
+    fn send_change(&self, worker: usize, command: Command, wake: bool) -> Result<(), EngineError> {
+        let defer = wake && self.defer_wakes.load(Ordering::Relaxed);
+        self.send_command(worker, command, wake && !defer)?;
+        if defer {
+            if let Some(handle) = self.workers.get(worker) {
+                handle.owed.store(true, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
     /// Whether removals may wait for the worker's next wake-up: with the pool the sockets stay
     /// open anyway; without it they must close now so the ports can be bound again.
     fn removal_wakes(&self) -> bool {
@@ -249,7 +293,7 @@ impl Engine {
         // Reserve the worker's share now so bridges created in a burst spread out.
         registry.legs_per_worker[worker] += 1;
         // No wake-up: a bridge without legs sees no packet; its first leg wakes the worker.
-        self.send_command(worker, Command::AddBridge { id, kind }, false)?;
+        self.send_change(worker, Command::AddBridge { id, kind }, false)?;
         Ok(id)
     }
 
@@ -267,7 +311,7 @@ impl Engine {
         registry.legs_per_worker[worker] = registry.legs_per_worker[worker].saturating_sub(entry.legs.len() + 1);
         // Sent under the registry lock: a port released here can only be handed out again
         // by a command queued after this one.
-        self.send_command(worker, Command::RemoveBridge { id }, self.removal_wakes())
+        self.send_change(worker, Command::RemoveBridge { id }, self.removal_wakes())
     }
 
     /// Adds a leg to a bridge: takes a port pair from the pool, binds it and hands the sockets
@@ -315,7 +359,7 @@ impl Engine {
         // be registered with the worker's epoll first: those wake it.
         let wake = !matches!(sockets, LegPort::Pooled { rtcp: None });
         // Sent under the registry lock, so the worker sees a port's release before its reuse.
-        self.send_command(
+        self.send_change(
             worker,
             Command::AddLeg {
                 id,
@@ -505,7 +549,7 @@ impl Engine {
             .ok_or(EngineError::UnknownLeg(leg))?;
         // No wake-up: a new description matters for the leg's next packet (which wakes the
         // worker, and commands go first) or its next RTCP report (a timer, which does too).
-        self.send_command(worker, Command::UpdateLeg { id: leg, spec }, false)
+        self.send_change(worker, Command::UpdateLeg { id: leg, spec }, false)
     }
 
     /// Removes a leg; its ports go into quarantine.
@@ -519,7 +563,7 @@ impl Engine {
         }
         registry.legs_per_worker[worker] = registry.legs_per_worker[worker].saturating_sub(1);
         // Under the lock, like `remove_bridge`.
-        self.send_command(worker, Command::RemoveLeg { id: leg }, self.removal_wakes())
+        self.send_change(worker, Command::RemoveLeg { id: leg }, self.removal_wakes())
     }
 
     /// Sets (or clears) the leg whose RTP a group bridge forwards: the floor holder. It takes
@@ -537,7 +581,7 @@ impl Engine {
         }
         let worker = entry.worker;
         drop(registry);
-        self.send(worker, Command::SetSource { bridge, leg })
+        self.send_change(worker, Command::SetSource { bridge, leg }, true)
     }
 
     /// Relay ports still available now (outside quarantine), pooled or not yet bound.
@@ -715,6 +759,41 @@ mod tests {
         assert_eq!(drain(&sockets), 0);
         let error = sockets.rtp.recv(&mut [0u8; 16]).unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::WouldBlock);
+    }
+
+    /// With wake-ups deferred (the node's SIP driver), a change owes its worker a wake-up
+    /// until `flush_wakes`, which pays it once; queries still wake the worker at once; turning
+    /// deferral off pays what is owed.
+    #[test]
+    fn deferred_wakes_are_owed_until_flushed_and_queries_still_wake() {
+        let config = crate::config::MediaConfig {
+            workers: 1,
+            ..crate::config::MediaConfig::default()
+        };
+        let engine = Engine::start(&config, "defer").unwrap();
+        let owed = |engine: &Engine| engine.workers[0].owed.load(Ordering::Acquire);
+        let bridge = engine.create_bridge(BridgeKind::Group(Default::default())).unwrap();
+        let leg = engine.add_leg(bridge, crate::media::api::LegSpec::default()).unwrap();
+        engine.flush_wakes();
+        assert!(!owed(&engine));
+        engine.defer_wakes(true);
+        engine.set_source(bridge, Some(leg.id)).unwrap();
+        assert!(owed(&engine), "the change owes a wake-up");
+        engine.flush_wakes();
+        assert!(!owed(&engine), "paid by the flush");
+        // Queries are never deferred: each is answered at once even right after a change.
+        for _ in 0..200 {
+            engine.set_source(bridge, None).unwrap();
+            let started = Instant::now();
+            engine.stats(false).unwrap();
+            assert!(started.elapsed() < Duration::from_millis(500));
+        }
+        assert!(owed(&engine));
+        engine.defer_wakes(false);
+        assert!(!owed(&engine), "turning deferral off pays what is owed");
+        engine.set_source(bridge, Some(leg.id)).unwrap();
+        assert!(!owed(&engine), "not deferred any more");
+        engine.shutdown();
     }
 
     /// The eventfd is written only when the worker waits or is about to (`Waker`); a command

@@ -26,7 +26,9 @@ const SECRETS: Table<String> = Table::new("secrets");
 /// A running node's handles, for embedding (tests, the traffic generator).
 #[derive(Debug)]
 pub struct Node {
-    /// The user-plane engine.
+    /// The user-plane engine. Its wake-ups are deferred to the SIP driver's flushes
+    /// ([`Engine::defer_wakes`]): whoever else changes legs or bridges through it must call
+    /// [`Engine::flush_wakes`] afterwards.
     pub engine: Arc<Engine>,
     /// Where the metrics endpoint listens, if enabled.
     pub metrics_address: Option<std::net::SocketAddr>,
@@ -158,6 +160,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Node> {
             tcf.address()
         );
     }
+    // The SIP driver flushes after sending each batch's datagrams (`Engine::defer_wakes`).
+    engine.defer_wakes(true);
     tcf.set_media(Box::new(engine.clone()));
     sip::restore(&mut tcf, &store)?;
     let socket = crate::io::udp::bind(sip_config.listen, sip_config.socket_rcvbuf, 0)

@@ -415,6 +415,9 @@ async fn carry_out(
         }
     }
     send_datagrams(socket, datagrams).await;
+    // The responses are out: now wake the media workers the changes they carry are owed to
+    // (`Engine::defer_wakes`).
+    tcf.flush_media();
 }
 
 /// Sends the queued datagrams with as few `sendmmsg` calls as the kernel allows. Only a full
