@@ -23,6 +23,7 @@
 #   MAX_TRANSACTIONS    the nodes' sip.max_transactions (node default 65536; cycle: 1048576,
 #                  since finished transactions are kept 32 s)
 #   NO_BUILD=1     use the binaries already built
+#   FLOORCAST=path the node binary to run (another build, for A/B runs)
 set -euo pipefail
 
 mode=${1:-}
@@ -61,7 +62,7 @@ fi
 if [ -z "${NO_BUILD:-}" ]; then
     (cd "$root" && cargo build --release --quiet --bin floorcast --bin floorcast-load)
 fi
-floorcast=$target/release/floorcast
+floorcast=${FLOORCAST:-$target/release/floorcast}
 load=$target/release/floorcast-load
 
 provisioned=$GROUP_CALLS
