@@ -801,7 +801,7 @@ impl Worker {
 }
 
 /// Pins the calling thread to `cpu`.
-fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it; sched_setaffinity(0) acts
     // on the calling thread.
     unsafe {
