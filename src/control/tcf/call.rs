@@ -310,6 +310,15 @@ fn asserted_user(message: &Message) -> Option<Number> {
     Number::parse(address.uri().as_sip()?.user()?).ok()
 }
 
+/// A CSeq value, `<number> <method>`, without the formatting machinery.
+fn cseq_text(number: u32, method: &str) -> String {
+    let mut text = String::with_capacity(11 + method.len());
+    text.push_str(itoa::Buffer::new().format(number));
+    text.push(' ');
+    text.push_str(method);
+    text
+}
+
 /// The CANCEL for an INVITE we sent (RFC 3261 §9.1): same Request-URI, top Via, From, To,
 /// Call-ID, CSeq number and Route.
 pub(super) fn cancel_for(invite: &Message) -> Option<Bytes> {
@@ -320,7 +329,7 @@ pub(super) fn cancel_for(invite: &Message) -> Option<Bytes> {
         .header(HeaderName::From, invite.header(HeaderName::From)?.value)
         .header(HeaderName::To, invite.header(HeaderName::To)?.value)
         .header(HeaderName::CallId, invite.call_id().ok()?)
-        .header(HeaderName::CSeq, format!("{} CANCEL", invite.cseq().ok()?.number));
+        .header(HeaderName::CSeq, cseq_text(invite.cseq().ok()?.number, "CANCEL"));
     for route in invite.headers_of(HeaderName::Route) {
         builder = builder.header(HeaderName::Route, route.value);
     }
@@ -338,7 +347,7 @@ pub(super) fn ack_for_failure(invite: &[u8], response: &[u8]) -> Option<Bytes> {
         .header(HeaderName::From, invite.header(HeaderName::From)?.value)
         .header(HeaderName::To, response.header(HeaderName::To)?.value)
         .header(HeaderName::CallId, invite.call_id().ok()?)
-        .header(HeaderName::CSeq, format!("{} ACK", invite.cseq().ok()?.number));
+        .header(HeaderName::CSeq, cseq_text(invite.cseq().ok()?.number, "ACK"));
     for route in invite.headers_of(HeaderName::Route) {
         builder = builder.header(HeaderName::Route, route.value);
     }
@@ -492,7 +501,7 @@ impl Tcf {
             .map(|gdn| gdn.to_string())
             .or_else(|| self.subscribers.group(&callee).map(|group| group.number.to_string()));
         let tag = self.token();
-        let contact = format!("<sip:{callee}@{}>", self.address);
+        let contact = super::concat(&["<sip:", callee.as_str(), "@", &self.address_text, ">"]);
         let priority = self.subscribers.user(&caller).map_or(1, |user| user.priority);
         let mut call = Call {
             id,
@@ -712,34 +721,46 @@ impl Tcf {
                     Some(AnswerMode::Direct) => "direct",
                     _ => "hook",
                 };
-                (uri.clone(), format!("<{uri}>"), binding.address, None, None, Some(mode))
+                let to = super::concat(&["<", &uri, ">"]);
+                (uri, to, binding.address, None, None, Some(mode))
             }
-            Next::Peer { name, address, stage } => (
-                format!("sip:{target}@{address}"),
-                format!("<sip:{target}@{address}>"),
-                *address,
-                Some(name.clone()),
-                Some(*stage),
-                None,
-            ),
+            Next::Peer { name, address, stage } => {
+                let host = crate::sip::builder::socket_addr_text(*address);
+                (
+                    super::concat(&["sip:", target.as_str(), "@", &host]),
+                    super::concat(&["<sip:", target.as_str(), "@", &host, ">"]),
+                    *address,
+                    Some(name.clone()),
+                    Some(*stage),
+                    None,
+                )
+            }
         };
         let caller = &call.caller;
-        let mut extension = match &call.gdn {
-            Some(gdn) => format!(
-                "pttcall;calltype={};priority={};GDN={gdn};callerUDN={caller};calleeUDN={target}",
-                call.calltype, call.priority
-            ),
-            None => format!(
-                "pttcall;calltype={};duplex=1;priority={};callerUDN={caller};calleeUDN={target}",
-                call.calltype, call.priority
-            ),
-        };
+        // pttcall;calltype=..[;duplex=1];priority=..[;GDN=..];callerUDN=..;calleeUDN=..
+        let mut extension = String::with_capacity(160);
+        extension.push_str("pttcall;calltype=");
+        extension.push_str(&call.calltype);
+        if call.gdn.is_none() {
+            extension.push_str(";duplex=1");
+        }
+        extension.push_str(";priority=");
+        extension.push_str(itoa::Buffer::new().format(call.priority));
+        if let Some(gdn) = &call.gdn {
+            extension.push_str(";GDN=");
+            extension.push_str(gdn);
+        }
+        extension.push_str(";callerUDN=");
+        extension.push_str(caller.as_str());
+        extension.push_str(";calleeUDN=");
+        extension.push_str(target.as_str());
         if let Some(stage) = stage {
             extension.push_str(";stage=");
             extension.push_str(stage.param());
         }
         if let Some(from) = &call.forwarded_from {
-            extension.push_str(&format!(";forwarded={from}"));
+            extension.push_str(";forwarded=");
+            extension.push_str(from.as_str());
         }
         if let Some(mode) = answer_mode {
             extension.push_str(";answermode=");
@@ -794,9 +815,7 @@ impl Tcf {
         extension: &str,
         body: Bytes,
     ) -> Option<(TransactionKey, Message)> {
-        let mut branch = String::with_capacity(23);
-        branch.push_str("z9hG4bK");
-        branch.push_str(&self.token());
+        let branch = self.branch();
         let tag = self.token();
         let call_id = self.token();
         let me = self.address_text.as_bytes();
@@ -1009,8 +1028,8 @@ impl Tcf {
     fn ack_2xx(&mut self, b: &mut Outbound, response: &Message) {
         if b.ack.is_none() {
             let cseq = response.cseq().map_or(1, |cseq| cseq.number);
-            let branch = format!("z9hG4bK{}", self.token());
-            let sent_by = self.address.to_string();
+            let branch = self.branch();
+            let sent_by = self.sent_by();
             b.ack = b
                 .dialog
                 .as_ref()
@@ -1558,8 +1577,8 @@ impl Tcf {
                 if let (200..=299, Some(response)) = (status, &response) {
                     // ACK the far side's 2xx.
                     let cseq = response.cseq().map_or(1, |cseq| cseq.number);
-                    let branch = format!("z9hG4bK{}", self.token());
-                    let sent_by = self.address.to_string();
+                    let branch = self.branch();
+                    let sent_by = self.sent_by();
                     let far = match from {
                         Side::A => call.b.as_ref().map(|b| b.destination),
                         Side::B => Some(call.a.destination),
@@ -1578,7 +1597,7 @@ impl Tcf {
                     let mut builder = builder.raw_header("Server", SERVER);
                     let contact = match from {
                         Side::A => call.a.contact.clone(),
-                        Side::B => format!("<sip:{}@{}>", call.caller, self.address),
+                        Side::B => super::concat(&["<sip:", call.caller.as_str(), "@", &self.address_text, ">"]),
                     };
                     if status < 300 {
                         builder = builder.header(HeaderName::Contact, contact);
@@ -1684,8 +1703,8 @@ impl Tcf {
         body: Option<(String, Bytes)>,
         sent: Sent,
     ) -> Option<TransactionKey> {
-        let branch = format!("z9hG4bK{}", self.token());
-        let sent_by = self.address.to_string();
+        let branch = self.branch();
+        let sent_by = self.sent_by();
         let mut builder = dialog.request(method, &branch, &sent_by, "UDP").ok()?;
         for (name, value) in headers {
             builder = builder.raw_header(name, value);
