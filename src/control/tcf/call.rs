@@ -1124,7 +1124,8 @@ impl Tcf {
         }
         if (200..300).contains(&status) {
             if let Some(dialog) = call.a.dialog.as_mut() {
-                let _ = dialog.confirm(&response);
+                // Built just above from the dialog's INVITE and tag: nothing to check in it.
+                let _ = dialog.confirm_sent(status);
             }
         }
         if status >= 200 {
