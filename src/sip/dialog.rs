@@ -986,6 +986,11 @@ fn name_addr_value(address: &NameAddr<'_>, without_tag: bool) -> String {
 /// `uri` as a Request-URI: for SIP and SIPS URIs, without the `?headers` part and the `method`
 /// parameter, which a Request-URI may not carry (§19.1.1, table 1); other schemes unchanged.
 fn request_uri_form(uri: &str) -> String {
+    // Without parameters or headers there is nothing to remove, whatever the scheme: the usual
+    // Contact, copied without parsing it again for every request.
+    if !uri.bytes().any(|byte| byte == b';' || byte == b'?') {
+        return uri.to_owned();
+    }
     if !matches!(Uri::parse(uri.as_bytes()), Ok(Uri::Sip(_))) {
         return uri.to_owned();
     }
@@ -1667,6 +1672,15 @@ Contact: <sip:bob@192.0.2.4>\n",
             "sip:[2001:db8::1]:5060"
         );
         assert_eq!(request_uri_form("tel:+1555;method=x"), "tel:+1555;method=x");
+        // No parameters or headers: unchanged (and not parsed).
+        for uri in [
+            "sip:bob@192.0.2.4",
+            "sips:bob@[2001:db8::1]:5061",
+            "sip:not a uri",
+            "tel:+1555",
+        ] {
+            assert_eq!(request_uri_form(uri), uri);
+        }
     }
 
     // ---- incoming requests ------------------------------------------------------------------------

@@ -498,8 +498,12 @@ impl Tcf {
             .unwrap_or_else(|| "1".to_owned());
         let gdn = ptt_param(&request, "GDN")
             .and_then(|gdn| Number::parse(&gdn).ok())
-            .map(|gdn| gdn.to_string())
-            .or_else(|| self.subscribers.group(&callee).map(|group| group.number.to_string()));
+            .map(|gdn| gdn.as_str().to_owned())
+            .or_else(|| {
+                self.subscribers
+                    .group(&callee)
+                    .map(|group| group.number.as_str().to_owned())
+            });
         let tag = self.token();
         let contact = super::concat(&["<sip:", callee.as_str(), "@", &self.address_text, ">"]);
         let priority = self.subscribers.user(&caller).map_or(1, |user| user.priority);
