@@ -293,8 +293,17 @@ pub(super) fn is_sdp(message: &Message) -> bool {
 }
 
 fn ptt_param(message: &Message, name: &str) -> Option<String> {
-    let extension = message.ptt_extension().ok().flatten()?;
-    let value = extension.param(name)?;
+    ptt_value(ptt_extension(message).as_ref(), name)
+}
+
+/// The Ptt-Extension of `message`, parsed once for several [`ptt_value`] look-ups.
+fn ptt_extension(message: &Message) -> Option<crate::sip::headers::PttExtension<'_>> {
+    message.ptt_extension().ok().flatten()
+}
+
+/// Parameter `name` of a parsed Ptt-Extension, as [`ptt_param`] reads it.
+fn ptt_value(extension: Option<&crate::sip::headers::PttExtension<'_>>, name: &str) -> Option<String> {
+    let value = extension?.param(name)?;
     Some(String::from_utf8_lossy(&value).into_owned())
 }
 
@@ -450,7 +459,9 @@ impl Tcf {
             );
             return;
         };
-        let forwarded_from = ptt_param(&request, "forwarded").and_then(|number| Number::parse(&number).ok());
+        // One parse of the Ptt-Extension for the parameters read from here on.
+        let extension = ptt_extension(&request);
+        let forwarded_from = ptt_value(extension.as_ref(), "forwarded").and_then(|number| Number::parse(&number).ok());
         let arrived_forwarded = forwarded_from.is_some();
         let mut plan = Plan {
             forwarded: forwarded_from.is_some(),
@@ -493,10 +504,10 @@ impl Tcf {
         };
         let id = self.calls.next_id;
         self.calls.next_id += 1;
-        let calltype = ptt_param(&request, "calltype")
+        let calltype = ptt_value(extension.as_ref(), "calltype")
             .filter(|calltype| calltype.len() <= 4 && calltype.bytes().all(|byte| byte.is_ascii_digit()))
             .unwrap_or_else(|| "1".to_owned());
-        let gdn = ptt_param(&request, "GDN")
+        let gdn = ptt_value(extension.as_ref(), "GDN")
             .and_then(|gdn| Number::parse(&gdn).ok())
             .map(|gdn| gdn.as_str().to_owned())
             .or_else(|| {
