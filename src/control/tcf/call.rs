@@ -1130,7 +1130,8 @@ impl Tcf {
         if let Some(body) = body {
             builder = builder.body(SDP, body);
         }
-        let Ok(response) = builder.build() else { return };
+        // Only sent, never read: not parsed back (as `Tcf::respond_with` does).
+        let Ok(bytes) = builder.build_bytes() else { return };
         if (101..300).contains(&status) && call.a.dialog.is_none() {
             if let Ok(dialog) = Dialog::uas(&call.a.invite, &call.a.tag, &call.a.contact) {
                 self.calls.by_dialog.insert(dialog.id().clone(), (call.id, Side::A));
@@ -1146,7 +1147,6 @@ impl Tcf {
         if status >= 200 {
             call.a.answered = true;
         }
-        let bytes = response.to_bytes();
         let _ = self.layer.respond(now.instant, &call.a.server, status, bytes.clone());
         if (200..300).contains(&status) && !call.a.reliable {
             self.retransmit_2xx(call, Side::A, call.a.server.clone(), bytes, 1, now);
