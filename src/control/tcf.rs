@@ -965,13 +965,34 @@ impl Tcf {
     // ---- responses and requests -------------------------------------------------------------
 
     fn token(&mut self) -> String {
+        let mut token = String::with_capacity(16);
+        self.push_token(&mut token);
+        token
+    }
+
+    /// Appends a fresh random token: the same text as `format!("{value:016x}")` of a random
+    /// `u64`, without the formatting machinery.
+    fn push_token(&mut self, out: &mut String) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let value = self.rng.random::<u64>();
-        // The same text as `format!("{value:016x}")`, without the formatting machinery.
-        (0..16)
-            .rev()
-            .map(|digit| char::from(HEX[((value >> (digit * 4)) & 0xf) as usize]))
-            .collect()
+        out.extend(
+            (0..16)
+                .rev()
+                .map(|digit| char::from(HEX[((value >> (digit * 4)) & 0xf) as usize])),
+        );
+    }
+
+    /// A fresh RFC 3261 branch: the magic cookie and a random token.
+    fn branch(&mut self) -> String {
+        let mut branch = String::with_capacity(23);
+        branch.push_str("z9hG4bK");
+        self.push_token(&mut branch);
+        branch
+    }
+
+    /// Our `sent-by` (host:port) for the Via of the requests we send.
+    fn sent_by(&self) -> String {
+        self.address_text.clone()
     }
 
     fn respond(
@@ -1033,15 +1054,20 @@ impl Tcf {
         destination: SocketAddr,
         pending: Pending,
     ) -> Option<TransactionKey> {
-        let branch = format!("z9hG4bK{}", self.token());
-        let sent_by = self.address.to_string();
+        let branch = self.branch();
+        let sent_by = self.sent_by();
+        let via = concat(&["SIP/2.0/UDP ", &sent_by, ";branch=", &branch, ";rport"]);
+        let mut cseq_text = String::with_capacity(16);
+        cseq_text.push_str(itoa::Buffer::new().format(cseq));
+        cseq_text.push(' ');
+        cseq_text.push_str(method.as_str());
         let mut builder = MessageBuilder::request(method, uri)
-            .header(HeaderName::Via, format!("SIP/2.0/UDP {sent_by};branch={branch};rport"))
+            .header(HeaderName::Via, via)
             .header(HeaderName::MaxForwards, "70")
-            .header(HeaderName::From, format!("{from};tag={from_tag}"))
+            .header(HeaderName::From, concat(&[from, ";tag=", from_tag]))
             .header(HeaderName::To, to)
             .header(HeaderName::CallId, call_id)
-            .header(HeaderName::CSeq, format!("{cseq} {}", method.as_str()));
+            .header(HeaderName::CSeq, cseq_text);
         for (name, value) in headers {
             builder = builder.raw_header(name, value);
         }
@@ -1869,6 +1895,15 @@ fn restore_live<T>(
 const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, MESSAGE, SUBSCRIBE, NOTIFY";
 
 /// The transaction key of a message (RFC 3261 branch, or the RFC 2543 fallback).
+/// The pieces joined into one string, sized once (in place of `format!` on the per-message path).
+pub(super) fn concat(pieces: &[&str]) -> String {
+    let mut out = String::with_capacity(pieces.iter().map(|piece| piece.len()).sum());
+    for piece in pieces {
+        out.push_str(piece);
+    }
+    out
+}
+
 fn transaction_key(message: &Message, via: &crate::sip::Via<'_>) -> Option<TransactionKey> {
     let cseq = message.cseq().ok()?;
     let method = TxMethod::from_token(cseq.method.as_str());

@@ -40,20 +40,24 @@ const NONE: u8 = u8::MAX;
 impl Codec {
     /// The codec for an SDP encoding name and clock rate, if the engine knows it.
     pub fn from_rtpmap(name: &str, clock_rate: u32) -> Option<Codec> {
-        let codec = match (name.to_ascii_uppercase().as_str(), clock_rate) {
-            ("PCMU", 8000) => Codec::Pcmu,
-            ("PCMA", 8000) => Codec::Pcma,
-            ("G722", 8000) => Codec::G722,
-            ("AMR", 8000) => Codec::Amr,
-            ("AMR-WB", 16000) => Codec::AmrWb,
-            ("TELEPHONE-EVENT", 8000) => Codec::TelephoneEvent8k,
-            ("TELEPHONE-EVENT", 16000) => Codec::TelephoneEvent16k,
-            ("OPUS", 48000) => Codec::Opus,
-            ("H264", 90000) => Codec::H264,
-            ("CN", 8000) => Codec::ComfortNoise,
-            _ => return None,
-        };
-        Some(codec)
+        // Compared case-insensitively in place: this runs for every format of every offer, so no
+        // uppercased copy of the name is allocated.
+        const NAMES: [(&str, u32, Codec); 10] = [
+            ("PCMU", 8000, Codec::Pcmu),
+            ("PCMA", 8000, Codec::Pcma),
+            ("G722", 8000, Codec::G722),
+            ("AMR", 8000, Codec::Amr),
+            ("AMR-WB", 16000, Codec::AmrWb),
+            ("TELEPHONE-EVENT", 8000, Codec::TelephoneEvent8k),
+            ("TELEPHONE-EVENT", 16000, Codec::TelephoneEvent16k),
+            ("OPUS", 48000, Codec::Opus),
+            ("H264", 90000, Codec::H264),
+            ("CN", 8000, Codec::ComfortNoise),
+        ];
+        NAMES
+            .iter()
+            .find(|(known, rate, _)| *rate == clock_rate && known.eq_ignore_ascii_case(name))
+            .map(|&(_, _, codec)| codec)
     }
 
     /// The RTP clock rate of this codec.
@@ -193,6 +197,19 @@ mod tests {
     fn rtpmap_names() {
         assert_eq!(Codec::from_rtpmap("amr-wb", 16000), Some(Codec::AmrWb));
         assert_eq!(Codec::from_rtpmap("AMR-WB", 8000), None);
+        assert_eq!(
+            Codec::from_rtpmap("Telephone-Event", 16000),
+            Some(Codec::TelephoneEvent16k)
+        );
+        assert_eq!(
+            Codec::from_rtpmap("telephone-event", 8000),
+            Some(Codec::TelephoneEvent8k)
+        );
+        assert_eq!(Codec::from_rtpmap("opus", 48000), Some(Codec::Opus));
+        assert_eq!(Codec::from_rtpmap("pcmu", 8000), Some(Codec::Pcmu));
+        assert_eq!(Codec::from_rtpmap("PCMUX", 8000), None);
+        assert_eq!(Codec::from_rtpmap("PCM", 8000), None);
+        assert_eq!(Codec::from_rtpmap("", 8000), None);
         for index in 0..CODEC_COUNT as u8 {
             let codec = Codec::from_index(index).unwrap();
             assert_eq!(codec as u8, index);

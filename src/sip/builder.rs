@@ -248,6 +248,35 @@ fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     }
 }
 
+/// Appends `address` as `sent-by` text (`192.0.2.1:5060`, `[2001:db8::1]:5060`): the same text as
+/// its `Display`, without the formatting machinery for IPv4 (this runs for every request we send).
+pub(crate) fn push_socket_addr(out: &mut String, address: std::net::SocketAddr) {
+    match address {
+        std::net::SocketAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (index, octet) in v4.ip().octets().into_iter().enumerate() {
+                if index > 0 {
+                    out.push('.');
+                }
+                out.push_str(digits.format(octet));
+            }
+            out.push(':');
+            out.push_str(digits.format(v4.port()));
+        }
+        std::net::SocketAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// `address` as `sent-by` text; see [`push_socket_addr`].
+pub(crate) fn socket_addr_text(address: std::net::SocketAddr) -> String {
+    let mut out = String::with_capacity(21);
+    push_socket_addr(&mut out, address);
+    out
+}
+
 /// Starts a response to `request` as RFC 3261 section 8.2.6.2 requires: the Via fields (all of
 /// them, in order), From, Call-ID and CSeq copied; To copied with `to_tag` added when the
 /// request's To has no tag (and `to_tag` is given and the status is not 100). Values are
@@ -523,5 +552,23 @@ f: <sip:alice@example.com>;tag=a\r\nt: <sip:bob@example.com>\r\ni: cid\r\nCSeq: 
             .build()
             .unwrap();
         assert_eq!(trying.to().unwrap().tag(), None);
+    }
+
+    #[test]
+    fn socket_addr_text_matches_display() {
+        for text in [
+            "0.0.0.0:0",
+            "192.0.2.1:5060",
+            "255.255.255.255:65535",
+            "10.0.0.9:9",
+            "[2001:db8::1]:5060",
+            "[::1]:1",
+        ] {
+            let address: std::net::SocketAddr = text.parse().unwrap();
+            assert_eq!(socket_addr_text(address), address.to_string());
+            let mut out = String::from("x ");
+            push_socket_addr(&mut out, address);
+            assert_eq!(out, format!("x {address}"));
+        }
     }
 }

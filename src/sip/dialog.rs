@@ -81,8 +81,8 @@ use std::collections::HashMap;
 
 use crate::sip::builder::{decimal, MessageBuilder};
 use crate::sip::headers::{ContactList, HeaderError, HeaderName, NameAddr};
-use crate::sip::message::{Message, Method};
-use crate::sip::syntax::{is_token, unfold};
+use crate::sip::message::{FirstContact, Message, Method};
+use crate::sip::syntax::{is_token, substr, unfold};
 use crate::sip::uri::Uri;
 
 /// Record-Route entries a dialog keeps at most. Real paths have a handful of proxies; the cap keeps a
@@ -539,6 +539,22 @@ impl Dialog {
         Ok(())
     }
 
+    /// [`Dialog::confirm`] for a UAS sending the 2xx (`status`) to the dialog-creating request,
+    /// built from that request and the dialog's local tag ([`crate::sip::response_to`],
+    /// [`crate::sip::response_to_from`]): such a response answers the request and matches the
+    /// dialog by construction, so it is not parsed again to check. Fails for a UAC dialog (which
+    /// must read the received 2xx), a non-2xx status and a terminated dialog.
+    pub fn confirm_sent(&mut self, status: u16) -> Result<(), DialogError> {
+        if self.state == DialogState::Terminated {
+            return Err(DialogError::Terminated);
+        }
+        if self.role != Role::Uas || !(200..=299).contains(&status) {
+            return Err(DialogError::Mismatch);
+        }
+        self.state = DialogState::Confirmed;
+        Ok(())
+    }
+
     // ---- received messages ----------------------------------------------------------------------
 
     /// Checks a received in-dialog request (§12.2.2) and updates the dialog from it: records its CSeq
@@ -874,9 +890,12 @@ fn checked_tag(tag: Option<&str>, name: HeaderName) -> Result<&str, DialogError>
 
 /// The first Contact URI; `Ok(None)` without Contact; `*` is refused.
 fn first_contact_uri(message: &Message) -> Result<Option<String>, DialogError> {
-    match message.contacts().map_err(invalid(HeaderName::Contact))? {
-        ContactList::Addresses(contacts) => Ok(contacts.first().map(|contact| contact.uri().as_str().to_owned())),
-        ContactList::Star => Err(DialogError::InvalidHeader {
+    // `first_contact` checks every Contact as `contacts` does, and reads a validated message's
+    // first one from what validation recorded instead of parsing them all again.
+    match message.first_contact().map_err(invalid(HeaderName::Contact))? {
+        FirstContact::Address { uri, .. } => Ok(Some(uri.to_owned())),
+        FirstContact::Absent => Ok(None),
+        FirstContact::Star => Err(DialogError::InvalidHeader {
             name: HeaderName::Contact,
             error: HeaderError::Syntax,
         }),
@@ -909,30 +928,52 @@ fn route_set(message: &Message) -> Result<Vec<Route>, DialogError> {
 /// whatever parameters the URI has), the header parameters; the `tag` left out when `without_tag`.
 /// Folds are collapsed; a display name or parameter value that is not UTF-8 is left out.
 fn name_addr_value(address: &NameAddr<'_>, without_tag: bool) -> String {
-    let mut value = String::new();
     let display_name = address.display_name_raw().map(unfold);
-    if let Some(name) = display_name.as_deref().and_then(|name| std::str::from_utf8(name).ok()) {
-        if !name.is_empty() {
-            value.push_str(name);
-            value.push(' ');
-        }
+    let display_name = display_name
+        .as_deref()
+        .and_then(|name| std::str::from_utf8(name).ok())
+        .filter(|name| !name.is_empty());
+    let uri = address.uri().as_str();
+    let params = address.params().as_bytes();
+    // One check of the whole parameter text (the usual case: UTF-8, no folds): each name and
+    // value is then a slice of it, neither unfolded nor checked again.
+    let params_text = std::str::from_utf8(params)
+        .ok()
+        .filter(|_| memchr::memchr2(b'\r', b'\n', params).is_none());
+    let mut value = String::with_capacity(display_name.map_or(0, |name| name.len() + 1) + uri.len() + 2 + params.len());
+    if let Some(name) = display_name {
+        value.push_str(name);
+        value.push(' ');
     }
     value.push('<');
-    value.push_str(address.uri().as_str());
+    value.push_str(uri);
     value.push('>');
-    for param in address.params().iter() {
-        if without_tag && param.name.eq_ignore_ascii_case("tag") {
+    let text_of = |part: &[u8]| params_text.and_then(|whole| substr(whole, part));
+    for param in address.params().iter_raw() {
+        if without_tag && param.name.eq_ignore_ascii_case(b"tag") {
             continue;
         }
-        match param.value.map(unfold) {
+        // Names are tokens, so ASCII: the fallback never refuses one.
+        let Some(name) = text_of(param.name).or_else(|| std::str::from_utf8(param.name).ok()) else {
+            continue;
+        };
+        match param.value {
             None => {
                 value.push(';');
-                value.push_str(param.name);
+                value.push_str(name);
             }
             Some(raw) => {
-                if let Ok(text) = std::str::from_utf8(&raw) {
+                let unfolded;
+                let text = match text_of(raw) {
+                    Some(text) => Some(text),
+                    None => {
+                        unfolded = unfold(raw);
+                        std::str::from_utf8(&unfolded).ok()
+                    }
+                };
+                if let Some(text) = text {
                     value.push(';');
-                    value.push_str(param.name);
+                    value.push_str(name);
                     value.push('=');
                     value.push_str(text);
                 }
@@ -945,6 +986,11 @@ fn name_addr_value(address: &NameAddr<'_>, without_tag: bool) -> String {
 /// `uri` as a Request-URI: for SIP and SIPS URIs, without the `?headers` part and the `method`
 /// parameter, which a Request-URI may not carry (§19.1.1, table 1); other schemes unchanged.
 fn request_uri_form(uri: &str) -> String {
+    // Without parameters or headers there is nothing to remove, whatever the scheme: the usual
+    // Contact, copied without parsing it again for every request.
+    if !uri.bytes().any(|byte| byte == b';' || byte == b'?') {
+        return uri.to_owned();
+    }
     if !matches!(Uri::parse(uri.as_bytes()), Ok(Uri::Sip(_))) {
         return uri.to_owned();
     }
@@ -973,7 +1019,12 @@ fn request_uri_form(uri: &str) -> String {
 }
 
 fn has_sips_request_uri(request: &Message) -> bool {
-    matches!(request.request_uri(), Some(Ok(Uri::Sip(uri))) if uri.is_secure())
+    // Only a `sips:` scheme can make it secure: the URI is parsed only then.
+    let sips = request
+        .request_uri_raw()
+        .and_then(|raw| raw.get(..5))
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"sips:"));
+    sips && matches!(request.request_uri(), Some(Ok(Uri::Sip(uri))) if uri.is_secure())
 }
 
 #[cfg(test)]
@@ -983,6 +1034,69 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// The former `name_addr_value` (every piece unfolded and checked on its own): the fast path
+    /// must write the same text.
+    fn name_addr_value_reference(address: &NameAddr<'_>, without_tag: bool) -> String {
+        let mut value = String::new();
+        let display_name = address.display_name_raw().map(unfold);
+        if let Some(name) = display_name.as_deref().and_then(|name| std::str::from_utf8(name).ok()) {
+            if !name.is_empty() {
+                value.push_str(name);
+                value.push(' ');
+            }
+        }
+        value.push('<');
+        value.push_str(address.uri().as_str());
+        value.push('>');
+        for param in address.params().iter() {
+            if without_tag && param.name.eq_ignore_ascii_case("tag") {
+                continue;
+            }
+            match param.value.map(unfold) {
+                None => {
+                    value.push(';');
+                    value.push_str(param.name);
+                }
+                Some(raw) => {
+                    if let Ok(text) = std::str::from_utf8(&raw) {
+                        value.push(';');
+                        value.push_str(param.name);
+                        value.push('=');
+                        value.push_str(text);
+                    }
+                }
+            }
+        }
+        value
+    }
+
+    #[test]
+    fn name_addr_value_matches_reference() {
+        let values: [&[u8]; 10] = [
+            b"<sip:alice@a.example>;tag=1928301774",
+            b"\"Bob\" <sip:bob@b.example>;TAG=x;lr;q=0.5",
+            b"sip:carol@c.example;tag=9",
+            b"Carol <sip:carol@c.example;transport=udp> ; tag = 9 ; foo = bar",
+            b"<sip:d@d.example>;x=\"caf\xc3\xa9\";tag=t",
+            b"<sip:d@d.example>;x=\"\xff\xfe\";y;tag=t",
+            b"\"Multi\r\n Line\" <sip:e@e.example>;p=\"a\r\n b\";tag=u",
+            b"\"\xe6\x97\xa5\" <sip:f@f.example>",
+            b"\"\xff\" <sip:g@g.example>;tag=v",
+            b"<sip:h@[2001:db8::1]:5060;lr>;maddr=[2001:db8::2];tag=w",
+        ];
+        for raw in values {
+            let address = NameAddr::parse(raw).unwrap();
+            for without_tag in [false, true] {
+                assert_eq!(
+                    name_addr_value(&address, without_tag),
+                    name_addr_value_reference(&address, without_tag),
+                    "{:?} without_tag={without_tag}",
+                    String::from_utf8_lossy(raw)
+                );
+            }
+        }
+    }
 
     const CALL_ID: &str = "a84b4c76e66710@pc33.example.com";
 
@@ -1321,6 +1435,58 @@ Contact: <sip:bob@192.0.2.4>\n",
         assert_eq!(fresh.confirm(&wrong_tag), Err(DialogError::Mismatch));
     }
 
+    #[test]
+    fn uas_confirm_sent_matches_confirm() {
+        let invite = invite_at_uas(TWO_LOOSE);
+        let mut checked = Dialog::uas(&invite, "a6c85cf", "<sip:bob@192.0.2.4>").unwrap();
+        let mut sent = checked.clone();
+        let ok = crate::sip::response_to(&invite, 200, "OK", Some("a6c85cf"))
+            .unwrap()
+            .header(HeaderName::Contact, "<sip:bob@192.0.2.4>")
+            .build()
+            .unwrap();
+        checked.confirm(&ok).unwrap();
+        sent.confirm_sent(200).unwrap();
+        assert_eq!(sent, checked);
+        // A retransmitted 2xx changes nothing.
+        sent.confirm_sent(200).unwrap();
+        assert_eq!(sent, checked);
+
+        let mut early = Dialog::uas(&invite, "a6c85cf", "<sip:bob@192.0.2.4>").unwrap();
+        assert_eq!(early.confirm_sent(180), Err(DialogError::Mismatch));
+        assert_eq!(early.confirm_sent(486), Err(DialogError::Mismatch));
+        assert_eq!(early.state(), DialogState::Early);
+        early.terminate();
+        assert_eq!(early.confirm_sent(200), Err(DialogError::Terminated));
+
+        let ok_at_uac = response_at_uac("200 OK", "Contact: <sip:bob@192.0.2.4>\n");
+        let mut uac = Dialog::uac(&invite_at_uac(), &response_at_uac("180 Ringing", "")).unwrap();
+        assert_eq!(uac.confirm_sent(200), Err(DialogError::Mismatch));
+        uac.confirm(&ok_at_uac).unwrap();
+    }
+
+    #[test]
+    fn sips_request_uri_is_secure() {
+        for (uri, secure) in [
+            ("sip:bob@example.com", false),
+            ("sips:bob@example.com", true),
+            ("SIPS:bob@example.com", true),
+            ("tel:+15551234", false),
+            ("sip:sips@example.com", false),
+        ] {
+            let invite = crate::sip::MessageBuilder::request(Method::Invite, uri)
+                .header(HeaderName::Via, "SIP/2.0/UDP h;branch=z9hG4bK1")
+                .header(HeaderName::From, "<sip:a@h>;tag=1")
+                .header(HeaderName::To, "<sip:b@h>")
+                .header(HeaderName::CallId, "c")
+                .header(HeaderName::CSeq, "1 INVITE")
+                .header(HeaderName::Contact, "<sip:a@h>")
+                .build()
+                .unwrap();
+            assert_eq!(has_sips_request_uri(&invite), secure, "{uri}");
+        }
+    }
+
     // ---- building requests ------------------------------------------------------------------------
 
     #[test]
@@ -1506,6 +1672,15 @@ Contact: <sip:bob@192.0.2.4>\n",
             "sip:[2001:db8::1]:5060"
         );
         assert_eq!(request_uri_form("tel:+1555;method=x"), "tel:+1555;method=x");
+        // No parameters or headers: unchanged (and not parsed).
+        for uri in [
+            "sip:bob@192.0.2.4",
+            "sips:bob@[2001:db8::1]:5061",
+            "sip:not a uri",
+            "tel:+1555",
+        ] {
+            assert_eq!(request_uri_form(uri), uri);
+        }
     }
 
     // ---- incoming requests ------------------------------------------------------------------------

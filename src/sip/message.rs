@@ -796,7 +796,11 @@ impl Message {
     fn via_from_spans(&self, spans: &ViaSpans) -> Via<'_> {
         // One UTF-8 check for the whole Via (its parts were ASCII when it was parsed), then
         // each part borrowed from it.
-        let whole = self.slice_str(Span::new(spans.protocol_name.start, spans.params.start));
+        // The branch, in the parameters that follow, is part of it when there is one.
+        let end = spans
+            .branch
+            .map_or(spans.params.start, |branch| branch.end.max(spans.params.start));
+        let whole = self.slice_str(Span::new(spans.protocol_name.start, end));
         let part = |span: Span| substr(whole, self.slice(span)).unwrap_or_else(|| self.slice_str(span));
         Via::from_parts(ViaParts {
             protocol_name: part(spans.protocol_name),
@@ -810,7 +814,7 @@ impl Message {
             host_raw: part(spans.host_raw),
             port: spans.port,
             params: self.slice(spans.params),
-            branch: spans.branch.map(|branch| self.slice_str(branch)),
+            branch: spans.branch.map(part),
             rport: spans.rport,
         })
     }
@@ -1668,6 +1672,8 @@ v=0\n";
             "v: SIP/2.0/UDP host.example;branch=z9hG4bKa;received=192.0.2.2",
             "Via: SIP/2.0/UDP [2001:db8::1]:5070;branch=z9hG4bKa, SIP/2.0/TCP 192.0.2.3;branch=z9hG4bKb",
             "Via: SIP/2.0/UDP 192.0.2.1\r\n ;branch=z9hG4bKa;x=\"q,\\\"r\"",
+            // A non-ASCII parameter before the branch: the parts are then read one by one.
+            "Via: SIP/2.0/UDP 192.0.2.1:5060;x=\"caf\u{e9}\";branch=z9hG4bKa;rport",
         ] {
             for contact in [
                 "",

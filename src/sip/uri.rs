@@ -54,17 +54,21 @@ impl<'a> Uri<'a> {
         let colon = memchr::memchr(b':', input).ok_or(UriError::Scheme)?;
         let scheme_bytes = input.get(..colon).unwrap_or_default();
         let rest = input.get(colon + 1..).unwrap_or_default();
-        let scheme = parse_scheme(scheme_bytes)?;
-        if scheme.eq_ignore_ascii_case("sip") {
+        // The scheme is checked as bytes; its text is taken from the URI's (one UTF-8 check).
+        if !is_scheme(scheme_bytes) {
+            return Err(UriError::Scheme);
+        }
+        if scheme_bytes.eq_ignore_ascii_case(b"sip") {
             SipUri::parse_after_scheme(input, rest, false).map(Uri::Sip)
-        } else if scheme.eq_ignore_ascii_case("sips") {
+        } else if scheme_bytes.eq_ignore_ascii_case(b"sips") {
             SipUri::parse_after_scheme(input, rest, true).map(Uri::Sip)
         } else {
             if rest.is_empty() || !rest.iter().all(|&b| is_opaque_char(b)) {
                 return Err(UriError::Character);
             }
             let text = ascii_str(input).ok_or(UriError::Character)?;
-            let opaque = ascii_str(rest).ok_or(UriError::Character)?;
+            let scheme = substr(text, scheme_bytes).ok_or(UriError::Scheme)?;
+            let opaque = substr(text, rest).ok_or(UriError::Character)?;
             Ok(Uri::Other(OpaqueUri { text, scheme, opaque }))
         }
     }
@@ -223,7 +227,9 @@ impl<'a> SipUri<'a> {
         if !rest.iter().all(|&b| b.is_ascii_graphic()) || rest.is_empty() {
             return Err(UriError::Character);
         }
-        let text = ascii_str(whole).ok_or(UriError::Character)?;
+        // The scheme (alphanumerics, `+-.`), the colon and `rest` (checked just above) are ASCII:
+        // one UTF-8 view of the whole, no separate ASCII pass.
+        let text = std::str::from_utf8(whole).map_err(|_| UriError::Character)?;
         // '@' may not appear unescaped in a parameter or header, so the first one ends userinfo.
         let (user, password, hostpart) = match memchr::memchr(b'@', rest) {
             Some(at) => {
@@ -438,16 +444,11 @@ fn split_once(input: &[u8], separator: u8) -> (&[u8], Option<&[u8]>) {
     }
 }
 
-fn parse_scheme(bytes: &[u8]) -> Result<&str, UriError> {
-    let valid = bytes.first().is_some_and(u8::is_ascii_alphabetic)
+fn is_scheme(bytes: &[u8]) -> bool {
+    bytes.first().is_some_and(u8::is_ascii_alphabetic)
         && bytes
             .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
-    if valid {
-        ascii_str(bytes).ok_or(UriError::Scheme)
-    } else {
-        Err(UriError::Scheme)
-    }
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
 }
 
 fn is_host_char(byte: u8) -> bool {

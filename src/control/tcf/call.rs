@@ -293,8 +293,17 @@ pub(super) fn is_sdp(message: &Message) -> bool {
 }
 
 fn ptt_param(message: &Message, name: &str) -> Option<String> {
-    let extension = message.ptt_extension().ok().flatten()?;
-    let value = extension.param(name)?;
+    ptt_value(ptt_extension(message).as_ref(), name)
+}
+
+/// The Ptt-Extension of `message`, parsed once for several [`ptt_value`] look-ups.
+fn ptt_extension(message: &Message) -> Option<crate::sip::headers::PttExtension<'_>> {
+    message.ptt_extension().ok().flatten()
+}
+
+/// Parameter `name` of a parsed Ptt-Extension, as [`ptt_param`] reads it.
+fn ptt_value(extension: Option<&crate::sip::headers::PttExtension<'_>>, name: &str) -> Option<String> {
+    let value = extension?.param(name)?;
     Some(String::from_utf8_lossy(&value).into_owned())
 }
 
@@ -310,6 +319,15 @@ fn asserted_user(message: &Message) -> Option<Number> {
     Number::parse(address.uri().as_sip()?.user()?).ok()
 }
 
+/// A CSeq value, `<number> <method>`, without the formatting machinery.
+fn cseq_text(number: u32, method: &str) -> String {
+    let mut text = String::with_capacity(11 + method.len());
+    text.push_str(itoa::Buffer::new().format(number));
+    text.push(' ');
+    text.push_str(method);
+    text
+}
+
 /// The CANCEL for an INVITE we sent (RFC 3261 §9.1): same Request-URI, top Via, From, To,
 /// Call-ID, CSeq number and Route.
 pub(super) fn cancel_for(invite: &Message) -> Option<Bytes> {
@@ -320,7 +338,7 @@ pub(super) fn cancel_for(invite: &Message) -> Option<Bytes> {
         .header(HeaderName::From, invite.header(HeaderName::From)?.value)
         .header(HeaderName::To, invite.header(HeaderName::To)?.value)
         .header(HeaderName::CallId, invite.call_id().ok()?)
-        .header(HeaderName::CSeq, format!("{} CANCEL", invite.cseq().ok()?.number));
+        .header(HeaderName::CSeq, cseq_text(invite.cseq().ok()?.number, "CANCEL"));
     for route in invite.headers_of(HeaderName::Route) {
         builder = builder.header(HeaderName::Route, route.value);
     }
@@ -338,7 +356,7 @@ pub(super) fn ack_for_failure(invite: &[u8], response: &[u8]) -> Option<Bytes> {
         .header(HeaderName::From, invite.header(HeaderName::From)?.value)
         .header(HeaderName::To, response.header(HeaderName::To)?.value)
         .header(HeaderName::CallId, invite.call_id().ok()?)
-        .header(HeaderName::CSeq, format!("{} ACK", invite.cseq().ok()?.number));
+        .header(HeaderName::CSeq, cseq_text(invite.cseq().ok()?.number, "ACK"));
     for route in invite.headers_of(HeaderName::Route) {
         builder = builder.header(HeaderName::Route, route.value);
     }
@@ -441,7 +459,9 @@ impl Tcf {
             );
             return;
         };
-        let forwarded_from = ptt_param(&request, "forwarded").and_then(|number| Number::parse(&number).ok());
+        // One parse of the Ptt-Extension for the parameters read from here on.
+        let extension = ptt_extension(&request);
+        let forwarded_from = ptt_value(extension.as_ref(), "forwarded").and_then(|number| Number::parse(&number).ok());
         let arrived_forwarded = forwarded_from.is_some();
         let mut plan = Plan {
             forwarded: forwarded_from.is_some(),
@@ -484,15 +504,19 @@ impl Tcf {
         };
         let id = self.calls.next_id;
         self.calls.next_id += 1;
-        let calltype = ptt_param(&request, "calltype")
+        let calltype = ptt_value(extension.as_ref(), "calltype")
             .filter(|calltype| calltype.len() <= 4 && calltype.bytes().all(|byte| byte.is_ascii_digit()))
             .unwrap_or_else(|| "1".to_owned());
-        let gdn = ptt_param(&request, "GDN")
+        let gdn = ptt_value(extension.as_ref(), "GDN")
             .and_then(|gdn| Number::parse(&gdn).ok())
-            .map(|gdn| gdn.to_string())
-            .or_else(|| self.subscribers.group(&callee).map(|group| group.number.to_string()));
+            .map(|gdn| gdn.as_str().to_owned())
+            .or_else(|| {
+                self.subscribers
+                    .group(&callee)
+                    .map(|group| group.number.as_str().to_owned())
+            });
         let tag = self.token();
-        let contact = format!("<sip:{callee}@{}>", self.address);
+        let contact = super::concat(&["<sip:", callee.as_str(), "@", &self.address_text, ">"]);
         let priority = self.subscribers.user(&caller).map_or(1, |user| user.priority);
         let mut call = Call {
             id,
@@ -712,34 +736,46 @@ impl Tcf {
                     Some(AnswerMode::Direct) => "direct",
                     _ => "hook",
                 };
-                (uri.clone(), format!("<{uri}>"), binding.address, None, None, Some(mode))
+                let to = super::concat(&["<", &uri, ">"]);
+                (uri, to, binding.address, None, None, Some(mode))
             }
-            Next::Peer { name, address, stage } => (
-                format!("sip:{target}@{address}"),
-                format!("<sip:{target}@{address}>"),
-                *address,
-                Some(name.clone()),
-                Some(*stage),
-                None,
-            ),
+            Next::Peer { name, address, stage } => {
+                let host = crate::sip::builder::socket_addr_text(*address);
+                (
+                    super::concat(&["sip:", target.as_str(), "@", &host]),
+                    super::concat(&["<sip:", target.as_str(), "@", &host, ">"]),
+                    *address,
+                    Some(name.clone()),
+                    Some(*stage),
+                    None,
+                )
+            }
         };
         let caller = &call.caller;
-        let mut extension = match &call.gdn {
-            Some(gdn) => format!(
-                "pttcall;calltype={};priority={};GDN={gdn};callerUDN={caller};calleeUDN={target}",
-                call.calltype, call.priority
-            ),
-            None => format!(
-                "pttcall;calltype={};duplex=1;priority={};callerUDN={caller};calleeUDN={target}",
-                call.calltype, call.priority
-            ),
-        };
+        // pttcall;calltype=..[;duplex=1];priority=..[;GDN=..];callerUDN=..;calleeUDN=..
+        let mut extension = String::with_capacity(160);
+        extension.push_str("pttcall;calltype=");
+        extension.push_str(&call.calltype);
+        if call.gdn.is_none() {
+            extension.push_str(";duplex=1");
+        }
+        extension.push_str(";priority=");
+        extension.push_str(itoa::Buffer::new().format(call.priority));
+        if let Some(gdn) = &call.gdn {
+            extension.push_str(";GDN=");
+            extension.push_str(gdn);
+        }
+        extension.push_str(";callerUDN=");
+        extension.push_str(caller.as_str());
+        extension.push_str(";calleeUDN=");
+        extension.push_str(target.as_str());
         if let Some(stage) = stage {
             extension.push_str(";stage=");
             extension.push_str(stage.param());
         }
         if let Some(from) = &call.forwarded_from {
-            extension.push_str(&format!(";forwarded={from}"));
+            extension.push_str(";forwarded=");
+            extension.push_str(from.as_str());
         }
         if let Some(mode) = answer_mode {
             extension.push_str(";answermode=");
@@ -794,9 +830,7 @@ impl Tcf {
         extension: &str,
         body: Bytes,
     ) -> Option<(TransactionKey, Message)> {
-        let mut branch = String::with_capacity(23);
-        branch.push_str("z9hG4bK");
-        branch.push_str(&self.token());
+        let branch = self.branch();
         let tag = self.token();
         let call_id = self.token();
         let me = self.address_text.as_bytes();
@@ -1009,8 +1043,8 @@ impl Tcf {
     fn ack_2xx(&mut self, b: &mut Outbound, response: &Message) {
         if b.ack.is_none() {
             let cseq = response.cseq().map_or(1, |cseq| cseq.number);
-            let branch = format!("z9hG4bK{}", self.token());
-            let sent_by = self.address.to_string();
+            let branch = self.branch();
+            let sent_by = self.sent_by();
             b.ack = b
                 .dialog
                 .as_ref()
@@ -1096,7 +1130,8 @@ impl Tcf {
         if let Some(body) = body {
             builder = builder.body(SDP, body);
         }
-        let Ok(response) = builder.build() else { return };
+        // Only sent, never read: not parsed back (as `Tcf::respond_with` does).
+        let Ok(bytes) = builder.build_bytes() else { return };
         if (101..300).contains(&status) && call.a.dialog.is_none() {
             if let Ok(dialog) = Dialog::uas(&call.a.invite, &call.a.tag, &call.a.contact) {
                 self.calls.by_dialog.insert(dialog.id().clone(), (call.id, Side::A));
@@ -1105,13 +1140,13 @@ impl Tcf {
         }
         if (200..300).contains(&status) {
             if let Some(dialog) = call.a.dialog.as_mut() {
-                let _ = dialog.confirm(&response);
+                // Built just above from the dialog's INVITE and tag: nothing to check in it.
+                let _ = dialog.confirm_sent(status);
             }
         }
         if status >= 200 {
             call.a.answered = true;
         }
-        let bytes = response.to_bytes();
         let _ = self.layer.respond(now.instant, &call.a.server, status, bytes.clone());
         if (200..300).contains(&status) && !call.a.reliable {
             self.retransmit_2xx(call, Side::A, call.a.server.clone(), bytes, 1, now);
@@ -1558,8 +1593,8 @@ impl Tcf {
                 if let (200..=299, Some(response)) = (status, &response) {
                     // ACK the far side's 2xx.
                     let cseq = response.cseq().map_or(1, |cseq| cseq.number);
-                    let branch = format!("z9hG4bK{}", self.token());
-                    let sent_by = self.address.to_string();
+                    let branch = self.branch();
+                    let sent_by = self.sent_by();
                     let far = match from {
                         Side::A => call.b.as_ref().map(|b| b.destination),
                         Side::B => Some(call.a.destination),
@@ -1578,7 +1613,7 @@ impl Tcf {
                     let mut builder = builder.raw_header("Server", SERVER);
                     let contact = match from {
                         Side::A => call.a.contact.clone(),
-                        Side::B => format!("<sip:{}@{}>", call.caller, self.address),
+                        Side::B => super::concat(&["<sip:", call.caller.as_str(), "@", &self.address_text, ">"]),
                     };
                     if status < 300 {
                         builder = builder.header(HeaderName::Contact, contact);
@@ -1684,8 +1719,8 @@ impl Tcf {
         body: Option<(String, Bytes)>,
         sent: Sent,
     ) -> Option<TransactionKey> {
-        let branch = format!("z9hG4bK{}", self.token());
-        let sent_by = self.address.to_string();
+        let branch = self.branch();
+        let sent_by = self.sent_by();
         let mut builder = dialog.request(method, &branch, &sent_by, "UDP").ok()?;
         for (name, value) in headers {
             builder = builder.raw_header(name, value);
