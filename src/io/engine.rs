@@ -197,11 +197,12 @@ impl Engine {
 
     /// Defers the wake-ups that changes (legs, bridges, sources) owe to sleeping workers until
     /// [`Self::flush_wakes`]. Waking a worker is a write to its eventfd and, on a VM, an
-    /// interrupt to another vCPU: 10–100 µs the SIP thread spent inside a message before the
-    /// responses it was building went out. The node's SIP driver turns this on and flushes
-    /// right after it sent what a batch of messages produced, so a floor change reaches the
-    /// user plane a few microseconds later and the 200 OK that grants it that much sooner.
-    /// Queries that wait for a worker's answer (statistics) always wake it at once.
+    /// interrupt to another vCPU (`strace` of the SIP thread: 8–107 µs per write), paid inside
+    /// the message that caused it, before the responses it was building went out. The node's
+    /// SIP driver turns this on and flushes right after it sent what a batch of messages
+    /// produced: the user plane sees the change a few microseconds later, the responses go out
+    /// that much sooner. Queries that wait for a worker's answer (statistics) always wake it
+    /// at once.
     pub fn defer_wakes(&self, on: bool) {
         self.defer_wakes.store(on, Ordering::SeqCst);
         if !on {
