@@ -121,8 +121,68 @@ impl fmt::Display for NumberRange {
 /// threat model of a trunking core behind its own network.
 pub type NetMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// `ip` as its `Display` text, written into `buffer` digit by digit: the `Display` of an
+/// address goes through `core::fmt`, which is most of what writing one costs. For the SIP and
+/// SDP text the node writes per message.
+pub fn ipv4_text(ip: std::net::Ipv4Addr, buffer: &mut [u8; 15]) -> &str {
+    let mut length = 0;
+    for (index, octet) in ip.octets().into_iter().enumerate() {
+        if index > 0 {
+            buffer[length] = b'.';
+            length += 1;
+        }
+        if octet >= 100 {
+            buffer[length] = b'0' + octet / 100;
+            length += 1;
+        }
+        if octet >= 10 {
+            buffer[length] = b'0' + octet / 10 % 10;
+            length += 1;
+        }
+        buffer[length] = b'0' + octet % 10;
+        length += 1;
+    }
+    // ASCII digits and dots only.
+    std::str::from_utf8(&buffer[..length]).unwrap_or_default()
+}
+
+/// Appends `ip` as its `Display` writes it: IPv4 through [`ipv4_text`], IPv6 through `Display`
+/// (its `::` compression rules).
+pub fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => out.push_str(ipv4_text(v4, &mut [0; 15])),
+        std::net::IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            // Writing into a String cannot fail.
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ip_text_matches_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.100.255",
+            "192.0.2.9",
+            "255.255.255.255",
+            "::",
+            "2001:db8::1",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let mut out = String::from("x");
+            super::push_ip(&mut out, ip);
+            assert_eq!(out, format!("x{ip}"));
+        }
+        for value in (0..=u32::MAX).step_by(9_973_919) {
+            let ip = std::net::Ipv4Addr::from(value);
+            assert_eq!(super::ipv4_text(ip, &mut [0; 15]), ip.to_string());
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -640,27 +640,10 @@ fn ip_text(address: IpAddr) -> String {
     text
 }
 
-/// Replaces `text` with `address.to_string()`: IPv4 digit by digit (the `Display` of an
-/// address goes through `core::fmt` and a buffer of its own), IPv6 through `Display` (its
-/// `::` compression rules).
+/// Replaces `text` with `address.to_string()`, without `core::fmt` for IPv4.
 fn set_ip(text: &mut String, address: IpAddr) {
     text.clear();
-    match address {
-        IpAddr::V4(ip) => {
-            let mut digits = itoa::Buffer::new();
-            for (at, octet) in ip.octets().into_iter().enumerate() {
-                if at > 0 {
-                    text.push('.');
-                }
-                text.push_str(digits.format(octet));
-            }
-        }
-        IpAddr::V6(ip) => {
-            use std::fmt::Write as _;
-            // Writing into a String cannot fail.
-            let _ = write!(text, "{ip}");
-        }
-    }
+    crate::proto::push_ip(text, address);
 }
 
 fn unspecified(address: IpAddr) -> IpAddr {

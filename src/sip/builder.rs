@@ -233,14 +233,7 @@ pub(crate) fn decimal(value: u64, digits: &mut [u8; 20]) -> &[u8] {
 /// Appends an IP address as `Display` writes it, without a `format!` allocation.
 fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     match ip {
-        std::net::IpAddr::V4(v4) => {
-            for (index, octet) in v4.octets().into_iter().enumerate() {
-                if index > 0 {
-                    out.push(b'.');
-                }
-                push_decimal(out, u64::from(octet));
-            }
-        }
+        std::net::IpAddr::V4(v4) => out.extend_from_slice(crate::proto::ipv4_text(v4, &mut [0; 15]).as_bytes()),
         std::net::IpAddr::V6(v6) => {
             use std::io::Write;
             let _ = write!(out, "{v6}");
@@ -253,15 +246,9 @@ fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
 pub(crate) fn push_socket_addr(out: &mut String, address: std::net::SocketAddr) {
     match address {
         std::net::SocketAddr::V4(v4) => {
-            let mut digits = itoa::Buffer::new();
-            for (index, octet) in v4.ip().octets().into_iter().enumerate() {
-                if index > 0 {
-                    out.push('.');
-                }
-                out.push_str(digits.format(octet));
-            }
+            out.push_str(crate::proto::ipv4_text(*v4.ip(), &mut [0; 15]));
             out.push(':');
-            out.push_str(digits.format(v4.port()));
+            out.push_str(itoa::Buffer::new().format(v4.port()));
         }
         std::net::SocketAddr::V6(v6) => {
             use std::fmt::Write;
