@@ -153,6 +153,8 @@ pub struct SipConfig {
     pub max_transactions: usize,
     /// Kernel receive buffer of the SIP UDP socket, bytes (0: kernel default).
     pub socket_rcvbuf: usize,
+    /// Real-time priority of the SIP thread (`SCHED_FIFO`, 1–99); 0: ordinary scheduling.
+    pub realtime_priority: u8,
 }
 
 /// Where provisioned data is read from.
@@ -426,6 +428,7 @@ struct RawSip {
     digest_algorithms: Vec<String>,
     max_transactions: usize,
     socket_rcvbuf: usize,
+    realtime_priority: u8,
 }
 
 impl Default for RawSip {
@@ -447,6 +450,7 @@ impl Default for RawSip {
             digest_algorithms: vec!["SHA-256".to_owned(), "MD5".to_owned()],
             max_transactions: 65_536,
             socket_rcvbuf: 4 * 1024 * 1024,
+            realtime_priority: 0,
         }
     }
 }
@@ -812,10 +816,14 @@ impl RawSip {
         if !(64..=4_194_304).contains(&self.max_transactions) {
             return Err(invalid("sip.max_transactions", "must be 64 to 4194304"));
         }
+        if self.realtime_priority > 99 {
+            return Err(invalid("sip.realtime_priority", "must be 0 (off) to 99"));
+        }
         Ok(SipConfig {
             digest_algorithms,
             max_transactions: self.max_transactions,
             socket_rcvbuf: self.socket_rcvbuf,
+            realtime_priority: self.realtime_priority,
             listen,
             realm: self.realm.trim().to_owned(),
             t1: Duration::from_millis(self.t1_ms),
@@ -915,6 +923,8 @@ mod tests {
             ("[provisioning]\nnetwork = \"\"\n", "provisioning.network"),
             ("[store]\npath = \"\"\n", "store.path"),
             ("[sip]\ndigest_algorithms = []\n", "sip.digest_algorithms"),
+            ("[sip]\nrealtime_priority = 100\n", "sip.realtime_priority"),
+            ("[sip]\nrealtime_priority = -1\n", "sip.realtime_priority"),
             ("[sip]\ndigest_algorithms = [\"SHA-1\"]\n", "sip.digest_algorithms"),
             (
                 "[sip]\ndigest_algorithms = [\"MD5\", \"md5\"]\n",

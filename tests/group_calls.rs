@@ -630,13 +630,46 @@ async fn f_grp_06_release_after_hang_time() {
     scene.cluster.shutdown().await;
 }
 
+/// The SIP threads running under `SCHED_FIFO` at `priority` in this process (the test's nodes
+/// run in it; other tests' nodes use ordinary scheduling).
+fn realtime_sip_threads(priority: u32) -> usize {
+    let mut count = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: state is field 3; rt_priority 40, policy 41.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|text| text.parse::<u32>().ok());
+        if comm.trim() == "sip" && field(41) == Some(1) && field(40) == Some(priority) {
+            count += 1;
+        }
+    }
+    count
+}
+
 /// The race: after the caller releases, three members ask for the floor in the same instant.
 /// Exactly one is granted, the others are queued with positions 1 and 2; then the floor is
 /// handed down the queue as each holder releases, and the INFO notifications the DC gets name
-/// the holders in exactly that order.
+/// the holders in exactly that order. The nodes run their SIP threads under `SCHED_FIFO`
+/// (`sip.realtime_priority`), as a latency-tuned deployment does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f_flr_race_many_requests_one_holder() {
-    let mut scene = Scene::start(19100, "").await;
+    let mut scene = Scene::start(19100, "realtime_priority = 3\n").await;
+    // Root (as in CI) must get SCHED_FIFO; without the right the node warns and goes on.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|line| line.starts_with("Uid:") && line.split_whitespace().nth(2) == Some("0"));
+    if root {
+        assert_eq!(
+            realtime_sip_threads(3),
+            3,
+            "each node's SIP thread runs SCHED_FIFO at 3"
+        );
+    }
     // Three members of equal priority (1301 has a higher one and would pre-empt): 1100 at the
     // home, 1101 at tcf-b and 1102, who joins late at tcf-c.
     let late = Phone::register("1102", "alpha", scene.cluster.address(C)).await;

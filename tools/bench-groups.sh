@@ -22,6 +22,7 @@
 #                  cycles use up legs × rate × quarantine port pairs)
 #   MAX_TRANSACTIONS    the nodes' sip.max_transactions (node default 65536; cycle: 1048576,
 #                  since finished transactions are kept 32 s)
+#   SIP_RT=N       the nodes' sip.realtime_priority (SCHED_FIFO SIP threads; default: off)
 #   NO_BUILD=1     use the binaries already built
 #   FLOORCAST=path the node binary to run (another build, for A/B runs)
 set -euo pipefail
@@ -31,7 +32,7 @@ mode=${1:-}
 case "$mode" in
 ramp | switch | cycle) ;;
 *)
-    sed -n '2,25p' "$0"
+    sed -n '2,26p' "$0"
     exit 2
     ;;
 esac
@@ -58,6 +59,7 @@ if [ "$mode" = cycle ]; then
 fi
 [ -n "${PORT_QUARANTINE_MS:-}" ] && limits+=(--port-quarantine-ms "$PORT_QUARANTINE_MS")
 [ -n "${MAX_TRANSACTIONS:-}" ] && limits+=(--max-transactions "$MAX_TRANSACTIONS")
+[ -n "${SIP_RT:-}" ] && limits+=(--sip-realtime-priority "$SIP_RT")
 
 if [ -z "${NO_BUILD:-}" ]; then
     (cd "$root" && cargo build --release --quiet --bin floorcast --bin floorcast-load)

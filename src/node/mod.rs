@@ -185,7 +185,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Node> {
         idle_timeout: std::time::Duration::from_secs(300),
     };
     let (shutdown, shutdown_receiver) = tokio::sync::broadcast::channel(1);
-    let (sip, sip_thread) = sip::spawn_dedicated(socket, listener, limits, tcf, store.clone(), shutdown_receiver)?;
+    let (sip, sip_thread) = sip::spawn_dedicated(
+        socket,
+        listener,
+        limits,
+        sip_config.realtime_priority,
+        tcf,
+        store.clone(),
+        shutdown_receiver,
+    )?;
     exporter.attach_sip(sip.clone());
     Ok(Node {
         engine,

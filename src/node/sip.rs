@@ -142,16 +142,30 @@ pub struct TransportLimits {
 /// the core is one sequential state machine, so it gains nothing from hopping between the
 /// node's runtime workers and loses cache warmth and wake-up latency when it does. `socket`
 /// (UDP) and `listener` (TCP, same address) must be non-blocking. Runs until `shutdown` fires.
+/// A `realtime_priority` above 0 runs the thread under `SCHED_FIFO` (`sip.realtime_priority`);
+/// when the kernel refuses, the node warns and goes on with ordinary scheduling.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_dedicated(
     socket: std::net::UdpSocket,
     listener: std::net::TcpListener,
     limits: TransportLimits,
+    realtime_priority: u8,
     tcf: Tcf,
     store: Store,
     shutdown: broadcast::Receiver<()>,
 ) -> anyhow::Result<(SipHandle, std::thread::JoinHandle<()>)> {
     let (handed, handle) = std::sync::mpsc::sync_channel(1);
     let thread = std::thread::Builder::new().name("sip".into()).spawn(move || {
+        if realtime_priority > 0 {
+            match crate::io::worker::set_realtime(realtime_priority) {
+                Ok(()) => tracing::info!(priority = realtime_priority, "SIP thread runs under SCHED_FIFO"),
+                Err(error) => tracing::warn!(
+                    priority = realtime_priority,
+                    %error,
+                    "cannot run the SIP thread under SCHED_FIFO (needs CAP_SYS_NICE or RLIMIT_RTPRIO); ordinary scheduling"
+                ),
+            }
+        }
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime,
             Err(error) => {

@@ -54,6 +54,10 @@ pub struct ProvisionArgs {
     /// cycles need about 32 s × rate × transactions per call.
     #[arg(long)]
     pub max_transactions: Option<usize>,
+    /// The nodes' `sip.realtime_priority` (`SCHED_FIFO` for their SIP threads; 0, the node's
+    /// default, when not given).
+    #[arg(long)]
+    pub sip_realtime_priority: Option<u8>,
     /// Media worker threads per node (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
@@ -224,7 +228,7 @@ pub fn provision(args: &ProvisionArgs) -> Result<Vec<PathBuf>, String> {
              [media]\nport_min = {port_min}\nport_max = {port_max}\nworkers = {workers}\n{quarantine}\n\
              [metrics]\nlisten = \"off\"\n\n\
              [sip]\nlisten = \"127.0.0.1:{sip}\"\nrealm = \"node-{node}\"\n\
-             heartbeat_interval_ms = 1000\nheartbeat_failures = 2\n{transactions}\n\
+             heartbeat_interval_ms = 1000\nheartbeat_failures = 2\n{transactions}{realtime}\n\
              [provisioning]\nnetwork = \"network.toml\"\nsubscribers = \"subscribers.toml\"\n\n\
              [store]\npath = \"{store}\"\n",
             config = directory.join(format!("node-{node}.toml")).display(),
@@ -232,6 +236,9 @@ pub fn provision(args: &ProvisionArgs) -> Result<Vec<PathBuf>, String> {
             transactions = args
                 .max_transactions
                 .map_or_else(String::new, |count| format!("max_transactions = {count}\n")),
+            realtime = args
+                .sip_realtime_priority
+                .map_or_else(String::new, |priority| format!("realtime_priority = {priority}\n")),
             quarantine = args
                 .port_quarantine_ms
                 .map_or_else(String::new, |ms| format!("port_quarantine_ms = {ms}\n")),
@@ -288,6 +295,7 @@ mod tests {
             groups_at: None,
             port_quarantine_ms: Some(1000),
             max_transactions: Some(1 << 20),
+            sip_realtime_priority: Some(5),
             base_port: 5170,
             media_base: 10_000,
             media_ports: 3000,
@@ -309,7 +317,9 @@ mod tests {
         assert_eq!(group.dispatchers.len(), 1);
         for node in 0..3 {
             let text = std::fs::read_to_string(directory.join(format!("node-{node}.toml"))).expect("config");
-            floorcast::config::Config::from_toml(&text).expect("node config is valid");
+            let config = floorcast::config::Config::from_toml(&text).expect("node config is valid");
+            assert_eq!(config.sip.realtime_priority, 5);
+            assert_eq!(config.sip.max_transactions, 1 << 20);
         }
         let scenario = crate::scenario::Scenario::load(&directory.join("scenario.toml")).expect("scenario");
         let plan = crate::plan::Plan::build(&scenario, None).expect("plan");
@@ -331,6 +341,7 @@ mod tests {
             groups_at: Some(0),
             port_quarantine_ms: None,
             max_transactions: None,
+            sip_realtime_priority: None,
             base_port: 5180,
             media_base: 10_000,
             media_ports: 3000,
