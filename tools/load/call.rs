@@ -118,7 +118,10 @@ async fn one_call(ctx: &Ctx, pair: usize, mut callee_events: mpsc::UnboundedRece
             return;
         }
         control.calls.answered += 1;
-        record(&mut control.latencies.call_setup, sent.elapsed());
+        record(
+            &mut control.latencies.call_setup,
+            answered.round_trip.unwrap_or(sent.elapsed()),
+        );
     }
     let up = ctx.shared.calls_up.fetch_add(1, Ordering::Relaxed) as u64 + 1;
     {

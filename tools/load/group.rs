@@ -308,7 +308,8 @@ impl GroupCall {
         match ua.invite(&gdn, port, Some(&gdn)).await {
             Ok(answered) if answered.status == 200 => {
                 let now = Instant::now();
-                record(&mut lock(&self.ctx.shared.control).latencies.group_setup, now - sent);
+                let took = answered.round_trip.unwrap_or(now - sent);
+                record(&mut lock(&self.ctx.shared.control).latencies.group_setup, took);
                 self.members[0] = Member {
                     call_id: Some(answered.call_id),
                     remote_rtp: answered.remote_rtp,
@@ -496,11 +497,12 @@ impl GroupCall {
                 }
                 Ok(answered) if answered.status == 200 && answered.extension.contains("pttaccept") => {
                     let now = Instant::now();
+                    let took = answered.round_trip.unwrap_or(now - sent);
                     let place = usize::from(self.remote(position));
                     let mut control = lock(&self.ctx.shared.control);
                     control.counters.floor_granted += 1;
-                    record(&mut control.latencies.floor_grant, now - sent);
-                    record(&mut control.latencies.floor_grant_by_place[place], now - sent);
+                    record(&mut control.latencies.floor_grant, took);
+                    record(&mut control.latencies.floor_grant_by_place[place], took);
                     granted_now = Some((position, now));
                 }
                 Ok(_) => lock(&self.ctx.shared.control).counters.floor_rejected += 1,
@@ -638,7 +640,10 @@ impl GroupCall {
             Ok(answered) if answered.status == 200 => {
                 let mut control = lock(&self.ctx.shared.control);
                 control.counters.floor_releases += 1;
-                record(&mut control.latencies.release, sent.elapsed());
+                record(
+                    &mut control.latencies.release,
+                    answered.round_trip.unwrap_or(sent.elapsed()),
+                );
             }
             Ok(answered) => {
                 let number = self.number(position);
@@ -660,11 +665,12 @@ impl GroupCall {
             match ua.reinvite(&call_id, "pttrequest", Direction::SendOnly).await {
                 Ok(answered) if answered.status == 200 && answered.extension.contains("pttaccept") => {
                     let now = Instant::now();
+                    let took = answered.round_trip.unwrap_or(now - sent);
                     let place = usize::from(self.remote(position));
                     let mut control = lock(&self.ctx.shared.control);
                     control.counters.floor_granted += 1;
-                    record(&mut control.latencies.floor_grant, now - sent);
-                    record(&mut control.latencies.floor_grant_by_place[place], now - sent);
+                    record(&mut control.latencies.floor_grant, took);
+                    record(&mut control.latencies.floor_grant_by_place[place], took);
                     drop(control);
                     self.holder = Some(position);
                     return Some(now);

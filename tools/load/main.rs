@@ -15,6 +15,7 @@ mod rtp;
 mod run;
 mod scenario;
 mod sender;
+mod stamp;
 mod stats;
 mod ua;
 

@@ -256,38 +256,6 @@ pub fn spawn(
         .spawn(move || receive(sockets, &shared))
 }
 
-fn enable_timestamps(socket: &UdpSocket) -> bool {
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int; the fd is open.
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    result == 0
-}
-
-/// The kernel receive time of a message (SCM_TIMESTAMPNS), if it carries one.
-fn kernel_timestamp(header: &libc::msghdr) -> Option<u64> {
-    // SAFETY: the control buffer of `header` was filled by recvmmsg and msg_controllen says how
-    // much of it is valid; the CMSG_* macros only walk inside it.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(header);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS {
-                let spec: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                return Some(spec.tv_sec as u64 * 1_000_000_000 + spec.tv_nsec as u64);
-            }
-            cmsg = libc::CMSG_NXTHDR(header, cmsg);
-        }
-    }
-    None
-}
-
 fn receive(sockets: Vec<SlotSocket>, shared: &Shared) -> ReceiverOutput {
     let mut mouth_to_ear = stats::histogram();
     let mut switch = stats::histogram();
@@ -301,7 +269,7 @@ fn receive(sockets: Vec<SlotSocket>, shared: &Shared) -> ReceiverOutput {
     let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     for (position, slot) in sockets.into_iter().enumerate() {
         let _ = slot.socket.set_nonblocking(true);
-        kernel_timestamps &= enable_timestamps(&slot.socket);
+        kernel_timestamps &= crate::stamp::enable(slot.socket.as_raw_fd());
         let mut event = libc::epoll_event {
             events: libc::EPOLLIN as u32,
             u64: position as u64,
@@ -377,7 +345,7 @@ fn receive(sockets: Vec<SlotSocket>, shared: &Shared) -> ReceiverOutput {
                 let fallback = rtp::now_ns();
                 for index in 0..count as usize {
                     let length = messages[index].msg_len as usize;
-                    let rx_ns = match kernel_timestamp(&messages[index].msg_hdr) {
+                    let rx_ns = match crate::stamp::from_control(&messages[index].msg_hdr) {
                         Some(ns) => ns,
                         None => {
                             kernel_timestamps = false;

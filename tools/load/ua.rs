@@ -25,6 +25,9 @@ use floorcast::sip::transaction::{
     Input, LayerConfig, Method as TxMethod, Output, Role, TransactionKey, TransactionLayer, TransactionUserEvent,
 };
 use floorcast::sip::{digest, response_to, HeaderName, Message, MessageBuilder, Method};
+use std::os::fd::AsRawFd;
+
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -78,6 +81,10 @@ pub struct Answered {
     pub payload_type: Option<u8>,
     /// When the first 180/183 came, if one did.
     pub ringing_at: Option<Instant>,
+    /// From this UA handing the request to the kernel to the kernel's receipt of the final
+    /// response: the time the request spent in the network and the nodes, without the
+    /// generator's own delays in reading the response (`None` without a kernel timestamp).
+    pub round_trip: Option<Duration>,
 }
 
 /// Something the TCF did to this UA.
@@ -231,6 +238,7 @@ impl UaHandle {
 /// Starts a UA: binds its SIP socket and spawns its task on the current runtime.
 pub async fn spawn(spec: UaSpec, router: Arc<Router>) -> std::io::Result<UaHandle> {
     let socket = UdpSocket::bind(SocketAddr::new(spec.bind, 0)).await?;
+    crate::stamp::enable(socket.as_raw_fd());
     let address = socket.local_addr()?;
     let (commands, receiver) = mpsc::unbounded_channel();
     let ua = Ua {
@@ -243,6 +251,7 @@ pub async fn spawn(spec: UaSpec, router: Arc<Router>) -> std::io::Result<UaHandl
         answers: Vec::new(),
         outbox: Vec::new(),
         incoming: None,
+        received_at: None,
         register_call_id: format!("{:016x}@load", rand::random::<u64>()),
         cseq: 0,
         nc: 0,
@@ -282,12 +291,14 @@ enum Pending {
         ringing_at: Option<Instant>,
         reply: Option<oneshot::Sender<Result<Answered, UaError>>>,
         deadline: Instant,
+        sent_at: Instant,
     },
     ReInvite {
         call_id: String,
         offer: Sdp,
         reply: Option<oneshot::Sender<Result<Answered, UaError>>>,
         deadline: Instant,
+        sent_at: Instant,
     },
     Bye {
         call_id: String,
@@ -362,6 +373,8 @@ struct Ua {
     answers: Vec<(Instant, String)>,
     outbox: Vec<(Bytes, SocketAddr)>,
     incoming: Option<Message>,
+    /// The kernel receive time of the datagram being handled, if it carries one.
+    received_at: Option<Instant>,
     register_call_id: String,
     cseq: u32,
     nc: u32,
@@ -376,9 +389,13 @@ async fn run(mut ua: Ua, mut commands: mpsc::UnboundedReceiver<Command>) {
             .next_deadline()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            received = ua.socket.recv_from(&mut buffer) => {
-                if let Ok((length, from)) = received {
+            received = ua.socket.async_io(Interest::READABLE, || {
+                crate::stamp::recv_from(ua.socket.as_raw_fd(), &mut buffer)
+            }) => {
+                if let Ok((length, from, wall_ns)) = received {
+                    ua.received_at = wall_ns.map(crate::stamp::instant_of);
                     ua.datagram(Bytes::copy_from_slice(&buffer[..length]), from);
+                    ua.received_at = None;
                 }
             }
             command = commands.recv() => match command {
@@ -921,6 +938,7 @@ impl Ua {
                 gdn,
                 port,
                 reply,
+                sent_at,
                 ..
             } => {
                 if status < 200 {
@@ -937,6 +955,7 @@ impl Ua {
                     remote_rtp: None,
                     payload_type: None,
                     ringing_at: *ringing_at,
+                    round_trip: self.received_at.map(|at| at.saturating_duration_since(*sent_at)),
                 };
                 let reply = reply.take();
                 if (200..300).contains(&status) {
@@ -978,7 +997,11 @@ impl Ua {
                 }
             }
             Pending::ReInvite {
-                call_id, offer, reply, ..
+                call_id,
+                offer,
+                reply,
+                sent_at,
+                ..
             } => {
                 if status < 200 {
                     return;
@@ -991,6 +1014,7 @@ impl Ua {
                     remote_rtp: None,
                     payload_type: None,
                     ringing_at: None,
+                    round_trip: self.received_at.map(|at| at.saturating_duration_since(*sent_at)),
                 };
                 let reply = reply.take();
                 let mut ack = None;
@@ -1167,6 +1191,7 @@ impl Ua {
             ringing_at: None,
             reply: Some(reply),
             deadline: now + self.spec.sip_timeout,
+            sent_at: now,
         };
         let _ = self.start_with_reply(now, &branch, "INVITE", invite.to_bytes(), pending);
     }
@@ -1246,6 +1271,7 @@ impl Ua {
             offer,
             reply: Some(reply),
             deadline: now + self.spec.sip_timeout,
+            sent_at: now,
         };
         let _ = self.start_with_reply(now, &branch, "INVITE", bytes, pending);
     }
