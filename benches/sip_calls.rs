@@ -87,7 +87,8 @@
 //! transactions to expire, before phase 2 and before the leftover check). `SIP_BENCH_QUICK=1`
 //! shortens every phase to one second and skips both waits. `SIP_CALLS_WINDOW` overrides the
 //! calls in flight of phase 1, `SIP_CALLS_LOG` the nodes' log level, `SIP_CALLS_FRACTION` the share of
-//! phase 1's rate that phase 2 offers (0.5 by default). Results go to stdout as
+//! phase 1's rate that phase 2 offers (0.5 by default), `SIP_CALLS_RT` the nodes'
+//! `sip.realtime_priority` (0, off, by default). Results go to stdout as
 //! Markdown tables (BENCHMARKS.md); progress and the nodes' pids to stderr.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -384,11 +385,12 @@ impl NodeProcess {
                  workers = 1\n\
                  [metrics]\nlisten = \"{metrics}\"\n\
                  [sip]\nlisten = \"{sip}\"\nrealm = \"bench\"\nt1_ms = {t1_ms}\nt2_ms = {t2_ms}\n\
-                 max_transactions = {MAX_TRANSACTIONS}\n\
+                 max_transactions = {MAX_TRANSACTIONS}\nrealtime_priority = {realtime}\n\
                  [calls]\nanchoring = \"edge\"\n\
                  [provisioning]\nnetwork = \"{network}\"\nsubscribers = \"{subscribers}\"\n\
                  [store]\npath = \"{store}\"\n",
                 t2_ms = t1_ms.max(4000),
+                realtime = env_number("SIP_CALLS_RT").unwrap_or(0).min(99),
                 log = std::env::var("SIP_CALLS_LOG").unwrap_or_else(|_| "warn".to_owned()),
                 network = directory.join("network.toml").display(),
                 subscribers = directory.join("subscribers.toml").display(),
