@@ -88,7 +88,7 @@
 //! shortens every phase to one second and skips both waits. `SIP_CALLS_WINDOW` overrides the
 //! calls in flight of phase 1, `SIP_CALLS_LOG` the nodes' log level, `SIP_CALLS_FRACTION` the share of
 //! phase 1's rate that phase 2 offers (0.5 by default), `SIP_CALLS_RT` the nodes'
-//! `sip.realtime_priority` (0, off, by default). Results go to stdout as
+//! `sip.realtime_priority` (the node's default when not set; 0 turns it off). Results go to stdout as
 //! Markdown tables (BENCHMARKS.md); progress and the nodes' pids to stderr.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -385,12 +385,14 @@ impl NodeProcess {
                  workers = 1\n\
                  [metrics]\nlisten = \"{metrics}\"\n\
                  [sip]\nlisten = \"{sip}\"\nrealm = \"bench\"\nt1_ms = {t1_ms}\nt2_ms = {t2_ms}\n\
-                 max_transactions = {MAX_TRANSACTIONS}\nrealtime_priority = {realtime}\n\
+                 max_transactions = {MAX_TRANSACTIONS}\n{realtime}\
                  [calls]\nanchoring = \"edge\"\n\
                  [provisioning]\nnetwork = \"{network}\"\nsubscribers = \"{subscribers}\"\n\
                  [store]\npath = \"{store}\"\n",
                 t2_ms = t1_ms.max(4000),
-                realtime = env_number("SIP_CALLS_RT").unwrap_or(0).min(99),
+                realtime = env_number("SIP_CALLS_RT")
+                    .map(|priority| format!("realtime_priority = {}\n", priority.min(99)))
+                    .unwrap_or_default(),
                 log = std::env::var("SIP_CALLS_LOG").unwrap_or_else(|_| "warn".to_owned()),
                 network = directory.join("network.toml").display(),
                 subscribers = directory.join("subscribers.toml").display(),

@@ -119,7 +119,7 @@ pub struct CallsConfig {
 }
 
 /// SIP control-plane settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SipConfig {
     /// Address SIP listens on, UDP and TCP.
     pub listen: SocketAddr,
@@ -155,6 +155,9 @@ pub struct SipConfig {
     pub socket_rcvbuf: usize,
     /// Real-time priority of the SIP thread (`SCHED_FIFO`, 1–99); 0: ordinary scheduling.
     pub realtime_priority: u8,
+    /// Share of a CPU the real-time SIP thread may use before it goes back to ordinary
+    /// scheduling (until its load falls below a third of it); 1: always real-time.
+    pub realtime_max_busy: f64,
 }
 
 /// Where provisioned data is read from.
@@ -429,6 +432,7 @@ struct RawSip {
     max_transactions: usize,
     socket_rcvbuf: usize,
     realtime_priority: u8,
+    realtime_max_busy: f64,
 }
 
 impl Default for RawSip {
@@ -450,7 +454,8 @@ impl Default for RawSip {
             digest_algorithms: vec!["SHA-256".to_owned(), "MD5".to_owned()],
             max_transactions: 65_536,
             socket_rcvbuf: 4 * 1024 * 1024,
-            realtime_priority: 0,
+            realtime_priority: 10,
+            realtime_max_busy: 0.25,
         }
     }
 }
@@ -819,11 +824,15 @@ impl RawSip {
         if self.realtime_priority > 99 {
             return Err(invalid("sip.realtime_priority", "must be 0 (off) to 99"));
         }
+        if !(self.realtime_max_busy > 0.0 && self.realtime_max_busy <= 1.0) {
+            return Err(invalid("sip.realtime_max_busy", "must be above 0 and at most 1"));
+        }
         Ok(SipConfig {
             digest_algorithms,
             max_transactions: self.max_transactions,
             socket_rcvbuf: self.socket_rcvbuf,
             realtime_priority: self.realtime_priority,
+            realtime_max_busy: self.realtime_max_busy,
             listen,
             realm: self.realm.trim().to_owned(),
             t1: Duration::from_millis(self.t1_ms),
@@ -925,6 +934,8 @@ mod tests {
             ("[sip]\ndigest_algorithms = []\n", "sip.digest_algorithms"),
             ("[sip]\nrealtime_priority = 100\n", "sip.realtime_priority"),
             ("[sip]\nrealtime_priority = -1\n", "sip.realtime_priority"),
+            ("[sip]\nrealtime_max_busy = 0.0\n", "sip.realtime_max_busy"),
+            ("[sip]\nrealtime_max_busy = 1.5\n", "sip.realtime_max_busy"),
             ("[sip]\ndigest_algorithms = [\"SHA-1\"]\n", "sip.digest_algorithms"),
             (
                 "[sip]\ndigest_algorithms = [\"MD5\", \"md5\"]\n",

@@ -22,7 +22,8 @@
 #                  cycles use up legs × rate × quarantine port pairs)
 #   MAX_TRANSACTIONS    the nodes' sip.max_transactions (node default 65536; cycle: 1048576,
 #                  since finished transactions are kept 32 s)
-#   SIP_RT=N       the nodes' sip.realtime_priority (SCHED_FIFO SIP threads; default: off)
+#   SIP_RT=N       the nodes' sip.realtime_priority (node default 10: SCHED_FIFO SIP threads
+#                  while lightly loaded; 0: ordinary scheduling)
 #   NO_BUILD=1     use the binaries already built
 #   FLOORCAST=path the node binary to run (another build, for A/B runs)
 set -euo pipefail
@@ -32,7 +33,7 @@ mode=${1:-}
 case "$mode" in
 ramp | switch | cycle) ;;
 *)
-    sed -n '2,26p' "$0"
+    sed -n '2,27p' "$0"
     exit 2
     ;;
 esac

@@ -830,6 +830,28 @@ pub fn set_realtime(priority: u8) -> io::Result<()> {
     Ok(())
 }
 
+/// Returns the calling thread to ordinary scheduling (`SCHED_OTHER`).
+pub fn set_ordinary() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: as in `set_realtime`.
+    let result = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_OTHER, &param) };
+    if result != 0 {
+        return Err(io::Error::from_raw_os_error(result));
+    }
+    Ok(())
+}
+
+/// The CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`).
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut spec = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into a live local.
+    let result = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut spec) };
+    if result != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(spec.tv_sec as u64, spec.tv_nsec as u32)
+}
+
 /// The CPUs this process may run on, in order.
 pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: as in `pin_to_cpu`; CPU_ISSET reads within the set.
@@ -907,6 +929,36 @@ mod tests {
             }
         }
         assert!(set_realtime(100).is_err(), "priority beyond 99 is refused");
+    }
+
+    #[test]
+    fn set_ordinary_undoes_set_realtime_and_thread_cpu_time_counts_this_thread_only() {
+        std::thread::spawn(|| {
+            let policy = || {
+                let mut policy = -1;
+                // SAFETY: a zeroed sched_param is valid; both point to live locals.
+                let mut param: libc::sched_param = unsafe { mem::zeroed() };
+                unsafe { libc::pthread_getschedparam(libc::pthread_self(), &mut policy, &mut param) };
+                policy
+            };
+            if set_realtime(5).is_ok() {
+                assert_eq!(policy(), libc::SCHED_FIFO);
+            }
+            set_ordinary().unwrap();
+            assert_eq!(policy(), libc::SCHED_OTHER);
+            let before = thread_cpu_time();
+            std::thread::sleep(Duration::from_millis(30));
+            let slept = thread_cpu_time() - before;
+            let spin = std::time::Instant::now();
+            while spin.elapsed() < Duration::from_millis(30) {
+                std::hint::black_box(0u64);
+            }
+            let spun = thread_cpu_time() - before - slept;
+            assert!(slept < Duration::from_millis(5), "sleeping used {slept:?}");
+            assert!(spun > Duration::from_millis(5), "spinning 30 ms used only {spun:?}");
+        })
+        .join()
+        .unwrap();
     }
 
     fn worker(pool: bool) -> Worker {

@@ -5,6 +5,7 @@
 pub mod datagrams;
 pub mod journal;
 pub mod metrics;
+pub mod realtime;
 pub mod sip;
 pub mod store;
 
@@ -18,6 +19,7 @@ use crate::config::{Config, Source};
 use crate::control::provisioning::{Network, Subscribers, DEMO_NETWORK, DEMO_SUBSCRIBERS};
 use crate::control::tcf::{Tcf, TcfConfig};
 use crate::io::Engine;
+use crate::node::sip::Realtime;
 use crate::node::store::{Store, StoreOptions, Table};
 
 /// Secrets that must survive restarts (the digest nonce key).
@@ -189,7 +191,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Node> {
         socket,
         listener,
         limits,
-        sip_config.realtime_priority,
+        Realtime {
+            priority: sip_config.realtime_priority,
+            max_busy: sip_config.realtime_max_busy,
+        },
         tcf,
         store.clone(),
         shutdown_receiver,

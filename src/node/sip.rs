@@ -142,30 +142,22 @@ pub struct TransportLimits {
 /// the core is one sequential state machine, so it gains nothing from hopping between the
 /// node's runtime workers and loses cache warmth and wake-up latency when it does. `socket`
 /// (UDP) and `listener` (TCP, same address) must be non-blocking. Runs until `shutdown` fires.
-/// A `realtime_priority` above 0 runs the thread under `SCHED_FIFO` (`sip.realtime_priority`);
-/// when the kernel refuses, the node warns and goes on with ordinary scheduling.
+/// `realtime` may run the thread under `SCHED_FIFO` while it is lightly loaded
+/// (`sip.realtime_priority`, [`crate::node::realtime`]); when the kernel refuses, the node warns
+/// and goes on with ordinary scheduling.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_dedicated(
     socket: std::net::UdpSocket,
     listener: std::net::TcpListener,
     limits: TransportLimits,
-    realtime_priority: u8,
+    realtime: Realtime,
     tcf: Tcf,
     store: Store,
     shutdown: broadcast::Receiver<()>,
 ) -> anyhow::Result<(SipHandle, std::thread::JoinHandle<()>)> {
     let (handed, handle) = std::sync::mpsc::sync_channel(1);
     let thread = std::thread::Builder::new().name("sip".into()).spawn(move || {
-        if realtime_priority > 0 {
-            match crate::io::worker::set_realtime(realtime_priority) {
-                Ok(()) => tracing::info!(priority = realtime_priority, "SIP thread runs under SCHED_FIFO"),
-                Err(error) => tracing::warn!(
-                    priority = realtime_priority,
-                    %error,
-                    "cannot run the SIP thread under SCHED_FIFO (needs CAP_SYS_NICE or RLIMIT_RTPRIO); ordinary scheduling"
-                ),
-            }
-        }
+        let governed = realtime.priority > 0 && realtime.start();
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime,
             Err(error) => {
@@ -184,6 +176,9 @@ pub fn spawn_dedicated(
             };
             match spawn(socket, listener, limits, tcf, store, shutdown) {
                 Ok((handle, task)) => {
+                    if governed {
+                        tokio::spawn(realtime.govern());
+                    }
                     let _ = handed.send(Ok(handle));
                     let _ = task.await;
                 }
@@ -197,6 +192,63 @@ pub fn spawn_dedicated(
         .recv()
         .map_err(|_| anyhow::anyhow!("SIP thread ended before starting"))??;
     Ok((handle, thread))
+}
+
+/// How the SIP thread is scheduled (`sip.realtime_priority`, `sip.realtime_max_busy`).
+#[derive(Debug, Clone, Copy)]
+pub struct Realtime {
+    /// `SCHED_FIFO` priority; 0: ordinary scheduling throughout.
+    pub priority: u8,
+    /// Share of a CPU above which the thread goes ordinary for a while.
+    pub max_busy: f64,
+}
+
+impl Realtime {
+    /// Makes the calling thread real-time; false (with a warning) when the kernel refuses.
+    fn start(&self) -> bool {
+        match crate::io::worker::set_realtime(self.priority) {
+            Ok(()) => {
+                tracing::info!(
+                    priority = self.priority,
+                    max_busy = self.max_busy,
+                    "SIP thread runs under SCHED_FIFO while lightly loaded"
+                );
+                true
+            }
+            Err(error) => {
+                tracing::warn!(
+                    priority = self.priority,
+                    %error,
+                    "cannot run the SIP thread under SCHED_FIFO (needs CAP_SYS_NICE or RLIMIT_RTPRIO); ordinary scheduling"
+                );
+                false
+            }
+        }
+    }
+
+    /// Runs on the SIP thread's runtime (so on the SIP thread): every window, moves the
+    /// thread between real-time and ordinary scheduling as its load asks
+    /// ([`crate::node::realtime::Governor`]). Ends with the runtime.
+    async fn govern(self) {
+        use crate::io::worker::{set_ordinary, set_realtime, thread_cpu_time};
+        use crate::node::realtime::{Change, Governor, WINDOW};
+        let mut governor = Governor::new(self.max_busy, std::time::Instant::now(), thread_cpu_time());
+        let mut ticks = tokio::time::interval(WINDOW);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let change = governor.observe(std::time::Instant::now(), thread_cpu_time());
+            let result = match change {
+                Some(Change::Ordinary) => set_ordinary(),
+                Some(Change::Realtime) => set_realtime(self.priority),
+                None => continue,
+            };
+            match result {
+                Ok(()) => tracing::debug!(?change, "SIP thread scheduling changed"),
+                Err(error) => tracing::warn!(?change, %error, "SIP thread scheduling change refused"),
+            }
+        }
+    }
 }
 
 /// Starts the SIP task on the current runtime.

@@ -54,8 +54,8 @@ pub struct ProvisionArgs {
     /// cycles need about 32 s × rate × transactions per call.
     #[arg(long)]
     pub max_transactions: Option<usize>,
-    /// The nodes' `sip.realtime_priority` (`SCHED_FIFO` for their SIP threads; 0, the node's
-    /// default, when not given).
+    /// The nodes' `sip.realtime_priority` (`SCHED_FIFO` for their SIP threads while lightly
+    /// loaded; the node's default, 10, when not given; 0: ordinary scheduling).
     #[arg(long)]
     pub sip_realtime_priority: Option<u8>,
     /// Media worker threads per node (0: one per core).

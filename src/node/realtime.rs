@@ -1,0 +1,182 @@
+//! When the SIP thread runs real-time (`sip.realtime_priority`).
+//!
+//! Under `SCHED_FIFO` the SIP thread runs the moment a datagram wakes it: a floor grant crosses
+//! each TCF without waiting behind the media workers. The same promptness costs throughput when
+//! SIP traffic is heavy, because datagrams no longer pile up between wake-ups: each wake-up
+//! serves one, and the CPU per single call nearly doubles (BENCHMARKS.md, session 6). So the
+//! thread stays real-time only while it is lightly loaded: [`Governor`] watches the share of a
+//! CPU it used over each 20 ms window and drops it to ordinary scheduling as soon as one window
+//! is above `sip.realtime_max_busy` (a real-time thread under heavy load falls behind within a
+//! few windows: its CPU per message doubles), and takes it back to real time only after a
+//! second in which every window stayed below a third of that. A third, not a half: the same
+//! load costs a real-time thread up to twice the CPU of an ordinary one, so a narrower band
+//! could flip it back and forth.
+
+use std::time::{Duration, Instant};
+
+/// How the SIP thread should be scheduled from now on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// `SCHED_FIFO` at the configured priority.
+    Realtime,
+    /// Ordinary scheduling (`SCHED_OTHER`).
+    Ordinary,
+}
+
+/// Decides, window by window, whether the SIP thread runs real-time. Sans-IO: it is given the
+/// time and the thread's CPU time and says what to change.
+#[derive(Debug)]
+pub struct Governor {
+    max_busy: f64,
+    realtime: bool,
+    window_start: Instant,
+    window_cpu: Duration,
+    /// Since when every window has been calm (below a third of `max_busy`), while ordinary.
+    calm_since: Option<Instant>,
+}
+
+/// The shortest stretch over which the busy share is judged.
+pub const WINDOW: Duration = Duration::from_millis(20);
+
+/// How long the load must stay calm before the thread is real-time again.
+pub const CALM: Duration = Duration::from_secs(1);
+
+impl Governor {
+    /// A governor for a thread that has just been made real-time, at `now` with `cpu` of CPU
+    /// time used so far. `max_busy` is the share of a CPU (0–1] above which it goes ordinary;
+    /// 1 or more keeps it real-time whatever its load.
+    pub fn new(max_busy: f64, now: Instant, cpu: Duration) -> Governor {
+        Governor {
+            max_busy,
+            realtime: true,
+            window_start: now,
+            window_cpu: cpu,
+            calm_since: None,
+        }
+    }
+
+    /// Whether the thread is meant to be real-time now.
+    pub fn realtime(&self) -> bool {
+        self.realtime
+    }
+
+    /// Takes the thread's CPU time `cpu` at `now`; at the end of each window, says what to
+    /// change, if anything.
+    pub fn observe(&mut self, now: Instant, cpu: Duration) -> Option<Change> {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed < WINDOW {
+            return None;
+        }
+        let used = cpu.saturating_sub(self.window_cpu);
+        let busy = used.as_secs_f64() / elapsed.as_secs_f64();
+        let window_start = self.window_start;
+        self.window_start = now;
+        self.window_cpu = cpu;
+        if self.max_busy >= 1.0 {
+            return None;
+        }
+        if self.realtime {
+            if busy > self.max_busy {
+                self.realtime = false;
+                self.calm_since = None;
+                return Some(Change::Ordinary);
+            }
+            return None;
+        }
+        if busy >= self.max_busy / 3.0 {
+            self.calm_since = None;
+            return None;
+        }
+        // This window was calm; so were all since `calm_since` (it started with the first).
+        let since = *self.calm_since.get_or_insert(window_start);
+        if now.saturating_duration_since(since) >= CALM {
+            self.realtime = true;
+            self.calm_since = None;
+            return Some(Change::Realtime);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Feeds `busy` (share of a CPU) for `windows` windows; returns the changes.
+    fn run(governor: &mut Governor, at: &mut Instant, cpu: &mut Duration, busy: f64, windows: u32) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for _ in 0..windows {
+            // Observed twice per window: the first look is too early to judge.
+            *at += WINDOW / 2;
+            *cpu += WINDOW.mul_f64(busy / 2.0);
+            changes.extend(governor.observe(*at, *cpu));
+            *at += WINDOW / 2;
+            *cpu += WINDOW.mul_f64(busy / 2.0);
+            changes.extend(governor.observe(*at, *cpu));
+        }
+        changes
+    }
+
+    #[test]
+    fn a_lightly_loaded_thread_stays_realtime() {
+        let mut at = Instant::now();
+        let mut cpu = Duration::from_secs(3);
+        let mut governor = Governor::new(0.25, at, cpu);
+        assert!(run(&mut governor, &mut at, &mut cpu, 0.05, 500).is_empty());
+        assert!(governor.realtime());
+    }
+
+    #[test]
+    fn a_busy_thread_goes_ordinary_and_comes_back_only_well_below_the_limit() {
+        let mut at = Instant::now();
+        let mut cpu = Duration::ZERO;
+        let mut governor = Governor::new(0.25, at, cpu);
+        assert_eq!(run(&mut governor, &mut at, &mut cpu, 0.5, 1), vec![Change::Ordinary]);
+        assert!(!governor.realtime());
+        // Ordinary scheduling halves the cost; still above a third of the limit: stays.
+        assert!(run(&mut governor, &mut at, &mut cpu, 0.2, 200).is_empty());
+        assert!(run(&mut governor, &mut at, &mut cpu, 0.09, 200).is_empty());
+        // Calm, but not for a whole second yet (49 windows of 20 ms), then one busy window
+        // starts the count again.
+        assert!(run(&mut governor, &mut at, &mut cpu, 0.05, 49).is_empty());
+        assert!(run(&mut governor, &mut at, &mut cpu, 0.1, 1).is_empty());
+        assert!(run(&mut governor, &mut at, &mut cpu, 0.05, 49).is_empty());
+        assert_eq!(run(&mut governor, &mut at, &mut cpu, 0.05, 2), vec![Change::Realtime]);
+        assert!(governor.realtime());
+    }
+
+    #[test]
+    fn a_load_at_the_limit_does_not_flip_back_and_forth() {
+        // A load that costs 26% real-time and 14% ordinary (the ~1.8× of BENCHMARKS.md).
+        let mut at = Instant::now();
+        let mut cpu = Duration::ZERO;
+        let mut governor = Governor::new(0.25, at, cpu);
+        let mut changes = run(&mut governor, &mut at, &mut cpu, 0.26, 1);
+        for _ in 0..500 {
+            let busy = if governor.realtime() { 0.26 } else { 0.14 };
+            changes.extend(run(&mut governor, &mut at, &mut cpu, busy, 1));
+        }
+        assert_eq!(changes, vec![Change::Ordinary]);
+    }
+
+    #[test]
+    fn max_busy_of_one_keeps_it_realtime() {
+        let mut at = Instant::now();
+        let mut cpu = Duration::ZERO;
+        let mut governor = Governor::new(1.0, at, cpu);
+        assert!(run(&mut governor, &mut at, &mut cpu, 0.99, 200).is_empty());
+        assert!(governor.realtime());
+    }
+
+    #[test]
+    fn short_looks_and_clock_oddities_judge_nothing() {
+        let at = Instant::now();
+        let mut governor = Governor::new(0.25, at, Duration::from_secs(1));
+        assert_eq!(governor.observe(at + 5 * MS, Duration::from_secs(5)), None);
+        // CPU time going backwards (it cannot, but) counts as idle.
+        assert_eq!(governor.observe(at + 200 * MS, Duration::ZERO), None);
+        assert!(governor.realtime());
+    }
+}
