@@ -190,3 +190,103 @@ fn runs_on_the_embedded_default_and_stops_on_sigint() {
     signal(&child, libc::SIGINT);
     assert!(wait_exit(&mut child).success());
 }
+
+/// The scheduling policy (0 `SCHED_OTHER`, 1 `SCHED_FIFO`) and real-time priority of the
+/// process's "sip" thread.
+fn sip_thread_policy(pid: u32) -> Option<(u32, u32)> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "sip" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        // Fields after the parenthesised name start at 3; rt_priority is 40, policy 41.
+        let (_, rest) = stat.rsplit_once(')')?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|text| text.parse::<u32>().ok());
+        return Some((field(41)?, field(40)?));
+    }
+    None
+}
+
+fn wait_policy(pid: u32, wanted: (u32, u32), within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if sip_thread_policy(pid) == Some(wanted) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// `sip.realtime_priority` (default 10): the SIP thread runs under SCHED_FIFO while calm,
+/// goes back to ordinary scheduling when a flood of requests keeps it busy, and is real-time
+/// again once the flood is over. Without the right to real-time scheduling the node runs all
+/// the same.
+#[test]
+fn sip_thread_is_realtime_while_calm_and_ordinary_under_a_flood() {
+    let directory = tempfile::tempdir().unwrap();
+    let network = directory.path().join("network.toml");
+    std::fs::write(
+        &network,
+        "[[tcf]]\nname = \"tcf-rt\"\nsip = \"127.0.0.1:19570\"\nusers = [\"1001-1010\"]\n",
+    )
+    .unwrap();
+    let file = write_config(&format!(
+        "[node]\nname = \"tcf-rt\"\n[media]\nport_min = 44200\nport_max = 44219\nworkers = 1\n\
+         [metrics]\nlisten = \"off\"\n[sip]\nlisten = \"127.0.0.1:19570\"\n\
+         [provisioning]\nnetwork = \"{}\"\n[store]\npath = \"{}\"\n",
+        network.display(),
+        directory.path().join("state.redb").display()
+    ));
+    let path = file.path().to_str().unwrap().to_owned();
+    let (mut child, _lines) = start(&["run", "--config", &path]);
+    let pid = child.id();
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        // Refused (unless the user was given RLIMIT_RTPRIO): the node runs all the same.
+        assert!(matches!(sip_thread_policy(pid), Some((0, 0)) | Some((1, 10))));
+        signal(&child, libc::SIGTERM);
+        assert!(wait_exit(&mut child).success());
+        return;
+    }
+    assert!(
+        wait_policy(pid, (1, 10), Duration::from_secs(2)),
+        "{:?}",
+        sip_thread_policy(pid)
+    );
+    // Flood: OPTIONS as fast as this thread sends them, until the node gives up real time
+    // (bounded: 3 s, 300,000 requests).
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = socket.local_addr().unwrap();
+    let started = std::time::Instant::now();
+    let mut ordinary = false;
+    for index in 0..300_000u32 {
+        let request = format!(
+            "OPTIONS sip:tcf-rt@127.0.0.1:19570 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKflood{index}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=f{index}\r\nTo: <sip:tcf-rt@127.0.0.1:19570>\r\n\
+             Call-ID: flood{index}@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        let _ = socket.send_to(request.as_bytes(), "127.0.0.1:19570");
+        if index % 256 == 0 {
+            if sip_thread_policy(pid) == Some((0, 0)) {
+                ordinary = true;
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(3) {
+                break;
+            }
+        }
+    }
+    assert!(ordinary, "still {:?} after the flood", sip_thread_policy(pid));
+    // Calm again: real-time within a few seconds (a calm second's average, once the flood's
+    // backlog is worked off).
+    assert!(
+        wait_policy(pid, (1, 10), Duration::from_secs(6)),
+        "{:?}",
+        sip_thread_policy(pid)
+    );
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child).success());
+}

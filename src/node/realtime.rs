@@ -6,9 +6,11 @@
 //! serves one, and the CPU per single call nearly doubles (BENCHMARKS.md, session 6). So the
 //! thread stays real-time only while it is lightly loaded: [`Governor`] watches the share of a
 //! CPU it used over each 20 ms window and drops it to ordinary scheduling as soon as one window
-//! is above `sip.realtime_max_busy` (a real-time thread under heavy load falls behind within a
-//! few windows: its CPU per message doubles), and takes it back to real time only after a
-//! second in which every window stayed below a third of that. A third, not a half: the same
+//! is above `sip.realtime_max_busy`, or at once when a receive finds a backlog
+//! ([`BACKLOG`] datagrams or more queued: a real-time thread that falls behind falls further,
+//! its CPU per message doubling), and takes it back to real time only after a
+//! second whose average stayed below a third of that (an average, so that the short bursts a
+//! floor change or a group set-up causes do not keep it ordinary). A third, not a half: the same
 //! load costs a real-time thread up to twice the CPU of an ordinary one, so a narrower band
 //! could flip it back and forth.
 
@@ -31,14 +33,18 @@ pub struct Governor {
     realtime: bool,
     window_start: Instant,
     window_cpu: Duration,
-    /// Since when every window has been calm (below a third of `max_busy`), while ordinary.
-    calm_since: Option<Instant>,
+    /// While ordinary: the start of the current one-second span and the CPU time then.
+    span_start: Instant,
+    span_cpu: Duration,
 }
 
 /// The shortest stretch over which the busy share is judged.
 pub const WINDOW: Duration = Duration::from_millis(20);
 
-/// How long the load must stay calm before the thread is real-time again.
+/// Datagrams found queued by one receive that show the real-time thread is falling behind.
+pub const BACKLOG: usize = 8;
+
+/// The span over which an ordinary thread's load is averaged to decide on its return.
 pub const CALM: Duration = Duration::from_secs(1);
 
 impl Governor {
@@ -51,13 +57,28 @@ impl Governor {
             realtime: true,
             window_start: now,
             window_cpu: cpu,
-            calm_since: None,
+            span_start: now,
+            span_cpu: cpu,
         }
     }
 
     /// Whether the thread is meant to be real-time now.
     pub fn realtime(&self) -> bool {
         self.realtime
+    }
+
+    /// A receive found [`BACKLOG`] datagrams or more queued at `now` (`cpu`: the thread's CPU
+    /// time): a real-time thread goes ordinary at once.
+    pub fn backlog(&mut self, now: Instant, cpu: Duration) -> Option<Change> {
+        if !self.realtime || self.max_busy >= 1.0 {
+            return None;
+        }
+        self.realtime = false;
+        self.window_start = now;
+        self.window_cpu = cpu;
+        self.span_start = now;
+        self.span_cpu = cpu;
+        Some(Change::Ordinary)
     }
 
     /// Takes the thread's CPU time `cpu` at `now`; at the end of each window, says what to
@@ -69,7 +90,6 @@ impl Governor {
         }
         let used = cpu.saturating_sub(self.window_cpu);
         let busy = used.as_secs_f64() / elapsed.as_secs_f64();
-        let window_start = self.window_start;
         self.window_start = now;
         self.window_cpu = cpu;
         if self.max_busy >= 1.0 {
@@ -78,20 +98,21 @@ impl Governor {
         if self.realtime {
             if busy > self.max_busy {
                 self.realtime = false;
-                self.calm_since = None;
+                self.span_start = now;
+                self.span_cpu = cpu;
                 return Some(Change::Ordinary);
             }
             return None;
         }
-        if busy >= self.max_busy / 3.0 {
-            self.calm_since = None;
+        let span = now.saturating_duration_since(self.span_start);
+        if span < CALM {
             return None;
         }
-        // This window was calm; so were all since `calm_since` (it started with the first).
-        let since = *self.calm_since.get_or_insert(window_start);
-        if now.saturating_duration_since(since) >= CALM {
+        let average = cpu.saturating_sub(self.span_cpu).as_secs_f64() / span.as_secs_f64();
+        self.span_start = now;
+        self.span_cpu = cpu;
+        if average < self.max_busy / 3.0 {
             self.realtime = true;
-            self.calm_since = None;
             return Some(Change::Realtime);
         }
         None
@@ -138,13 +159,34 @@ mod tests {
         // Ordinary scheduling halves the cost; still above a third of the limit: stays.
         assert!(run(&mut governor, &mut at, &mut cpu, 0.2, 200).is_empty());
         assert!(run(&mut governor, &mut at, &mut cpu, 0.09, 200).is_empty());
-        // Calm, but not for a whole second yet (49 windows of 20 ms), then one busy window
-        // starts the count again.
-        assert!(run(&mut governor, &mut at, &mut cpu, 0.05, 49).is_empty());
-        assert!(run(&mut governor, &mut at, &mut cpu, 0.1, 1).is_empty());
-        assert!(run(&mut governor, &mut at, &mut cpu, 0.05, 49).is_empty());
-        assert_eq!(run(&mut governor, &mut at, &mut cpu, 0.05, 2), vec![Change::Realtime]);
+        // Calm: back within two one-second spans (the first may have begun busy).
+        assert_eq!(run(&mut governor, &mut at, &mut cpu, 0.05, 100), vec![Change::Realtime]);
         assert!(governor.realtime());
+    }
+
+    #[test]
+    fn bursts_count_by_their_average() {
+        let mut at = Instant::now();
+        let mut cpu = Duration::ZERO;
+        let mut governor = Governor::new(0.25, at, cpu);
+        assert_eq!(run(&mut governor, &mut at, &mut cpu, 0.9, 1), vec![Change::Ordinary]);
+        // A burst of 15% every other window: 7.5% on average, below a third of 25%.
+        let mut changes = Vec::new();
+        for _ in 0..60 {
+            changes.extend(run(&mut governor, &mut at, &mut cpu, 0.15, 1));
+            changes.extend(run(&mut governor, &mut at, &mut cpu, 0.0, 1));
+        }
+        assert_eq!(changes, vec![Change::Realtime]);
+        // 20% every other window (10% on average) once real-time again: no window above 25%,
+        // so it stays real-time; as ordinary it would not come back.
+        assert!(run(&mut governor, &mut at, &mut cpu, 0.2, 100).is_empty());
+        assert_eq!(run(&mut governor, &mut at, &mut cpu, 0.3, 1), vec![Change::Ordinary]);
+        let mut changes = Vec::new();
+        for _ in 0..100 {
+            changes.extend(run(&mut governor, &mut at, &mut cpu, 0.2, 1));
+            changes.extend(run(&mut governor, &mut at, &mut cpu, 0.0, 1));
+        }
+        assert!(changes.is_empty(), "{changes:?}");
     }
 
     #[test]
@@ -159,6 +201,20 @@ mod tests {
             changes.extend(run(&mut governor, &mut at, &mut cpu, busy, 1));
         }
         assert_eq!(changes, vec![Change::Ordinary]);
+    }
+
+    #[test]
+    fn a_backlog_makes_it_ordinary_at_once_until_a_calm_second() {
+        let mut at = Instant::now();
+        let mut cpu = Duration::ZERO;
+        let mut governor = Governor::new(0.25, at, cpu);
+        at += MS;
+        assert_eq!(governor.backlog(at, cpu), Some(Change::Ordinary));
+        assert_eq!(governor.backlog(at, cpu), None, "already ordinary");
+        assert!(run(&mut governor, &mut at, &mut cpu, 0.1, 200).is_empty());
+        assert_eq!(run(&mut governor, &mut at, &mut cpu, 0.02, 100), vec![Change::Realtime]);
+        let mut always = Governor::new(1.0, at, cpu);
+        assert_eq!(always.backlog(at, cpu), None);
     }
 
     #[test]

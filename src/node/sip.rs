@@ -14,7 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::control::tcf::{Binding, Location, Now, Output, Registration, SipStats, StoreWrite, Tcf, TcfEvent};
+use crate::io::worker::thread_cpu_time;
 use crate::node::datagrams::{watch, RecvDatagrams, SendDatagrams};
+use crate::node::realtime::{Governor, BACKLOG, WINDOW};
 use crate::node::store::{Store, Table};
 use crate::proto::Number;
 use crate::sip::{Frame, Message, Rejection, StreamFramer};
@@ -157,7 +159,7 @@ pub fn spawn_dedicated(
 ) -> anyhow::Result<(SipHandle, std::thread::JoinHandle<()>)> {
     let (handed, handle) = std::sync::mpsc::sync_channel(1);
     let thread = std::thread::Builder::new().name("sip".into()).spawn(move || {
-        let governed = realtime.priority > 0 && realtime.start();
+        let governed = (realtime.priority > 0 && realtime.start()).then_some(realtime);
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime,
             Err(error) => {
@@ -174,11 +176,8 @@ pub fn spawn_dedicated(
                     return;
                 }
             };
-            match spawn(socket, listener, limits, tcf, store, shutdown) {
+            match spawn(socket, listener, limits, governed, tcf, store, shutdown) {
                 Ok((handle, task)) => {
-                    if governed {
-                        tokio::spawn(realtime.govern());
-                    }
                     let _ = handed.send(Ok(handle));
                     let _ = task.await;
                 }
@@ -226,36 +225,29 @@ impl Realtime {
         }
     }
 
-    /// Runs on the SIP thread's runtime (so on the SIP thread): every window, moves the
-    /// thread between real-time and ordinary scheduling as its load asks
-    /// ([`crate::node::realtime::Governor`]). Ends with the runtime.
-    async fn govern(self) {
-        use crate::io::worker::{set_ordinary, set_realtime, thread_cpu_time};
-        use crate::node::realtime::{Change, Governor, WINDOW};
-        let mut governor = Governor::new(self.max_busy, std::time::Instant::now(), thread_cpu_time());
-        let mut ticks = tokio::time::interval(WINDOW);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let change = governor.observe(std::time::Instant::now(), thread_cpu_time());
-            let result = match change {
-                Some(Change::Ordinary) => set_ordinary(),
-                Some(Change::Realtime) => set_realtime(self.priority),
-                None => continue,
-            };
-            match result {
-                Ok(()) => tracing::debug!(?change, "SIP thread scheduling changed"),
-                Err(error) => tracing::warn!(?change, %error, "SIP thread scheduling change refused"),
-            }
+    /// Moves the calling thread (the SIP thread) as the governor decided.
+    fn apply(&self, change: Option<crate::node::realtime::Change>) {
+        use crate::node::realtime::Change;
+        let result = match change {
+            Some(Change::Ordinary) => crate::io::worker::set_ordinary(),
+            Some(Change::Realtime) => crate::io::worker::set_realtime(self.priority),
+            None => return,
+        };
+        match result {
+            Ok(()) => tracing::debug!(?change, "SIP thread scheduling changed"),
+            Err(error) => tracing::warn!(?change, %error, "SIP thread scheduling change refused"),
         }
     }
 }
 
-/// Starts the SIP task on the current runtime.
+/// Starts the SIP task on the current runtime. `governed`: the thread runs real-time, and the
+/// task moves it between real-time and ordinary scheduling as its load asks
+/// ([`crate::node::realtime::Governor`]).
 fn spawn(
     socket: SipSocket,
     listener: TcpListener,
     limits: TransportLimits,
+    governed: Option<Realtime>,
     mut tcf: Tcf,
     store: Store,
     mut shutdown: broadcast::Receiver<()>,
@@ -277,6 +269,12 @@ fn spawn(
         let mut inbound_datagrams = RecvDatagrams::new((RECEIVE_BUFFERS / slot).clamp(1, RECEIVE_BURST), slot);
         let mut outbound_datagrams = SendDatagrams::new();
         let mut connections: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
+        let mut governor = governed.map(|realtime| {
+            let governor = Governor::new(realtime.max_busy, Instant::now(), thread_cpu_time());
+            (realtime, governor)
+        });
+        let mut windows = tokio::time::interval(WINDOW);
+        windows.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             carry_out(
                 &mut tcf,
@@ -300,7 +298,10 @@ fn spawn(
                         Err(error) => Err(error),
                     };
                     match received {
-                        Ok(_) => {
+                        Ok(count) => {
+                            if let Some((realtime, governor)) = governor.as_mut().filter(|_| count >= BACKLOG) {
+                                realtime.apply(governor.backlog(Instant::now(), thread_cpu_time()));
+                            }
                             let now = now();
                             for (from, bytes) in inbound_datagrams.datagrams() {
                                 tcf.handle_datagram(now, from, Bytes::copy_from_slice(bytes));
@@ -327,6 +328,11 @@ fn spawn(
                     Inbound::Rejected { peer, rejection } => tcf.handle_rejection(now(), peer, &rejection),
                 },
                 _ = tokio::time::sleep_until(deadline) => tcf.handle_timeout(now()),
+                _ = windows.tick(), if governor.is_some() => {
+                    if let Some((realtime, governor)) = governor.as_mut() {
+                        realtime.apply(governor.observe(Instant::now(), thread_cpu_time()));
+                    }
+                },
                 query = query_receiver.recv() => match query {
                     Some(query) => answer(&tcf, query),
                     None => break,
