@@ -209,6 +209,17 @@ fn sip_thread_policy(pid: u32) -> Option<(u32, u32)> {
     None
 }
 
+/// A child node killed when the test ends, also when it fails (a node left running would hold
+/// its ports for the next run).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn wait_policy(pid: u32, wanted: (u32, u32), within: Duration) -> bool {
     let deadline = std::time::Instant::now() + within;
     while std::time::Instant::now() < deadline {
@@ -241,14 +252,15 @@ fn sip_thread_is_realtime_while_calm_and_ordinary_under_a_flood() {
         directory.path().join("state.redb").display()
     ));
     let path = file.path().to_str().unwrap().to_owned();
-    let (mut child, _lines) = start(&["run", "--config", &path]);
-    let pid = child.id();
+    let (child, _lines) = start(&["run", "--config", &path]);
+    let mut node = Running(child);
+    let pid = node.0.id();
     // SAFETY: plain syscall.
     if unsafe { libc::geteuid() } != 0 {
         // Refused (unless the user was given RLIMIT_RTPRIO): the node runs all the same.
         assert!(matches!(sip_thread_policy(pid), Some((0, 0)) | Some((1, 10))));
-        signal(&child, libc::SIGTERM);
-        assert!(wait_exit(&mut child).success());
+        signal(&node.0, libc::SIGTERM);
+        assert!(wait_exit(&mut node.0).success());
         return;
     }
     assert!(
@@ -287,6 +299,6 @@ fn sip_thread_is_realtime_while_calm_and_ordinary_under_a_flood() {
         "{:?}",
         sip_thread_policy(pid)
     );
-    signal(&child, libc::SIGTERM);
-    assert!(wait_exit(&mut child).success());
+    signal(&node.0, libc::SIGTERM);
+    assert!(wait_exit(&mut node.0).success());
 }
