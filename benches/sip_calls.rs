@@ -32,8 +32,9 @@
 //! A call counts when the caller has the 200 to its BYE and the callee has had the ACK and the
 //! BYE (and answered it). The caller sends BYE right after its ACK: the figure is the cost of
 //! setting up and tearing down a call, not of holding one. Setup latency is INVITE sent → 200
-//! received by the caller, as this process sees it (it includes the callee's answering, done
-//! by this same thread). Any other final response, an SDP not anchored at the hop, and any call
+//! received by the caller (it includes the callee's answering, done by this same thread), to
+//! the kernel's receive timestamp of the 200 (`SO_TIMESTAMPNS`) — the verdict's figure — and to
+//! when this thread read it; the two differ by this thread's own delay in getting round to it. Any other final response, an SDP not anchored at the hop, and any call
 //! not finished within 2 s count as errors; retransmissions seen by the terminals are counted.
 //!
 //! Phases (each: warm-up, measured window, drain; bounded in time and to 500,000 calls):
@@ -105,7 +106,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use floorcast::io::udp;
+use floorcast::io::{stamp, udp};
 use floorcast::sip::{digest, HeaderName, Message};
 use hdrhistogram::Histogram;
 
@@ -853,8 +854,11 @@ struct Measurement {
     others_ns: u64,
     /// Counters over the whole phase (warm-up, window and drain).
     counters: Counters,
-    /// Setup latency (µs) of the calls started in the window.
+    /// Setup latency (µs) of the calls started in the window, to when this thread read the 200.
     latency: Histogram<u64>,
+    /// The same, to the kernel's receive time of the 200 (`SO_TIMESTAMPNS`): without this
+    /// thread's own delay in getting round to reading it.
+    wire: Histogram<u64>,
 }
 
 impl Measurement {
@@ -894,6 +898,10 @@ impl Measurement {
 
     fn percentile_ms(&self, quantile: f64) -> f64 {
         self.latency.value_at_quantile(quantile) as f64 / 1000.0
+    }
+
+    fn wire_percentile_ms(&self, quantile: f64) -> f64 {
+        self.wire.value_at_quantile(quantile) as f64 / 1000.0
     }
 }
 
@@ -946,6 +954,7 @@ struct Generator {
     branch: u64,
     counters: Counters,
     latency: Histogram<u64>,
+    wire: Histogram<u64>,
     /// Inside the measured window (INVITEs sent now are recorded).
     recording: bool,
     /// Calls started in this phase.
@@ -976,7 +985,13 @@ impl Generator {
             })
             .collect();
         Generator {
-            callers: (0..SOCKETS).map(|_| bind_socket()).collect(),
+            callers: (0..SOCKETS)
+                .map(|_| {
+                    let socket = bind_socket();
+                    stamp::enable(socket.as_raw_fd());
+                    socket
+                })
+                .collect(),
             callees: (0..SOCKETS).map(|_| bind_socket()).collect(),
             servers: ["127.0.0.1:9".parse().unwrap(); 2],
             media_ranges: None,
@@ -985,6 +1000,7 @@ impl Generator {
             branch: 0,
             counters: Counters::default(),
             latency: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
+            wire: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
             recording: false,
             started: 0,
             buffer: vec![0u8; 65_536],
@@ -1035,7 +1051,7 @@ impl Generator {
 
     /// Every datagram waiting on the sockets `pollfds` says are readable, with the index of
     /// its socket (callers 0..SOCKETS, callees SOCKETS..).
-    fn receive_ready(&mut self, pollfds: &[libc::pollfd]) -> Vec<(usize, Message)> {
+    fn receive_ready(&mut self, pollfds: &[libc::pollfd]) -> Vec<(usize, Message, Option<Instant>)> {
         let mut received = Vec::new();
         for (index, pollfd) in pollfds.iter().enumerate() {
             if pollfd.revents & libc::POLLIN == 0 {
@@ -1047,11 +1063,11 @@ impl Generator {
                 } else {
                     &self.callees[index - SOCKETS]
                 };
-                let Ok((length, _)) = socket.recv_from(&mut self.buffer) else {
+                let Ok((length, _, wall_ns)) = stamp::recv_from(socket.as_raw_fd(), &mut self.buffer) else {
                     break;
                 };
                 if let Ok(message) = Message::parse_datagram(Bytes::copy_from_slice(&self.buffer[..length])) {
-                    received.push((index, message));
+                    received.push((index, message, wall_ns.map(stamp::instant_of)));
                 }
             }
         }
@@ -1124,7 +1140,7 @@ impl Generator {
                 send(self, entry, attempt[entry], 1, None);
             }
             Generator::wait(&mut pollfds, Duration::from_millis(5));
-            for (_, message) in self.receive_ready(&pollfds) {
+            for (_, message, _) in self.receive_ready(&pollfds) {
                 let Some(status) = message.status() else { continue };
                 let Some((entry, generation)) = message.call_id().ok().and_then(|call_id| {
                     let (entry, rest) = call_id.strip_prefix('r')?.split_once('.')?;
@@ -1272,7 +1288,7 @@ impl Generator {
     }
 
     /// A message at a caller socket: the responses to the INVITE and the BYE.
-    fn caller_message(&mut self, message: Message, at: Instant, load: Load, accepting: bool) {
+    fn caller_message(&mut self, message: Message, at: Instant, arrived: Option<Instant>, load: Load, accepting: bool) {
         let Some(status) = message.status() else { return };
         let Some((slot, generation)) = message.call_id().ok().and_then(|call_id| {
             let (slot, rest) = call_id.strip_prefix('c')?.split_once('.')?;
@@ -1296,6 +1312,8 @@ impl Generator {
                 if state.recorded {
                     let micros = at.duration_since(state.invite_at).as_micros() as u64;
                     self.latency.saturating_record(micros.max(1));
+                    let wire = arrived.unwrap_or(at).saturating_duration_since(state.invite_at);
+                    self.wire.saturating_record((wire.as_micros() as u64).max(1));
                 }
                 state.to_tag = message.to().ok().and_then(|to| to.tag().map(str::to_owned));
                 state.step = Step::HangingUp;
@@ -1421,6 +1439,7 @@ impl Generator {
         self.media_ranges = target.media_ranges();
         self.counters = Counters::default();
         self.latency.reset();
+        self.wire.reset();
         self.recording = false;
         self.started = 0;
         self.free.clear();
@@ -1501,9 +1520,9 @@ impl Generator {
             }
             Generator::wait(&mut pollfds, timeout);
             let at = Instant::now();
-            for (socket, message) in self.receive_ready(&pollfds) {
+            for (socket, message, arrived) in self.receive_ready(&pollfds) {
                 if socket < SOCKETS {
-                    self.caller_message(message, at, load, accepting);
+                    self.caller_message(message, at, arrived, load, accepting);
                 } else {
                     self.callee_message(socket, message, at, load, accepting);
                 }
@@ -1534,6 +1553,7 @@ impl Generator {
             others_ns,
             counters: self.counters.clone(),
             latency: self.latency.clone(),
+            wire: self.wire.clone(),
         }
     }
 }
@@ -1542,7 +1562,7 @@ impl Generator {
 
 fn print_table(rows: &[(&str, &Measurement)]) {
     println!(
-        "| target | load | calls/s | node CPU per call (both) | tcf-1 | tcf-2 | node CPU per second | setup p50 | setup p99 | errors | retransmissions seen | generator CPU per second | other processes |"
+        "| target | load | calls/s | node CPU per call (both) | tcf-1 | tcf-2 | node CPU per second | setup p50 (kernel receive) | setup p99 (kernel receive) | errors | retransmissions seen | generator CPU per second | other processes |"
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|");
     for (target, measurement) in rows {
@@ -1554,8 +1574,8 @@ fn print_table(rows: &[(&str, &Measurement)]) {
             measurement.hop_us_per_call(0),
             measurement.hop_us_per_call(1),
             measurement.load_percent(),
-            measurement.percentile_ms(0.5),
-            measurement.percentile_ms(0.99),
+            measurement.wire_percentile_ms(0.5),
+            measurement.wire_percentile_ms(0.99),
             measurement.counters.describe_errors(),
             measurement.counters.retransmissions,
             measurement.generator_load_percent(),
@@ -1566,19 +1586,25 @@ fn print_table(rows: &[(&str, &Measurement)]) {
 }
 
 fn print_latency(rows: &[(&str, &Measurement)]) {
-    println!("| target | load | calls measured | p50 | p90 | p99 | p99.9 | max |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("| target | load | 200 taken at | calls measured | p50 | p90 | p99 | p99.9 | max |");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|");
     for (target, measurement) in rows {
-        println!(
-            "| {target} | {} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
-            measurement.load.describe(),
-            measurement.latency.len(),
-            measurement.percentile_ms(0.5),
-            measurement.percentile_ms(0.9),
-            measurement.percentile_ms(0.99),
-            measurement.percentile_ms(0.999),
-            measurement.latency.max() as f64 / 1000.0,
-        );
+        for (taken, histogram) in [
+            ("kernel receive", &measurement.wire),
+            ("read by the generator", &measurement.latency),
+        ] {
+            let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
+            println!(
+                "| {target} | {} | {taken} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+                measurement.load.describe(),
+                histogram.len(),
+                ms(0.5),
+                ms(0.9),
+                ms(0.99),
+                ms(0.999),
+                histogram.max() as f64 / 1000.0,
+            );
+        }
     }
     println!();
 }
@@ -1753,7 +1779,7 @@ fn main() {
          phases: {drops}.\n"
     );
 
-    println!("## Setup latency (INVITE sent → 200 received by the caller)\n");
+    println!("## Setup latency (INVITE sent → 200 received by the caller: by the kernel, and read by the generator)\n");
     print_latency(&rows);
 
     println!(
@@ -1788,16 +1814,18 @@ fn main() {
             "NOT MET"
         },
     );
-    let p99 = fixed.percentile_ms(0.99);
+    let p99 = fixed.wire_percentile_ms(0.99);
     println!(
-        "- p99 setup latency at {half:.0} calls/s (half the measured maximum of {:.0}/s): {p99:.2} ms against \
-         {TARGET_P99_MS:.0} ms — {}.",
+        "- p99 setup latency at {half:.0} calls/s (half the measured maximum of {:.0}/s), to the kernel's receive \
+         time of the 200: {p99:.2} ms against {TARGET_P99_MS:.0} ms — {}. (To when the generator read it: \
+         {:.2} ms.)",
         maximum.rate(),
         if p99 < TARGET_P99_MS && fixed.counters.errors() == 0 {
             "met"
         } else {
             "NOT MET"
         },
+        fixed.percentile_ms(0.99),
     );
     println!();
 }

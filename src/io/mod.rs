@@ -6,6 +6,7 @@
 //! - [`engine`]: the [`Engine`] handle the control plane calls.
 
 pub mod engine;
+pub mod stamp;
 pub mod udp;
 pub mod uring;
 pub mod worker;

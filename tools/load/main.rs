@@ -15,7 +15,6 @@ mod rtp;
 mod run;
 mod scenario;
 mod sender;
-mod stamp;
 mod stats;
 mod ua;
 

@@ -269,7 +269,7 @@ fn receive(sockets: Vec<SlotSocket>, shared: &Shared) -> ReceiverOutput {
     let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     for (position, slot) in sockets.into_iter().enumerate() {
         let _ = slot.socket.set_nonblocking(true);
-        kernel_timestamps &= crate::stamp::enable(slot.socket.as_raw_fd());
+        kernel_timestamps &= floorcast::io::stamp::enable(slot.socket.as_raw_fd());
         let mut event = libc::epoll_event {
             events: libc::EPOLLIN as u32,
             u64: position as u64,
@@ -345,7 +345,7 @@ fn receive(sockets: Vec<SlotSocket>, shared: &Shared) -> ReceiverOutput {
                 let fallback = rtp::now_ns();
                 for index in 0..count as usize {
                     let length = messages[index].msg_len as usize;
-                    let rx_ns = match crate::stamp::from_control(&messages[index].msg_hdr) {
+                    let rx_ns = match floorcast::io::stamp::from_control(&messages[index].msg_hdr) {
                         Some(ns) => ns,
                         None => {
                             kernel_timestamps = false;

@@ -238,7 +238,7 @@ impl UaHandle {
 /// Starts a UA: binds its SIP socket and spawns its task on the current runtime.
 pub async fn spawn(spec: UaSpec, router: Arc<Router>) -> std::io::Result<UaHandle> {
     let socket = UdpSocket::bind(SocketAddr::new(spec.bind, 0)).await?;
-    crate::stamp::enable(socket.as_raw_fd());
+    floorcast::io::stamp::enable(socket.as_raw_fd());
     let address = socket.local_addr()?;
     let (commands, receiver) = mpsc::unbounded_channel();
     let ua = Ua {
@@ -390,10 +390,10 @@ async fn run(mut ua: Ua, mut commands: mpsc::UnboundedReceiver<Command>) {
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             received = ua.socket.async_io(Interest::READABLE, || {
-                crate::stamp::recv_from(ua.socket.as_raw_fd(), &mut buffer)
+                floorcast::io::stamp::recv_from(ua.socket.as_raw_fd(), &mut buffer)
             }) => {
                 if let Ok((length, from, wall_ns)) = received {
-                    ua.received_at = wall_ns.map(crate::stamp::instant_of);
+                    ua.received_at = wall_ns.map(floorcast::io::stamp::instant_of);
                     ua.datagram(Bytes::copy_from_slice(&buffer[..length]), from);
                     ua.received_at = None;
                 }

@@ -1,7 +1,7 @@
-//! Kernel receive timestamps (`SO_TIMESTAMPNS`). The generator's latencies are taken from
-//! them where it can: the time a datagram reached the socket, not the time one of the
-//! generator's threads got round to reading it, so a busy generator does not lengthen what it
-//! reports of the nodes.
+//! Kernel receive timestamps (`SO_TIMESTAMPNS`), for the load generator and the benches: their
+//! latencies are taken from them where they can, the time a datagram reached the socket rather
+//! than the time one of their threads got round to reading it, so a busy generator does not
+//! lengthen what it reports of the nodes. (The node itself does not use them.)
 
 use std::io;
 use std::mem;
@@ -109,6 +109,8 @@ pub fn instant_of(wall_ns: u64) -> Instant {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::expect_used)]
+
     use std::net::UdpSocket;
     use std::os::fd::AsRawFd;
 
