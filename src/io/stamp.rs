@@ -138,13 +138,14 @@ mod tests {
         assert_eq!(&buffer[..length], b"hello");
         assert_eq!(from, sender.local_addr().expect("address"));
         let arrived = instant_of(wall_ns.expect("a kernel timestamp"));
-        // It arrived when it was sent, not 30 ms later when it was read (some slack for the
-        // two clock readings and a loaded machine).
+        // It arrived when it was sent, not 30 ms later when it was read (slack for the two
+        // clock readings, between which this thread may be preempted on a loaded machine:
+        // that only moves `arrived` earlier).
         assert!(
             read_at - arrived >= Duration::from_millis(25),
             "{:?}",
             read_at - arrived
         );
-        assert!(arrived + Duration::from_millis(2) >= before, "{:?}", before - arrived);
+        assert!(arrived + Duration::from_millis(20) >= before, "{:?}", before - arrived);
     }
 }

@@ -818,14 +818,17 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
 /// it is woken, ahead of every ordinary thread on its CPU. The kernel's real-time throttling
 /// (`kernel.sched_rt_runtime_us`, 95% by default) still leaves ordinary threads some time if it
 /// ever spins. Needs `CAP_SYS_NICE` or an `RLIMIT_RTPRIO` of at least `priority`.
+/// Threads it starts afterwards (a runtime's blocking pool, say) start with ordinary scheduling
+/// (`SCHED_RESET_ON_FORK`), not real-time and ungoverned.
 pub fn set_realtime(priority: u8) -> io::Result<()> {
     let param = libc::sched_param {
         sched_priority: libc::c_int::from(priority),
     };
-    // SAFETY: pthread_self() names the calling thread; the parameter is a live sched_param.
-    let result = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    // SAFETY: pid 0 is the calling thread (Linux schedules threads); the parameter is a live
+    // sched_param.
+    let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param) };
     if result != 0 {
-        return Err(io::Error::from_raw_os_error(result));
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
@@ -907,25 +910,35 @@ mod tests {
 
     /// The thread runs under SCHED_FIFO at the priority asked for, or the kernel said why not
     /// (only a permission refusal is acceptable: CI runs as root, where it must work).
+    /// The calling thread's policy (without the reset-on-fork flag) and priority.
+    fn policy() -> (libc::c_int, libc::c_int) {
+        let mut policy = -1;
+        // SAFETY: a zeroed sched_param is valid; both point to live locals.
+        let mut param: libc::sched_param = unsafe { mem::zeroed() };
+        unsafe { libc::pthread_getschedparam(libc::pthread_self(), &mut policy, &mut param) };
+        (policy & !libc::SCHED_RESET_ON_FORK, param.sched_priority)
+    }
+
+    /// The thread runs under SCHED_FIFO at the priority asked for, and a thread it starts does
+    /// not; or the kernel refused (no CAP_SYS_NICE, no RLIMIT_RTPRIO, no real-time budget in
+    /// this cgroup) and nothing changed.
     #[test]
-    fn set_realtime_makes_the_calling_thread_fifo() {
-        let (result, policy, priority) = std::thread::spawn(|| {
+    fn set_realtime_makes_the_calling_thread_fifo_but_not_its_children() {
+        let (result, policy, child) = std::thread::spawn(|| {
             let result = set_realtime(7);
-            let mut policy = 0;
-            // SAFETY: a zeroed sched_param is valid; both point to live locals.
-            let mut param: libc::sched_param = unsafe { mem::zeroed() };
-            unsafe { libc::pthread_getschedparam(libc::pthread_self(), &mut policy, &mut param) };
-            (result, policy, param.sched_priority)
+            let child = std::thread::spawn(policy).join().unwrap();
+            (result, policy(), child)
         })
         .join()
         .unwrap();
         match result {
-            Ok(()) => assert_eq!((policy, priority), (libc::SCHED_FIFO, 7)),
+            Ok(()) => {
+                assert_eq!(policy, (libc::SCHED_FIFO, 7));
+                assert_eq!(child, (libc::SCHED_OTHER, 0));
+            }
             Err(error) => {
                 assert_eq!(error.raw_os_error(), Some(libc::EPERM), "{error}");
-                // SAFETY: plain syscall.
-                assert_ne!(unsafe { libc::geteuid() }, 0, "root must be allowed SCHED_FIFO");
-                assert_eq!(policy, libc::SCHED_OTHER);
+                assert_eq!(policy, (libc::SCHED_OTHER, 0));
             }
         }
         assert!(set_realtime(100).is_err(), "priority beyond 99 is refused");
@@ -934,18 +947,11 @@ mod tests {
     #[test]
     fn set_ordinary_undoes_set_realtime_and_thread_cpu_time_counts_this_thread_only() {
         std::thread::spawn(|| {
-            let policy = || {
-                let mut policy = -1;
-                // SAFETY: a zeroed sched_param is valid; both point to live locals.
-                let mut param: libc::sched_param = unsafe { mem::zeroed() };
-                unsafe { libc::pthread_getschedparam(libc::pthread_self(), &mut policy, &mut param) };
-                policy
-            };
             if set_realtime(5).is_ok() {
-                assert_eq!(policy(), libc::SCHED_FIFO);
+                assert_eq!(policy(), (libc::SCHED_FIFO, 5));
             }
             set_ordinary().unwrap();
-            assert_eq!(policy(), libc::SCHED_OTHER);
+            assert_eq!(policy(), (libc::SCHED_OTHER, 0));
             let before = thread_cpu_time();
             std::thread::sleep(Duration::from_millis(30));
             let slept = thread_cpu_time() - before;

@@ -6,9 +6,10 @@
 //! serves one, and the CPU per single call nearly doubles (BENCHMARKS.md, session 6). So the
 //! thread stays real-time only while it is lightly loaded: [`Governor`] watches the share of a
 //! CPU it used over each 20 ms window and drops it to ordinary scheduling as soon as one window
-//! is above `sip.realtime_max_busy`, or at once when a receive finds a backlog
-//! ([`BACKLOG`] datagrams or more queued: a real-time thread that falls behind falls further,
-//! its CPU per message doubling), and takes it back to real time only after a
+//! is above `sip.realtime_max_busy`, or at once when two receives in a row find a backlog
+//! ([`BACKLOG`] datagrams or more queued each time: a real-time thread that falls behind falls
+//! further, its CPU per message doubling; one such receive alone is only the answers to a
+//! fan-out arriving together), and takes it back to real time only after a
 //! second whose average stayed below a third of that (an average, so that the short bursts a
 //! floor change or a group set-up causes do not keep it ordinary). A third, not a half: the same
 //! load costs a real-time thread up to twice the CPU of an ordinary one, so a narrower band
@@ -36,12 +37,16 @@ pub struct Governor {
     /// While ordinary: the start of the current one-second span and the CPU time then.
     span_start: Instant,
     span_cpu: Duration,
+    /// Receives in a row that found a backlog.
+    backlog_streak: u32,
 }
 
 /// The shortest stretch over which the busy share is judged.
 pub const WINDOW: Duration = Duration::from_millis(20);
 
-/// Datagrams found queued by one receive that show the real-time thread is falling behind.
+/// Datagrams found queued by a receive that, twice in a row, show the real-time thread is
+/// falling behind. (With fewer receive slots than this, e.g. `sip.max_message_size` above
+/// 256 KiB, only the busy share counts.)
 pub const BACKLOG: usize = 8;
 
 /// The span over which an ordinary thread's load is averaged to decide on its return.
@@ -59,6 +64,7 @@ impl Governor {
             window_cpu: cpu,
             span_start: now,
             span_cpu: cpu,
+            backlog_streak: 0,
         }
     }
 
@@ -67,18 +73,40 @@ impl Governor {
         self.realtime
     }
 
-    /// A receive found [`BACKLOG`] datagrams or more queued at `now` (`cpu`: the thread's CPU
-    /// time): a real-time thread goes ordinary at once.
+    /// A receive found `count` datagrams queued. True when that makes two receives in a row
+    /// with a backlog while real-time: then call [`Governor::backlog`].
+    pub fn received(&mut self, count: usize) -> bool {
+        if count < BACKLOG {
+            self.backlog_streak = 0;
+            return false;
+        }
+        self.backlog_streak = self.backlog_streak.saturating_add(1);
+        self.realtime && self.max_busy < 1.0 && self.backlog_streak >= 2
+    }
+
+    /// The real-time thread is falling behind (at `now`, with `cpu` of CPU time used): it goes
+    /// ordinary at once.
     pub fn backlog(&mut self, now: Instant, cpu: Duration) -> Option<Change> {
         if !self.realtime || self.max_busy >= 1.0 {
             return None;
         }
+        self.ordinary(now, cpu);
+        Some(Change::Ordinary)
+    }
+
+    /// The kernel refused to make the thread real-time again: it stays ordinary, and the next
+    /// attempt waits for another calm span.
+    pub fn refused(&mut self, now: Instant, cpu: Duration) {
+        self.ordinary(now, cpu);
+    }
+
+    fn ordinary(&mut self, now: Instant, cpu: Duration) {
         self.realtime = false;
+        self.backlog_streak = 0;
         self.window_start = now;
         self.window_cpu = cpu;
         self.span_start = now;
         self.span_cpu = cpu;
-        Some(Change::Ordinary)
     }
 
     /// Takes the thread's CPU time `cpu` at `now`; at the end of each window, says what to
@@ -97,9 +125,7 @@ impl Governor {
         }
         if self.realtime {
             if busy > self.max_busy {
-                self.realtime = false;
-                self.span_start = now;
-                self.span_cpu = cpu;
+                self.ordinary(now, cpu);
                 return Some(Change::Ordinary);
             }
             return None;
@@ -204,17 +230,38 @@ mod tests {
     }
 
     #[test]
-    fn a_backlog_makes_it_ordinary_at_once_until_a_calm_second() {
+    fn a_backlog_twice_in_a_row_makes_it_ordinary_at_once_until_a_calm_second() {
         let mut at = Instant::now();
         let mut cpu = Duration::ZERO;
         let mut governor = Governor::new(0.25, at, cpu);
         at += MS;
+        // A fan-out's answers arriving together: one big receive, then small ones.
+        for count in [12, 1, 9, 3, 32, 0, 8, 7] {
+            assert!(!governor.received(count), "{count}");
+        }
+        assert!(!governor.received(8));
+        assert!(governor.received(8), "a second backlog in a row");
         assert_eq!(governor.backlog(at, cpu), Some(Change::Ordinary));
+        assert!(!governor.received(30) && !governor.received(30), "already ordinary");
         assert_eq!(governor.backlog(at, cpu), None, "already ordinary");
         assert!(run(&mut governor, &mut at, &mut cpu, 0.1, 200).is_empty());
         assert_eq!(run(&mut governor, &mut at, &mut cpu, 0.02, 100), vec![Change::Realtime]);
         let mut always = Governor::new(1.0, at, cpu);
+        assert!(!always.received(32) && !always.received(32));
         assert_eq!(always.backlog(at, cpu), None);
+    }
+
+    #[test]
+    fn a_refused_return_waits_for_another_calm_span() {
+        let mut at = Instant::now();
+        let mut cpu = Duration::ZERO;
+        let mut governor = Governor::new(0.25, at, cpu);
+        assert_eq!(run(&mut governor, &mut at, &mut cpu, 0.5, 1), vec![Change::Ordinary]);
+        assert_eq!(run(&mut governor, &mut at, &mut cpu, 0.0, 100), vec![Change::Realtime]);
+        governor.refused(at, cpu);
+        assert!(!governor.realtime());
+        assert!(run(&mut governor, &mut at, &mut cpu, 0.0, 45).is_empty());
+        assert_eq!(run(&mut governor, &mut at, &mut cpu, 0.0, 10), vec![Change::Realtime]);
     }
 
     #[test]

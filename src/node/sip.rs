@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::control::tcf::{Binding, Location, Now, Output, Registration, SipStats, StoreWrite, Tcf, TcfEvent};
 use crate::io::worker::thread_cpu_time;
 use crate::node::datagrams::{watch, RecvDatagrams, SendDatagrams};
-use crate::node::realtime::{Governor, BACKLOG, WINDOW};
+use crate::node::realtime::{Governor, WINDOW};
 use crate::node::store::{Store, Table};
 use crate::proto::Number;
 use crate::sip::{Frame, Message, Rejection, StreamFramer};
@@ -225,8 +225,9 @@ impl Realtime {
         }
     }
 
-    /// Moves the calling thread (the SIP thread) as the governor decided.
-    fn apply(&self, change: Option<crate::node::realtime::Change>) {
+    /// Moves the calling thread (the SIP thread) as `governor` decided. A refusal (the right
+    /// to real time withdrawn since the start) leaves the thread ordinary, and is logged once.
+    fn apply(&self, governor: &mut Governor, change: Option<crate::node::realtime::Change>, refusals: &mut u64) {
         use crate::node::realtime::Change;
         let result = match change {
             Some(Change::Ordinary) => crate::io::worker::set_ordinary(),
@@ -235,7 +236,13 @@ impl Realtime {
         };
         match result {
             Ok(()) => tracing::debug!(?change, "SIP thread scheduling changed"),
-            Err(error) => tracing::warn!(?change, %error, "SIP thread scheduling change refused"),
+            Err(error) => {
+                governor.refused(Instant::now(), thread_cpu_time());
+                *refusals += 1;
+                if *refusals == 1 {
+                    tracing::warn!(?change, %error, "SIP thread scheduling change refused; it stays ordinary until allowed");
+                }
+            }
         }
     }
 }
@@ -273,6 +280,7 @@ fn spawn(
             let governor = Governor::new(realtime.max_busy, Instant::now(), thread_cpu_time());
             (realtime, governor)
         });
+        let mut refusals = 0u64;
         let mut windows = tokio::time::interval(WINDOW);
         windows.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -299,8 +307,11 @@ fn spawn(
                     };
                     match received {
                         Ok(count) => {
-                            if let Some((realtime, governor)) = governor.as_mut().filter(|_| count >= BACKLOG) {
-                                realtime.apply(governor.backlog(Instant::now(), thread_cpu_time()));
+                            if let Some((realtime, governor)) = governor.as_mut() {
+                                if governor.received(count) {
+                                    let change = governor.backlog(Instant::now(), thread_cpu_time());
+                                    realtime.apply(governor, change, &mut refusals);
+                                }
                             }
                             let now = now();
                             for (from, bytes) in inbound_datagrams.datagrams() {
@@ -330,7 +341,8 @@ fn spawn(
                 _ = tokio::time::sleep_until(deadline) => tcf.handle_timeout(now()),
                 _ = windows.tick(), if governor.is_some() => {
                     if let Some((realtime, governor)) = governor.as_mut() {
-                        realtime.apply(governor.observe(Instant::now(), thread_cpu_time()));
+                        let change = governor.observe(Instant::now(), thread_cpu_time());
+                        realtime.apply(governor, change, &mut refusals);
                     }
                 },
                 query = query_receiver.recv() => match query {

@@ -32,7 +32,9 @@ impl Cluster {
 
     fn config_text(&self, index: usize) -> String {
         let directory = self.directory.path();
-        let media_min = 30_000 + (self.base % 1000) * 20 + index as u16 * 40;
+        // 120 ports per test, by the base's hundreds (bases are 15100…19900 in steps of 100):
+        // no two tests of a binary, which run in parallel, share a media port.
+        let media_min = 20_000 + (self.base / 100 % 100) * 120 + index as u16 * 40;
         format!(
             "[node]\nname = \"{name}\"\n\
              [media]\nport_min = {media_min}\nport_max = {media_max}\nworkers = 1\n\
