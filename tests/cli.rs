@@ -295,7 +295,7 @@ fn sip_thread_is_realtime_while_calm_and_ordinary_under_a_flood() {
         }
     }
     assert!(ordinary, "still {:?} after the flood", sip_thread_policy(pid));
-    // Calm again: real-time within a few seconds (a calm second's average, once the flood's
+    // Calm again: real-time within a few seconds (a calm quarter second's average, once the flood's
     // backlog is worked off).
     assert!(
         wait_policy(pid, (1, 10), Duration::from_secs(6)),

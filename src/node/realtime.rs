@@ -10,7 +10,7 @@
 //! ([`BACKLOG`] datagrams or more queued each time: a real-time thread that falls behind falls
 //! further, its CPU per message doubling; one such receive alone is only the answers to a
 //! fan-out arriving together), and takes it back to real time only after a
-//! second whose average stayed below a third of that (an average, so that the short bursts a
+//! quarter of a second whose average stayed below a third of that (an average, so that the short bursts a
 //! floor change or a group set-up causes do not keep it ordinary). A third, not a half: the same
 //! load costs a real-time thread up to twice the CPU of an ordinary one, so a narrower band
 //! could flip it back and forth.
@@ -34,7 +34,7 @@ pub struct Governor {
     realtime: bool,
     window_start: Instant,
     window_cpu: Duration,
-    /// While ordinary: the start of the current one-second span and the CPU time then.
+    /// While ordinary: the start of the current span ([`CALM`]) and the CPU time then.
     span_start: Instant,
     span_cpu: Duration,
     /// Receives in a row that found a backlog.
@@ -50,7 +50,7 @@ pub const WINDOW: Duration = Duration::from_millis(20);
 pub const BACKLOG: usize = 8;
 
 /// The span over which an ordinary thread's load is averaged to decide on its return.
-pub const CALM: Duration = Duration::from_secs(1);
+pub const CALM: Duration = Duration::from_millis(250);
 
 impl Governor {
     /// A governor for a thread that has just been made real-time, at `now` with `cpu` of CPU
@@ -185,7 +185,7 @@ mod tests {
         // Ordinary scheduling halves the cost; still above a third of the limit: stays.
         assert!(run(&mut governor, &mut at, &mut cpu, 0.2, 200).is_empty());
         assert!(run(&mut governor, &mut at, &mut cpu, 0.09, 200).is_empty());
-        // Calm: back within two one-second spans (the first may have begun busy).
+        // Calm: back within two spans (the first may have begun busy).
         assert_eq!(run(&mut governor, &mut at, &mut cpu, 0.05, 100), vec![Change::Realtime]);
         assert!(governor.realtime());
     }
@@ -230,7 +230,7 @@ mod tests {
     }
 
     #[test]
-    fn a_backlog_twice_in_a_row_makes_it_ordinary_at_once_until_a_calm_second() {
+    fn a_backlog_twice_in_a_row_makes_it_ordinary_at_once_until_a_calm_span() {
         let mut at = Instant::now();
         let mut cpu = Duration::ZERO;
         let mut governor = Governor::new(0.25, at, cpu);
@@ -260,8 +260,8 @@ mod tests {
         assert_eq!(run(&mut governor, &mut at, &mut cpu, 0.0, 100), vec![Change::Realtime]);
         governor.refused(at, cpu);
         assert!(!governor.realtime());
-        assert!(run(&mut governor, &mut at, &mut cpu, 0.0, 45).is_empty());
-        assert_eq!(run(&mut governor, &mut at, &mut cpu, 0.0, 10), vec![Change::Realtime]);
+        assert!(run(&mut governor, &mut at, &mut cpu, 0.0, 10).is_empty());
+        assert_eq!(run(&mut governor, &mut at, &mut cpu, 0.0, 5), vec![Change::Realtime]);
     }
 
     #[test]
