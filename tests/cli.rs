@@ -177,6 +177,16 @@ fn runs_with_a_config_serves_metrics_and_stops_on_sigterm() {
         response.contains("floorcast_sip_requests_total{node=\"tcf-test\"}"),
         "{response}"
     );
+    // The SIP thread is real-time where this process may be (an idle node stays so).
+    let allowed = std::thread::spawn(|| floorcast::io::worker::set_realtime(1).is_ok())
+        .join()
+        .unwrap();
+    let realtime = format!("floorcast_sip_realtime{{node=\"tcf-test\"}} {}", u8::from(allowed));
+    assert!(response.contains(&realtime), "{response}");
+    assert!(
+        response.contains("floorcast_sip_realtime_changes_total{node=\"tcf-test\"} 0"),
+        "{response}"
+    );
     assert!(http_get("127.0.0.1:19464", "/nothing").starts_with("HTTP/1.1 404"));
     signal(&child, libc::SIGTERM);
     assert!(wait_exit(&mut child).success());

@@ -62,9 +62,30 @@ impl Exporter {
                 Some(stats) => render_sip(&mut out, &self.node, &stats),
                 None => out.push_str("# error collecting SIP statistics: core stopped\n"),
             }
+            if let Some(scheduling) = sip.scheduling().await {
+                render_scheduling(&mut out, &self.node, scheduling);
+            }
         }
         out
     }
+}
+
+/// Appends how the SIP thread is scheduled (`sip.realtime_priority`).
+pub fn render_scheduling(out: &mut String, node: &str, scheduling: crate::node::sip::SipScheduling) {
+    out.push_str("# HELP floorcast_sip_realtime 1 while the SIP thread runs under SCHED_FIFO.\n");
+    out.push_str("# TYPE floorcast_sip_realtime gauge\n");
+    let _ = writeln!(
+        out,
+        "floorcast_sip_realtime{{node=\"{node}\"}} {}",
+        u8::from(scheduling.realtime)
+    );
+    out.push_str("# HELP floorcast_sip_realtime_changes_total Moves of the SIP thread between real-time and ordinary scheduling.\n");
+    out.push_str("# TYPE floorcast_sip_realtime_changes_total counter\n");
+    let _ = writeln!(
+        out,
+        "floorcast_sip_realtime_changes_total{{node=\"{node}\"}} {}",
+        scheduling.changes
+    );
 }
 
 /// Appends the SIP core's metrics.

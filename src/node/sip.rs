@@ -36,6 +36,16 @@ enum Query {
     Location(Number, oneshot::Sender<Option<Location>>),
     PeerUp(String, oneshot::Sender<Option<bool>>),
     Stats(oneshot::Sender<SipStats>),
+    Scheduling(oneshot::Sender<SipScheduling>),
+}
+
+/// How the SIP thread is scheduled now (`sip.realtime_priority`, for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SipScheduling {
+    /// Under `SCHED_FIFO` now.
+    pub realtime: bool,
+    /// Moves between real-time and ordinary scheduling since the start.
+    pub changes: u64,
 }
 
 /// A handle on a running SIP core.
@@ -79,6 +89,11 @@ impl SipHandle {
     /// A snapshot of the core for metrics.
     pub async fn stats(&self) -> Option<SipStats> {
         self.ask(Query::Stats).await
+    }
+
+    /// How the SIP thread is scheduled now.
+    pub async fn scheduling(&self) -> Option<SipScheduling> {
+        self.ask(Query::Scheduling).await
     }
 
     /// A peer's heartbeat state.
@@ -225,9 +240,16 @@ impl Realtime {
         }
     }
 
-    /// Moves the calling thread (the SIP thread) as `governor` decided. A refusal (the right
-    /// to real time withdrawn since the start) leaves the thread ordinary, and is logged once.
-    fn apply(&self, governor: &mut Governor, change: Option<crate::node::realtime::Change>, refusals: &mut u64) {
+    /// Moves the calling thread (the SIP thread) as `governor` decided, counting the moves in
+    /// `scheduling`. A refusal (the right to real time withdrawn since the start) leaves the
+    /// thread ordinary, and is logged once.
+    fn apply(
+        &self,
+        governor: &mut Governor,
+        change: Option<crate::node::realtime::Change>,
+        scheduling: &mut SipScheduling,
+        refusals: &mut u64,
+    ) {
         use crate::node::realtime::Change;
         let result = match change {
             Some(Change::Ordinary) => crate::io::worker::set_ordinary(),
@@ -235,7 +257,10 @@ impl Realtime {
             None => return,
         };
         match result {
-            Ok(()) => tracing::debug!(?change, "SIP thread scheduling changed"),
+            Ok(()) => {
+                scheduling.changes += 1;
+                tracing::debug!(?change, "SIP thread scheduling changed");
+            }
             Err(error) => {
                 governor.refused(Instant::now(), thread_cpu_time());
                 *refusals += 1;
@@ -244,6 +269,7 @@ impl Realtime {
                 }
             }
         }
+        scheduling.realtime = governor.realtime();
     }
 }
 
@@ -281,6 +307,10 @@ fn spawn(
             (realtime, governor)
         });
         let mut refusals = 0u64;
+        let mut scheduling = SipScheduling {
+            realtime: governor.is_some(),
+            changes: 0,
+        };
         let mut windows = tokio::time::interval(WINDOW);
         windows.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -310,7 +340,7 @@ fn spawn(
                             if let Some((realtime, governor)) = governor.as_mut() {
                                 if governor.received(count) {
                                     let change = governor.backlog(Instant::now(), thread_cpu_time());
-                                    realtime.apply(governor, change, &mut refusals);
+                                    realtime.apply(governor, change, &mut scheduling, &mut refusals);
                                 }
                             }
                             let now = now();
@@ -342,10 +372,11 @@ fn spawn(
                 _ = windows.tick(), if governor.is_some() => {
                     if let Some((realtime, governor)) = governor.as_mut() {
                         let change = governor.observe(Instant::now(), thread_cpu_time());
-                        realtime.apply(governor, change, &mut refusals);
+                        realtime.apply(governor, change, &mut scheduling, &mut refusals);
                     }
                 },
                 query = query_receiver.recv() => match query {
+                    Some(Query::Scheduling(reply)) => drop(reply.send(scheduling)),
                     Some(query) => answer(&tcf, query),
                     None => break,
                 },
@@ -431,6 +462,8 @@ fn answer(tcf: &Tcf, query: Query) {
         Query::Location(user, reply) => drop(reply.send(tcf.location(&user).cloned())),
         Query::PeerUp(peer, reply) => drop(reply.send(tcf.peer_up(&peer))),
         Query::Stats(reply) => drop(reply.send(tcf.stats())),
+        // Answered by the loop, which holds the scheduling state.
+        Query::Scheduling(_) => {}
     }
 }
 
