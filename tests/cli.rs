@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+mod common;
+
 const BINARY: &str = env!("CARGO_BIN_EXE_floorcast");
 
 fn write_config(text: &str) -> tempfile::NamedTempFile {
@@ -178,9 +180,7 @@ fn runs_with_a_config_serves_metrics_and_stops_on_sigterm() {
         "{response}"
     );
     // The SIP thread is real-time where this process may be (an idle node stays so).
-    let allowed = std::thread::spawn(|| floorcast::io::worker::set_realtime(1).is_ok())
-        .join()
-        .unwrap();
+    let allowed = common::sched::realtime_allowed();
     let realtime = format!("floorcast_sip_realtime{{node=\"tcf-test\"}} {}", u8::from(allowed));
     assert!(response.contains(&realtime), "{response}");
     assert!(
@@ -204,19 +204,7 @@ fn runs_on_the_embedded_default_and_stops_on_sigint() {
 /// The scheduling policy (0 `SCHED_OTHER`, 1 `SCHED_FIFO`) and real-time priority of the
 /// process's "sip" thread.
 fn sip_thread_policy(pid: u32) -> Option<(u32, u32)> {
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim() != "sip" {
-            continue;
-        }
-        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-        // Fields after the parenthesised name start at 3; rt_priority is 40, policy 41.
-        let (_, rest) = stat.rsplit_once(')')?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |n: usize| fields.get(n - 3).and_then(|text| text.parse::<u32>().ok());
-        return Some((field(41)?, field(40)?));
-    }
-    None
+    common::sched::sip_threads(&pid.to_string()).first().copied()
 }
 
 /// A child node killed when the test ends, also when it fails (a node left running would hold
@@ -267,9 +255,7 @@ fn sip_thread_is_realtime_while_calm_and_ordinary_under_a_flood() {
     let pid = node.0.id();
     // Where this process may not have SCHED_FIFO (no CAP_SYS_NICE or RLIMIT_RTPRIO, no real-time
     // budget in its cgroup), neither may the node: it runs all the same.
-    let allowed = std::thread::spawn(|| floorcast::io::worker::set_realtime(1).is_ok())
-        .join()
-        .unwrap();
+    let allowed = common::sched::realtime_allowed();
     if !allowed {
         assert!(matches!(sip_thread_policy(pid), Some((0, 0)) | Some((1, 10))));
         signal(&node.0, libc::SIGTERM);

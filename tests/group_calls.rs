@@ -633,21 +633,10 @@ async fn f_grp_06_release_after_hang_time() {
 /// The SIP threads running under `SCHED_FIFO` at `priority` in this process (the test's nodes
 /// run in it; other tests' nodes use the default priority, 10).
 fn realtime_sip_threads(priority: u32) -> usize {
-    let mut count = 0;
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        // Fields after the parenthesised name: state is field 3; rt_priority 40, policy 41.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |n: usize| fields.get(n - 3).and_then(|text| text.parse::<u32>().ok());
-        if comm.trim() == "sip" && field(41) == Some(1) && field(40) == Some(priority) {
-            count += 1;
-        }
-    }
-    count
+    common::sched::sip_threads("self")
+        .into_iter()
+        .filter(|&thread| thread == (1, priority))
+        .count()
 }
 
 /// The race: after the caller releases, three members ask for the floor in the same instant.
@@ -662,10 +651,7 @@ async fn f_flr_race_many_requests_one_holder() {
     let mut scene = Scene::start(19100, "realtime_priority = 3\nrealtime_max_busy = 1.0\n").await;
     // Where this process may have SCHED_FIFO (root with CAP_SYS_NICE, as in CI), the nodes
     // must have it; without the right they warn and go on.
-    let allowed = std::thread::spawn(|| floorcast::io::worker::set_realtime(1).is_ok())
-        .join()
-        .unwrap();
-    if allowed {
+    if common::sched::realtime_allowed() {
         assert_eq!(
             realtime_sip_threads(3),
             3,

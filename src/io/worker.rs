@@ -836,7 +836,7 @@ pub fn set_realtime(priority: u8) -> io::Result<()> {
 /// Returns the calling thread to ordinary scheduling (`SCHED_OTHER`).
 pub fn set_ordinary() -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: as in `set_realtime`.
+    // SAFETY: pthread_self() names the calling thread; the parameter is a live sched_param.
     let result = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_OTHER, &param) };
     if result != 0 {
         return Err(io::Error::from_raw_os_error(result));
@@ -908,8 +908,6 @@ mod tests {
     use crate::media::api::LegId;
     use crate::media::stats::DropCause;
 
-    /// The thread runs under SCHED_FIFO at the priority asked for, or the kernel said why not
-    /// (only a permission refusal is acceptable: CI runs as root, where it must work).
     /// The calling thread's policy (without the reset-on-fork flag) and priority.
     fn policy() -> (libc::c_int, libc::c_int) {
         let mut policy = -1;

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod phone;
+pub mod sched;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
