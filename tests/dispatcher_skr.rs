@@ -133,6 +133,7 @@ async fn call_status(caller: &mut Phone, callee: &str) -> (u16, String) {
 /// F-SKR-01: DC 9200 (home and serving tcf-b) stuns 1100 (home tcf-a, registered at tcf-c): tcf-b
 /// sends the order on to tcf-a and answers the DC with tcf-a's 200; tcf-a records the state and
 /// sends the order on to tcf-c (F-SKR-02), which records it too and delivers it to the terminal.
+/// When the stunned user moves to tcf-b, its home tells tcf-b, which enforces the stun.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f_skr_01_stun_ordered_by_a_dc_on_another_tcf() {
     let cluster = Cluster::start(19300).await;
@@ -160,6 +161,17 @@ async fn f_skr_01_stun_ordered_by_a_dc_on_another_tcf() {
     expect_order(&mut target, "pttstun;UDN=1100", "9200", cluster.address(C)).await;
     // The DC saw nothing but its answer.
     assert!(dc.next(Duration::from_millis(300)).await.is_none());
+
+    // The stun follows a move: 1100 registers through tcf-b, whose terminal tcf-a tells again
+    // (an order naming no DC), and tcf-b refuses its group set-up.
+    let mut events_b = cluster.node(B).sip.subscribe();
+    let mut moved = Phone::register("1100", "alpha", cluster.address(B)).await;
+    expect_state(&mut events_b, "1100", SkrState::Stunned).await;
+    expect_order(&mut moved, "pttstun;UDN=1100", "tcf-b", cluster.address(B)).await;
+    assert_eq!(
+        call_status(&mut moved, "2100").await,
+        (403, "Forbidden (stunned)".to_owned())
+    );
     cluster.shutdown().await;
 }
 
@@ -361,7 +373,8 @@ async fn f_skr_kill_bars_registration_until_revived() {
     cluster.shutdown().await;
 }
 
-/// Hostile orders and reports: each gets its error, and the node goes on serving.
+/// Hostile orders and reports: each gets its error, and the node goes on serving; an order for
+/// a user whose home is down gets 503 from the DC's TCF.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f_skr_hostile_orders_and_reports_are_refused() {
     let cluster = Cluster::start(19700).await;
@@ -402,5 +415,14 @@ async fn f_skr_hostile_orders_and_reports_are_refused() {
     // Still serving: a real order goes through.
     assert_eq!(message(&mut dc, "1200", "pttstun;UDN=1200").await.status(), Some(200));
     expect_order(&mut user, "pttstun;UDN=1200", "9200", cluster.address(B)).await;
+
+    // The target's home is down: the DC's TCF answers 503 at once.
+    let mut cluster = cluster;
+    cluster.stop(A).await;
+    let handle = &cluster.node(B).sip;
+    let down = wait_for(WAIT, || async { handle.peer_up("tcf-a").await == Some(false) }).await;
+    assert!(down, "tcf-b sees tcf-a down");
+    let answer = message(&mut dc, "1100", "pttstun;UDN=1100").await;
+    assert_eq!(answer.status(), Some(503), "{}", reason(&answer));
     cluster.shutdown().await;
 }

@@ -1403,9 +1403,15 @@ impl Tcf {
             self.respond(now, &key, &request, 403, "Forbidden (killed)", &[]);
             return;
         }
-        self.home_register(now, &user, peer, expires);
+        let previous = self
+            .registrations
+            .get(&user)
+            .map(|registration| registration.serving.clone());
+        self.home_register(now, &user, peer.clone(), expires);
         let contact = contact.unwrap_or_default();
         self.registered(now, &key, &request, &contact, expires);
+        // After the 200, so the new serving TCF has bound the terminal when the order arrives.
+        self.skr_registered(now, &user, &peer, previous.as_deref());
     }
 
     /// Answers a successful REGISTER: `200 OK` with the binding's Contact and the period granted.
@@ -1453,12 +1459,6 @@ impl Tcf {
                 serving: serving.clone(),
                 expires_at,
             },
-        );
-        self.skr_registered(
-            now,
-            user,
-            &serving,
-            previous.as_ref().map(|previous| previous.serving.as_str()),
         );
         if let Some(previous) = previous.filter(|previous| previous.serving != serving) {
             if previous.serving == self.config.name {

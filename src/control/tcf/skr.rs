@@ -661,8 +661,9 @@ impl Tcf {
         self.current_source = handling;
     }
 
-    /// At the home, a user registered through `serving` (`previous`: the TCF that served it
-    /// before): a stunned user's new serving TCF is told (an order without `DC`: no report).
+    /// At the home, a user registered through the peer `serving` (`previous`: the TCF that
+    /// served it before): a stunned user's new serving TCF is told (an order without `DC`, so no
+    /// report comes back).
     pub(super) fn skr_registered(&mut self, now: Now, user: &Number, serving: &str, previous: Option<&str>) {
         if self.skr.state(user) != SkrState::Stunned || previous == Some(serving) || serving == self.config.name {
             return;
