@@ -1403,15 +1403,11 @@ impl Tcf {
             self.respond(now, &key, &request, 403, "Forbidden (killed)", &[]);
             return;
         }
-        let previous = self
-            .registrations
-            .get(&user)
-            .map(|registration| registration.serving.clone());
         self.home_register(now, &user, peer.clone(), expires);
         let contact = contact.unwrap_or_default();
         self.registered(now, &key, &request, &contact, expires);
         // After the 200, so the new serving TCF has bound the terminal when the order arrives.
-        self.skr_registered(now, &user, &peer, previous.as_deref());
+        self.skr_registered(now, &user, &peer);
     }
 
     /// Answers a successful REGISTER: `200 OK` with the binding's Contact and the period granted.

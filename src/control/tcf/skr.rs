@@ -9,8 +9,8 @@
 //! (single calls on the caller and the callee side, REGISTER); the serving TCF holds a copy for
 //! the terminals it serves and enforces it where only it sees the user (group-call set-up and
 //! floor requests). Both are persisted; active is the absence of a row. A serving TCF's copy
-//! lives as long as the user's binding there; when a stunned user registers through a new
-//! serving TCF, the home tells that TCF again (an order without `DC`).
+//! lives as long as the user's binding there; whenever a stunned user registers through a peer
+//! TCF, the home tells that TCF again (an order without `DC`).
 //!
 //! # Pending orders
 //!
@@ -509,8 +509,13 @@ impl Tcf {
             self.skr_at_home(now, message.order, &target, &dc, Origin::Peer(peer));
         } else if home == peer {
             self.respond(now, key, request, 200, "OK", &[]);
-            self.skr_set(&target, message.order);
-            self.skr_to_terminal(now, message.order, &target, message.dc.as_ref(), Origin::Peer(peer));
+            let before = self.skr.state(&target);
+            let after = self.skr_set(&target, message.order);
+            // An order naming no DC only refreshes this copy: the terminal hears of it when
+            // the copy changed (it moved here stunned), not on every re-registration.
+            if message.dc.is_some() || before != after {
+                self.skr_to_terminal(now, message.order, &target, message.dc.as_ref(), Origin::Peer(peer));
+            }
         } else {
             self.respond(
                 now,
@@ -661,11 +666,11 @@ impl Tcf {
         self.current_source = handling;
     }
 
-    /// At the home, a user registered through the peer `serving` (`previous`: the TCF that
-    /// served it before): a stunned user's new serving TCF is told (an order without `DC`, so no
-    /// report comes back).
-    pub(super) fn skr_registered(&mut self, now: Now, user: &Number, serving: &str, previous: Option<&str>) {
-        if self.skr.state(user) != SkrState::Stunned || previous == Some(serving) || serving == self.config.name {
+    /// At the home, a user (re-)registered through the peer `serving`: when it is stunned, the
+    /// serving TCF is told again (an order without `DC`, so no report comes back), so its copy
+    /// is there whether the user moved or its binding there had lapsed.
+    pub(super) fn skr_registered(&mut self, now: Now, user: &Number, serving: &str) {
+        if self.skr.state(user) != SkrState::Stunned {
             return;
         }
         let Some(address) = self.network.tcf(serving).map(|tcf| tcf.sip) else {
@@ -704,14 +709,17 @@ impl Tcf {
         }
     }
 
-    /// Applies `order` to `user` here: state, store, event.
+    /// Applies `order` to `user` here: state, and store and event when it changed.
     fn skr_set(&mut self, user: &Number, order: SkrOrder) -> SkrState {
+        let before = self.skr.state(user);
         let (state, write) = self.skr.apply(user, order);
-        self.write(write);
-        self.event(TcfEvent::SkrStateChanged {
-            user: user.clone(),
-            state,
-        });
+        if state != before {
+            self.write(write);
+            self.event(TcfEvent::SkrStateChanged {
+                user: user.clone(),
+                state,
+            });
+        }
         state
     }
 
