@@ -130,6 +130,10 @@ pub enum StoreWrite {
     PutLocation(Location),
     /// Delete a group location.
     RemoveLocation(Number),
+    /// Save a user's stun/kill state (F-SKR).
+    PutSkrState(SkrRecord),
+    /// Delete a user's stun/kill state (revived: active).
+    RemoveSkrState(Number),
 }
 
 /// Something that happened, for logs, metrics and tests.
@@ -243,6 +247,20 @@ pub enum TcfEvent {
         /// Why.
         reason: String,
     },
+    /// A user's stun/kill state changed at this node (its home, or the TCF serving it).
+    SkrStateChanged {
+        /// The user.
+        user: Number,
+        /// The new state.
+        state: SkrState,
+    },
+    /// A terminal's stun/kill/revive result report passed this node on its way to the DC.
+    SkrReported {
+        /// The user that reported.
+        user: Number,
+        /// Its result (0: done).
+        result: u16,
+    },
 }
 
 /// What the driver must do.
@@ -339,6 +357,8 @@ enum Pending {
     Heartbeat { peer: String },
     /// A request whose answer changes nothing (kick-off, location push).
     FireAndForget,
+    /// A DC's stun/kill/revive order relayed to the user's home (F-SKR-01).
+    Skr(Box<skr::Relay>),
 }
 
 /// The SIP application core of one TCF node.
@@ -374,6 +394,7 @@ pub struct Tcf {
     counters: SipCounters,
     calls: call::Calls,
     groups: group::Groups,
+    skr: skr::Skr,
     malformed_log: LogLimiter,
     media: Box<dyn MediaPlane>,
 }
@@ -427,6 +448,9 @@ impl LogLimiter {
 mod call;
 mod group;
 mod resend;
+mod skr;
+
+pub use skr::{SkrOrder, SkrRecord, SkrState};
 
 impl Tcf {
     /// A core for node `config.name` of `network`.
@@ -495,6 +519,7 @@ impl Tcf {
             counters: SipCounters::default(),
             calls: call::Calls::default(),
             groups: group::Groups::default(),
+            skr: skr::Skr::default(),
             malformed_log: LogLimiter::default(),
             media: Box::new(NoMedia),
         })
@@ -1224,6 +1249,10 @@ impl Tcf {
                 self.respond(now, &key, &request, 200, "OK", &[("Expires", "0")]);
                 return;
             }
+            if self.skr_refuses_registration(&user) {
+                self.respond(now, &key, &request, 403, "Forbidden (killed)", &[]);
+                return;
+            }
             if let Some(binding) = binding {
                 self.bind(binding, expires);
             }
@@ -1370,9 +1399,15 @@ impl Tcf {
             }
             return;
         }
-        self.home_register(now, &user, peer, expires);
+        if self.skr_refuses_registration(&user) {
+            self.respond(now, &key, &request, 403, "Forbidden (killed)", &[]);
+            return;
+        }
+        self.home_register(now, &user, peer.clone(), expires);
         let contact = contact.unwrap_or_default();
         self.registered(now, &key, &request, &contact, expires);
+        // After the 200, so the new serving TCF has bound the terminal when the order arrives.
+        self.skr_registered(now, &user, &peer);
     }
 
     /// Answers a successful REGISTER: `200 OK` with the binding's Contact and the period granted.
@@ -1399,6 +1434,7 @@ impl Tcf {
 
     fn unbind(&mut self, user: &Number, reason: &'static str) -> Option<Binding> {
         let binding = self.bindings.remove(user)?;
+        self.skr_unbound(user);
         self.groups.changed.push(user.clone());
         self.write(StoreWrite::RemoveBinding(user.clone()));
         self.event(TcfEvent::Unbound {
@@ -1558,6 +1594,7 @@ impl Tcf {
             Pending::Heartbeat { peer } => self.heartbeat_result(&peer, (200..300).contains(&status)),
             Pending::FireAndForget => {}
             Pending::Relay(relay) => self.relay_answered(now, relay, status, response),
+            Pending::Skr(relay) => self.skr_answered(now, relay, status, response),
         }
     }
 
@@ -1740,6 +1777,9 @@ impl Tcf {
     }
 
     fn message(&mut self, now: Now, key: TransactionKey, request: Message) {
+        let Some(request) = self.skr_message(now, &key, request) else {
+            return;
+        };
         let source = self.current_source;
         let extension = request.ptt_extension().ok().flatten().map(|ext| {
             (

@@ -13,7 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::control::tcf::{Binding, Location, Now, Output, Registration, SipStats, StoreWrite, Tcf, TcfEvent};
+use crate::control::tcf::{
+    Binding, Location, Now, Output, Registration, SipStats, SkrRecord, StoreWrite, Tcf, TcfEvent,
+};
 use crate::io::worker::thread_cpu_time;
 use crate::node::datagrams::{watch, RecvDatagrams, SendDatagrams};
 use crate::node::realtime::{Governor, WINDOW};
@@ -27,6 +29,8 @@ pub const BINDINGS: Table<Binding> = Table::new("bindings");
 pub const REGISTRATIONS: Table<Registration> = Table::new("registrations");
 /// Group member locations (the group-home view, F-REG-07).
 pub const LOCATIONS: Table<Location> = Table::new("locations");
+/// Users' stun/kill states (F-SKR: at the user's home, and a copy where it is served).
+pub const SKR_STATES: Table<SkrRecord> = Table::new("skr_states");
 
 /// A question to the running core (control path; for operators and tests).
 #[derive(Debug)]
@@ -119,6 +123,7 @@ pub fn restore(tcf: &mut Tcf, store: &Store) -> anyhow::Result<()> {
         .collect();
     let locations = store.scan(&LOCATIONS)?.into_iter().map(|(_, value)| value).collect();
     tcf.restore(bindings, registrations, locations, now());
+    tcf.restore_skr(store.scan(&SKR_STATES)?.into_iter().map(|(_, value)| value).collect());
     Ok(())
 }
 
@@ -520,6 +525,8 @@ async fn carry_out(
                     StoreWrite::RemoveRegistration(user) => store.remove(&REGISTRATIONS, user.as_str()),
                     StoreWrite::PutLocation(location) => store.put(&LOCATIONS, location.user.as_str(), &location),
                     StoreWrite::RemoveLocation(user) => store.remove(&LOCATIONS, user.as_str()),
+                    StoreWrite::PutSkrState(record) => store.put(&SKR_STATES, record.user.as_str(), &record),
+                    StoreWrite::RemoveSkrState(user) => store.remove(&SKR_STATES, user.as_str()),
                 };
                 if let Err(error) = result {
                     tracing::error!(%error, "durable state write failed");
