@@ -243,6 +243,25 @@ pub enum TcfEvent {
         /// Why.
         reason: String,
     },
+    /// This node answered a short-data MESSAGE (F-SDS-01): `status` went back to whoever sent
+    /// it here (the group home answers a multicast message once it has accepted it).
+    ShortData {
+        /// The sender.
+        sender: Number,
+        /// The destination user or group.
+        destination: Number,
+        /// The final status answered.
+        status: u16,
+    },
+    /// The group home learned the outcome of one recipient's copy of a multicast short message.
+    ShortDataToMember {
+        /// The group.
+        group: Number,
+        /// The recipient (member or dispatcher).
+        member: Number,
+        /// Its final status (`408`: no answer, `503`: its TCF is down).
+        status: u16,
+    },
 }
 
 /// What the driver must do.
@@ -339,6 +358,8 @@ enum Pending {
     Heartbeat { peer: String },
     /// A request whose answer changes nothing (kick-off, location push).
     FireAndForget,
+    /// A short-data MESSAGE sent on (F-SDS-01).
+    ShortData(Box<short_data::Forward>),
 }
 
 /// The SIP application core of one TCF node.
@@ -374,6 +395,7 @@ pub struct Tcf {
     counters: SipCounters,
     calls: call::Calls,
     groups: group::Groups,
+    short_data: ShortDataCounters,
     malformed_log: LogLimiter,
     media: Box<dyn MediaPlane>,
 }
@@ -427,6 +449,9 @@ impl LogLimiter {
 mod call;
 mod group;
 mod resend;
+mod short_data;
+
+pub use short_data::{ShortDataCounters, MAX_SHORT_DATA};
 
 impl Tcf {
     /// A core for node `config.name` of `network`.
@@ -495,6 +520,7 @@ impl Tcf {
             counters: SipCounters::default(),
             calls: call::Calls::default(),
             groups: group::Groups::default(),
+            short_data: ShortDataCounters::default(),
             malformed_log: LogLimiter::default(),
             media: Box::new(NoMedia),
         })
@@ -1558,6 +1584,7 @@ impl Tcf {
             Pending::Heartbeat { peer } => self.heartbeat_result(&peer, (200..300).contains(&status)),
             Pending::FireAndForget => {}
             Pending::Relay(relay) => self.relay_answered(now, relay, status, response),
+            Pending::ShortData(forward) => self.short_data_answered(now, *forward, status, response),
         }
     }
 
@@ -1740,6 +1767,10 @@ impl Tcf {
     }
 
     fn message(&mut self, now: Now, key: TransactionKey, request: Message) {
+        // Short data (F-SDS-01/02) and a Ptt-Extension that does not parse: `tcf/short_data.rs`.
+        let Some(request) = self.short_data(now, &key, request) else {
+            return;
+        };
         let source = self.current_source;
         let extension = request.ptt_extension().ok().flatten().map(|ext| {
             (
