@@ -665,12 +665,13 @@ mod tests {
             let unix = wall.duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
             let mut cores: Vec<Tcf> = NAMES
                 .iter()
-                .map(|name| {
+                .zip(1..)
+                .map(|(name, seed)| {
                     let sip = crate::config::Config::from_toml("[sip]\nrealm = \"test\"\nt1_ms = 100\n")
                         .unwrap()
                         .sip;
                     let config = TcfConfig::new(name, sip, [7; 32]).unwrap();
-                    Tcf::new(config, network.clone(), subscribers.clone(), now, 1).unwrap()
+                    Tcf::new(config, network.clone(), subscribers.clone(), now, seed).unwrap()
                 })
                 .collect();
             let index_of = |name: &str| NAMES.iter().position(|n| *n == name).unwrap();
