@@ -657,6 +657,7 @@ impl Tcf {
             // seconds anyway).
             self.next_housekeeping = now.instant + Duration::from_millis(100);
             self.heartbeats(now);
+            self.short_data_peers_down(now);
             if now.instant >= self.next_expiry {
                 self.next_expiry = now.instant + Duration::from_secs(1);
                 self.expire(now);

@@ -31,6 +31,9 @@ use super::*;
 /// `sip.max_message_size` (1500).
 pub const MAX_SHORT_DATA: usize = 800;
 
+/// The status of a MESSAGE whose next TCF went down while it waited (no response).
+const PEER_DOWN: u16 = 503;
+
 /// The Ptt-Extension token of short data.
 const TOKEN: &str = "pttmsg";
 
@@ -124,6 +127,8 @@ pub(super) struct Forward {
     destination: Number,
     /// The recipient of a multicast copy.
     member: Option<Number>,
+    /// The peer TCF it went to (`None`: a terminal).
+    peer: Option<String>,
 }
 
 /// The parts of a short-data MESSAGE every hop passes on unchanged.
@@ -247,6 +252,7 @@ impl Tcf {
                     sender: sender.clone(),
                     destination: destination.clone(),
                     member: None,
+                    peer: None,
                 };
                 if self
                     .send_short_data(now, &next, &sender, &destination, gdn.as_ref(), &payload, forward)
@@ -410,6 +416,7 @@ impl Tcf {
                 sender: sender.clone(),
                 destination: gdn.clone(),
                 member: Some(member.clone()),
+                peer: None,
             };
             let sent = next.map_err(|(status, _)| status).and_then(|next| {
                 self.send_short_data(now, &next, sender, &member, Some(gdn), payload, forward)
@@ -441,7 +448,7 @@ impl Tcf {
         destination: &Number,
         gdn: Option<&Number>,
         payload: &Payload,
-        forward: Forward,
+        mut forward: Forward,
     ) -> Option<TransactionKey> {
         let (uri, address, stage) = match next {
             Next::Terminal(binding) => (
@@ -449,7 +456,8 @@ impl Tcf {
                 binding.address,
                 None,
             ),
-            Next::Peer { address, stage, .. } => {
+            Next::Peer { name, address, stage } => {
+                forward.peer = Some(name.clone());
                 let host = crate::sip::builder::socket_addr_text(*address);
                 (
                     concat(&["sip:", destination.as_str(), "@", &host]),
@@ -515,6 +523,7 @@ impl Tcf {
             sender,
             destination,
             member,
+            ..
         } = forward;
         let Some(upstream) = upstream else {
             let Some(member) = member else { return };
@@ -545,6 +554,31 @@ impl Tcf {
         });
     }
 
+    /// Short data waiting for a peer TCF that heartbeats have declared down fails at once with
+    /// `503` (its client transaction runs on; its outcome no longer matters). Called with the
+    /// heartbeats.
+    pub(super) fn short_data_peers_down(&mut self, now: Now) {
+        if !self.peers.iter().any(|peer| peer.up == Some(false)) {
+            return;
+        }
+        let stranded: Vec<TransactionKey> = self
+            .pending
+            .iter()
+            .filter(|(_, pending)| {
+                matches!(pending, Pending::ShortData(forward)
+                    if forward.peer.as_deref().is_some_and(|peer| self.peer_is_down(peer)))
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stranded {
+            if let Some(Pending::ShortData(forward)) = self.pending.remove(&key) {
+                let Some(peer) = forward.peer.clone() else { continue };
+                tracing::info!(%peer, "peer TCF down: short data towards it failed");
+                self.short_data_answered(now, *forward, PEER_DOWN, None);
+            }
+        }
+    }
+
     /// Counters of short data since start.
     pub fn short_data_counters(&self) -> ShortDataCounters {
         self.short_data
@@ -556,6 +590,7 @@ impl Tcf {
 /// hop) becomes `403`, a redirection `480`; no answer at all is `408`.
 fn upstream_status(status: u16, reason: Option<Cow<'_, str>>, answered: bool) -> (u16, Cow<'_, str>) {
     match status {
+        PEER_DOWN if !answered => (503, Cow::Borrowed("Service Unavailable (next TCF unreachable)")),
         408 if !answered => (408, Cow::Borrowed("Request Timeout (next hop did not answer)")),
         401 | 407 => (403, Cow::Borrowed("Forbidden (refused by the next hop)")),
         300..=399 => (480, Cow::Borrowed("Temporarily Unavailable (redirected)")),
@@ -1114,6 +1149,49 @@ mod tests {
             answers[0].reason_phrase(),
             Some(b"Service Unavailable (next TCF unreachable)".as_slice())
         );
+    }
+
+    /// A peer TCF that goes down while short data waits for it: the sender gets 503 as soon as
+    /// heartbeats say so (not the 408 of 64·T1 later), and a multicast copy counts as failed.
+    #[test]
+    fn f_sds_01_short_data_waiting_for_a_peer_that_goes_down_fails_at_once() {
+        let mut net = Net::new(&[("1000", 0), ("1200", 2), ("1001", 0), ("1101", 2)]);
+        net.dead.push(2);
+        let a = net.address(0);
+        net.deliver(0, terminal("1000"), 0, &message("1000", a, "1200", "pttmsg", TEXT, "x"));
+        net.deliver(1, terminal("1001"), 0, &message("1001", a, "2000", "pttmsg", TEXT, "y"));
+        assert_eq!(statuses(&net.received("1001")), vec![200], "the multicast is accepted");
+        net.tick(500);
+        assert!(statuses(&net.received("1000")).is_empty(), "still waiting");
+        net.cores[0]
+            .peers
+            .iter_mut()
+            .filter(|peer| peer.name == "c")
+            .for_each(|peer| peer.up = Some(false));
+        net.tick(600);
+        let answers: Vec<Message> = net
+            .received("1000")
+            .into_iter()
+            .filter(|m| m.status().is_some())
+            .collect();
+        assert_eq!(statuses(&answers), vec![503]);
+        assert_eq!(
+            answers[0].reason_phrase(),
+            Some(b"Service Unavailable (next TCF unreachable)".as_slice())
+        );
+        let counters = net.cores[0].short_data_counters();
+        assert_eq!(
+            (counters.multicast_copies, counters.multicast_failures),
+            (3, 2),
+            "1000's sent; 1101's and 1200's (at c) failed"
+        );
+        // The client transactions end later, changing nothing.
+        for millis in (700..8_000).step_by(500) {
+            net.tick(millis);
+        }
+        assert!(statuses(&net.received("1000")).is_empty());
+        // 1000 never answered its own copy: that one failed with 408.
+        assert_eq!(net.cores[0].short_data_counters().multicast_failures, 3);
     }
 
     /// Refusals: unregistered sender 403, hostile or incomplete requests 400/413, other tokens
