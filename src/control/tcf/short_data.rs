@@ -1239,6 +1239,48 @@ mod tests {
         assert_eq!(refused, vec![403]);
     }
 
+    proptest::proptest! {
+        /// Whatever a registered terminal puts in the Ptt-Extension, the Content-Type and the
+        /// body, the nodes never panic, the sender gets exactly one final answer, nothing goes
+        /// anywhere but to the nodes and the terminals, and what is delivered is what was sent.
+        #[test]
+        fn hostile_short_data_never_panics_nor_misroutes(
+            token in "(pttmsg|PTTMSG|pttMsg|ptt|pttlocation|)",
+            params in "(|;callerUDN=1|;stage=callee-serving;GDN=2000|[ -~]{0,40})",
+            content_type in "(text/plain|application/octet-stream;x=\"y\"|[ -~]{0,30})",
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..900),
+            destination in "(1001|1200|2000|2100|1050|9000|[0-9]{1,21})",
+        ) {
+            let mut net = Net::new(&[("1000", 0), ("1001", 0), ("1200", 2), ("9000", 1)]);
+            let a = net.address(0);
+            let extension = format!("{token}{params}");
+            let mut text = message("1000", a, &destination, extension.trim(), content_type.trim(), "").into_bytes();
+            let length = format!("Content-Length: {}\r\n", body.len());
+            let text_str = String::from_utf8(text.clone()).unwrap().replace("Content-Length: 0\r\n", &length);
+            text = text_str.into_bytes();
+            text.extend_from_slice(&body);
+            let now = net.at(0);
+            net.cores[0].handle_datagram(now, terminal("1000"), Bytes::from(text));
+            net.settle(0);
+            let mut answers = Vec::new();
+            for round in 1..4u64 {
+                let inbox = std::mem::take(&mut net.inbox);
+                for (to, message) in inbox {
+                    proptest::prop_assert!(to.ip() == terminal("1000").ip(), "sent to {to}");
+                    if to == terminal("1000") && message.status().is_some() {
+                        answers.push(message.status());
+                    } else if message.is_request() {
+                        proptest::prop_assert_eq!(message.body(), &body[..]);
+                        let user = to.port().to_string();
+                        let serving = if user == "1200" { 2 } else if user == "9000" { 1 } else { 0 };
+                        net.answer(round, &user, serving, &message, 200);
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(answers.len(), 1, "{:?}", answers);
+        }
+    }
+
     #[test]
     fn upstream_status_hides_what_the_sender_cannot_act_on() {
         assert_eq!(upstream_status(200, None, true), (200, Cow::Borrowed("OK")));
