@@ -131,6 +131,33 @@ pub(super) struct Forward {
     peer: Option<String>,
 }
 
+/// Why a short-data MESSAGE is refused here; the sender and destination when known (for the
+/// event).
+#[derive(Debug)]
+struct Refusal {
+    status: u16,
+    reason: &'static str,
+    sender: Option<Number>,
+    destination: Option<Number>,
+}
+
+impl Refusal {
+    fn new(status: u16, reason: &'static str) -> Refusal {
+        Refusal {
+            status,
+            reason,
+            sender: None,
+            destination: None,
+        }
+    }
+
+    fn about(mut self, sender: &Number, destination: Option<&Number>) -> Refusal {
+        self.sender = Some(sender.clone());
+        self.destination = destination.cloned();
+        self
+    }
+}
+
 /// The parts of a short-data MESSAGE every hop passes on unchanged.
 #[derive(Debug, Clone)]
 struct Payload {
@@ -159,23 +186,21 @@ impl Tcf {
         };
         self.short_data.received += 1;
         let outcome = self.short_data_request(now, key, &request, stage_text.as_deref(), gdn_text.as_deref());
-        if let Err((status, reason, sender, destination)) = outcome {
+        if let Err(refusal) = outcome {
             self.short_data.refused += 1;
-            self.respond(now, key, &request, status, reason, &[]);
-            if let (Some(sender), Some(destination)) = (sender, destination) {
+            self.respond(now, key, &request, refusal.status, refusal.reason, &[]);
+            if let (Some(sender), Some(destination)) = (refusal.sender, refusal.destination) {
                 self.event(TcfEvent::ShortData {
                     sender,
                     destination,
-                    status,
+                    status: refusal.status,
                 });
             }
         }
         None
     }
 
-    /// Checks and routes a short-data MESSAGE; `Err` holds the refusal to answer (and, when
-    /// known, the sender and destination, for the event).
-    #[allow(clippy::type_complexity)]
+    /// Checks and routes a short-data MESSAGE; `Err`: the refusal to answer.
     fn short_data_request(
         &mut self,
         now: Now,
@@ -183,26 +208,20 @@ impl Tcf {
         request: &Message,
         stage_text: Option<&str>,
         gdn_text: Option<&str>,
-    ) -> Result<(), (u16, &'static str, Option<Number>, Option<Number>)> {
+    ) -> Result<(), Refusal> {
         let Some(source) = self.current_source else {
-            return Err((500, "Server Internal Error", None, None));
+            return Err(Refusal::new(500, "Server Internal Error"));
         };
         let peer = self.network.tcf_at(source).map(|tcf| tcf.name.clone());
         // Who sends is checked first: a stranger learns nothing about our users.
         let (sender, stage) = match &peer {
             Some(_) => {
-                let sender = asserted_user(request).or_else(|| user_of(request.from())).ok_or((
-                    400,
-                    "Bad Request (no sender identity)",
-                    None,
-                    None,
-                ))?;
-                let stage = stage_text.and_then(Stage::parse).ok_or((
-                    400,
-                    "Bad Request (pttmsg stage)",
-                    Some(sender.clone()),
-                    None,
-                ))?;
+                let sender = asserted_user(request)
+                    .or_else(|| user_of(request.from()))
+                    .ok_or_else(|| Refusal::new(400, "Bad Request (no sender identity)"))?;
+                let stage = stage_text
+                    .and_then(Stage::parse)
+                    .ok_or_else(|| Refusal::new(400, "Bad Request (pttmsg stage)").about(&sender, None))?;
                 (sender, stage)
             }
             None => {
@@ -213,24 +232,22 @@ impl Tcf {
                     .is_some_and(|binding| binding.address == source);
                 match (sender, registered) {
                     (Some(sender), true) => (sender, Stage::SenderServing),
-                    _ => return Err((403, "Forbidden (not registered here)", None, None)),
+                    _ => return Err(Refusal::new(403, "Forbidden (not registered here)")),
                 }
             }
         };
         let Some(destination) = request_user(request) else {
-            return Err((404, "Not Found", Some(sender), None));
+            return Err(Refusal::new(404, "Not Found").about(&sender, None));
         };
         let refuse =
-            |status: u16, reason: &'static str| (status, reason, Some(sender.clone()), Some(destination.clone()));
-        let payload = payload_of(request).map_err(|(status, reason)| refuse(status, reason))?;
+            |(status, reason): (u16, &'static str)| Refusal::new(status, reason).about(&sender, Some(&destination));
+        let payload = payload_of(request).map_err(refuse)?;
         // A group's copy names the group it came from (checked: a number, or nothing).
         let gdn = match gdn_text {
-            Some(text) if peer.is_some() => Some(Number::parse(text).map_err(|_| refuse(400, "Bad Request (GDN)"))?),
+            Some(text) if peer.is_some() => Some(Number::parse(text).map_err(|_| refuse((400, "Bad Request (GDN)")))?),
             _ => None,
         };
-        let next = self
-            .route_short_data(stage, &sender, &destination)
-            .map_err(|(status, reason)| refuse(status, reason))?;
+        let next = self.route_short_data(stage, &sender, &destination).map_err(refuse)?;
         match next {
             Next::Group(group) => {
                 self.respond(now, key, request, 200, "OK", &[]);
@@ -254,12 +271,8 @@ impl Tcf {
                     member: None,
                     peer: None,
                 };
-                if self
-                    .send_short_data(now, &next, &sender, &destination, gdn.as_ref(), &payload, forward)
-                    .is_none()
-                {
-                    return Err(refuse(503, "Service Unavailable (overloaded)"));
-                }
+                self.send_short_data(now, &next, &sender, &destination, gdn.as_ref(), &payload, forward)
+                    .map_err(refuse)?;
                 Ok(())
             }
         }
@@ -420,7 +433,7 @@ impl Tcf {
             };
             let sent = next.map_err(|(status, _)| status).and_then(|next| {
                 self.send_short_data(now, &next, sender, &member, Some(gdn), payload, forward)
-                    .ok_or(503)
+                    .map_err(|(status, _)| status)
             });
             if let Err(status) = sent {
                 self.multicast_failed(gdn, &member, status);
@@ -438,7 +451,8 @@ impl Tcf {
         });
     }
 
-    /// Sends a short-data MESSAGE to `next` in a client transaction of its own.
+    /// Sends a short-data MESSAGE to `next` in a client transaction of its own; `Err`: the
+    /// status to answer instead.
     #[allow(clippy::too_many_arguments)]
     fn send_short_data(
         &mut self,
@@ -449,7 +463,7 @@ impl Tcf {
         gdn: Option<&Number>,
         payload: &Payload,
         mut forward: Forward,
-    ) -> Option<TransactionKey> {
+    ) -> Result<TransactionKey, (u16, &'static str)> {
         let (uri, address, stage) = match next {
             Next::Terminal(binding) => (
                 binding.contact.trim_matches(|c| c == '<' || c == '>').to_owned(),
@@ -465,7 +479,7 @@ impl Tcf {
                     Some(*stage),
                 )
             }
-            Next::Group(_) => return None,
+            Next::Group(_) => return Err((500, "Server Internal Error (not a hop)")),
         };
         // pttmsg;callerUDN=..;calleeUDN=..[;GDN=..][;stage=..]
         let mut extension = String::with_capacity(96);
@@ -505,14 +519,15 @@ impl Tcf {
             .raw_header("Ptt-Extension", extension)
             .body(&payload.content_type, payload.body.clone())
             .build_bytes()
-            .ok()?;
+            .map_err(|_| (500, "Server Internal Error (building MESSAGE)"))?;
         let method = TxMethod::from_token(Method::Message.as_str());
-        let key = TransactionKey::new(&branch, &self.address_text, method.clone()).ok()?;
+        let key = TransactionKey::new(&branch, &self.address_text, method.clone())
+            .map_err(|_| (500, "Server Internal Error (transaction key)"))?;
         self.layer
             .send_request(now.instant, key.clone(), method, request, address, false)
-            .ok()?;
+            .map_err(|_| (503, "Service Unavailable (overloaded)"))?;
         self.pending.insert(key.clone(), Pending::ShortData(Box::new(forward)));
-        Some(key)
+        Ok(key)
     }
 
     /// The client transaction of a short-data MESSAGE ended with `status` (`408` and no
