@@ -261,6 +261,25 @@ pub enum TcfEvent {
         /// Its result (0: done).
         result: u16,
     },
+    /// This node answered a short-data MESSAGE (F-SDS-01): `status` went back to whoever sent
+    /// it here (the group home answers a multicast message once it has accepted it).
+    ShortData {
+        /// The sender.
+        sender: Number,
+        /// The destination user or group.
+        destination: Number,
+        /// The final status answered.
+        status: u16,
+    },
+    /// The group home learned the outcome of one recipient's copy of a multicast short message.
+    ShortDataToMember {
+        /// The group.
+        group: Number,
+        /// The recipient (member or dispatcher).
+        member: Number,
+        /// Its final status (`408`: no answer, `503`: its TCF is down).
+        status: u16,
+    },
 }
 
 /// What the driver must do.
@@ -359,6 +378,8 @@ enum Pending {
     FireAndForget,
     /// A DC's stun/kill/revive order relayed to the user's home (F-SKR-01).
     Skr(Box<skr::Relay>),
+    /// A short-data MESSAGE sent on (F-SDS-01).
+    ShortData(Box<short_data::Forward>),
 }
 
 /// The SIP application core of one TCF node.
@@ -395,6 +416,7 @@ pub struct Tcf {
     calls: call::Calls,
     groups: group::Groups,
     skr: skr::Skr,
+    short_data: ShortDataCounters,
     malformed_log: LogLimiter,
     media: Box<dyn MediaPlane>,
 }
@@ -451,6 +473,9 @@ mod resend;
 mod skr;
 
 pub use skr::{SkrOrder, SkrRecord, SkrState};
+mod short_data;
+
+pub use short_data::{ShortDataCounters, MAX_SHORT_DATA};
 
 impl Tcf {
     /// A core for node `config.name` of `network`.
@@ -520,6 +545,7 @@ impl Tcf {
             calls: call::Calls::default(),
             groups: group::Groups::default(),
             skr: skr::Skr::default(),
+            short_data: ShortDataCounters::default(),
             malformed_log: LogLimiter::default(),
             media: Box::new(NoMedia),
         })
@@ -656,6 +682,7 @@ impl Tcf {
             // seconds anyway).
             self.next_housekeeping = now.instant + Duration::from_millis(100);
             self.heartbeats(now);
+            self.short_data_peers_down(now);
             if now.instant >= self.next_expiry {
                 self.next_expiry = now.instant + Duration::from_secs(1);
                 self.expire(now);
@@ -1595,6 +1622,7 @@ impl Tcf {
             Pending::FireAndForget => {}
             Pending::Relay(relay) => self.relay_answered(now, relay, status, response),
             Pending::Skr(relay) => self.skr_answered(now, relay, status, response),
+            Pending::ShortData(forward) => self.short_data_answered(now, *forward, status, response),
         }
     }
 
@@ -1778,6 +1806,10 @@ impl Tcf {
 
     fn message(&mut self, now: Now, key: TransactionKey, request: Message) {
         let Some(request) = self.skr_message(now, &key, request) else {
+            return;
+        };
+        // Short data (F-SDS-01/02) and a Ptt-Extension that does not parse: `tcf/short_data.rs`.
+        let Some(request) = self.short_data(now, &key, request) else {
             return;
         };
         let source = self.current_source;
