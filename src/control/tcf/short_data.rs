@@ -287,6 +287,13 @@ impl Tcf {
         destination: &Number,
     ) -> Result<Next, (u16, &'static str)> {
         let me = self.config.name.as_str();
+        // A stunned (or killed) user neither sends nor receives short data (F-SKR decision):
+        // checked where its state is known, its serving TCF and its home.
+        if matches!(stage, Stage::SenderServing | Stage::SenderHome) {
+            if let Some(reason) = self.skr_barred(sender) {
+                return Err((403, reason));
+            }
+        }
         // Each stage advances at most once: a bounded loop.
         for _ in 0..6 {
             match stage {
@@ -339,6 +346,9 @@ impl Tcf {
                     if self.subscribers.user(destination).is_none() {
                         return Err((404, "Not Found"));
                     }
+                    if let Some(reason) = self.skr_barred(destination) {
+                        return Err((403, reason));
+                    }
                     let registration = self
                         .registrations
                         .get(destination)
@@ -351,6 +361,9 @@ impl Tcf {
                     return self.short_data_peer(&serving, Stage::DestinationServing);
                 }
                 Stage::DestinationServing => {
+                    if let Some(reason) = self.skr_barred(destination) {
+                        return Err((403, reason));
+                    }
                     let binding = self
                         .bindings
                         .get(destination)
