@@ -130,6 +130,10 @@ pub enum StoreWrite {
     PutLocation(Location),
     /// Delete a group location.
     RemoveLocation(Number),
+    /// Save a group's regrouping overlay (F-RGP-02).
+    PutRegroup(regroup::Regroup),
+    /// Delete a group's regrouping overlay.
+    RemoveRegroup(Number),
 }
 
 /// Something that happened, for logs, metrics and tests.
@@ -243,6 +247,24 @@ pub enum TcfEvent {
         /// Why.
         reason: String,
     },
+    /// Regrouping changed a group's membership as this node sees it (F-RGP-01, F-RGP-02).
+    Regrouped {
+        /// The group.
+        group: Number,
+        /// The users concerned.
+        users: Vec<Number>,
+        /// `add`, `remove` or `cancel`.
+        action: String,
+    },
+    /// A regrouping result passed back through this node (F-RGP-03).
+    RegroupReported {
+        /// The group.
+        group: Number,
+        /// The user whose result it is.
+        user: Number,
+        /// `DGNAresult`: 0 done, else a cause.
+        result: String,
+    },
 }
 
 /// What the driver must do.
@@ -339,6 +361,8 @@ enum Pending {
     Heartbeat { peer: String },
     /// A request whose answer changes nothing (kick-off, location push).
     FireAndForget,
+    /// A regrouping order or report (F-RGP-01 … F-RGP-03).
+    Regroup(Box<regroup::Sent>),
 }
 
 /// The SIP application core of one TCF node.
@@ -374,6 +398,7 @@ pub struct Tcf {
     counters: SipCounters,
     calls: call::Calls,
     groups: group::Groups,
+    regroups: regroup::Regroups,
     malformed_log: LogLimiter,
     media: Box<dyn MediaPlane>,
 }
@@ -426,7 +451,10 @@ impl LogLimiter {
 
 mod call;
 mod group;
+mod regroup;
 mod resend;
+
+pub use regroup::Regroup;
 
 impl Tcf {
     /// A core for node `config.name` of `network`.
@@ -495,6 +523,7 @@ impl Tcf {
             counters: SipCounters::default(),
             calls: call::Calls::default(),
             groups: group::Groups::default(),
+            regroups: regroup::Regroups::default(),
             malformed_log: LogLimiter::default(),
             media: Box::new(NoMedia),
         })
@@ -1480,11 +1509,11 @@ impl Tcf {
     /// F-REG-07: tells the homes of the user's groups which TCF serves it (`None`: withdrawn).
     fn push_location(&mut self, now: Now, user: &Number, serving: Option<&str>, expires: u32) {
         let group_homes: Vec<(String, SocketAddr, Number)> = self
-            .subscribers
-            .groups_of(user)
+            .regroups
+            .groups_of(&self.subscribers, user)
             .filter_map(|group| {
-                let home = self.network.home_of_group(&group.number)?;
-                Some((home.name.clone(), home.sip, group.number.clone()))
+                let home = self.network.home_of_group(group)?;
+                Some((home.name.clone(), home.sip, group.clone()))
             })
             .collect();
         let mut told = Vec::new();
@@ -1558,6 +1587,7 @@ impl Tcf {
             Pending::Heartbeat { peer } => self.heartbeat_result(&peer, (200..300).contains(&status)),
             Pending::FireAndForget => {}
             Pending::Relay(relay) => self.relay_answered(now, relay, status, response),
+            Pending::Regroup(sent) => self.regroup_completed(now, *sent, status, response),
         }
     }
 
@@ -1766,6 +1796,8 @@ impl Tcf {
                 self.set_location(now, &user, serving, expires);
                 self.respond(now, &key, &request, 200, "OK", &[]);
             }
+            Some((token, ..)) if token == "pptdgna" => self.dgna_order(now, key, request),
+            Some((token, ..)) if token == "redgna" => self.dgna_report(now, key, request),
             _ => self.respond(now, &key, &request, 501, "Not Implemented", &[("Allow", ALLOW)]),
         }
     }
