@@ -301,6 +301,8 @@ pub(super) fn parse_member_list(body: &[u8]) -> Result<Vec<Number>, ListError> {
     // 0: before the root, 1: in <dgna>, 2: in <member>, 3: after the root.
     let mut depth = 0u8;
     let mut current: Option<Number> = None;
+    // Every <member> counts towards the bound, duplicates too.
+    let mut listed = 0usize;
     loop {
         let event = reader
             .read_event()
@@ -325,7 +327,8 @@ pub(super) fn parse_member_list(body: &[u8]) -> Result<Vec<Number>, ListError> {
             }
             (2, Event::End(end)) if end.local_name().as_ref() == b"member" => {
                 let number = current.take().ok_or(ListError::Malformed("empty member"))?;
-                if members.len() >= MAX_MEMBERS {
+                listed += 1;
+                if listed > MAX_MEMBERS {
                     return Err(ListError::Malformed("member list too long"));
                 }
                 if !members.contains(&number) {
