@@ -1185,6 +1185,240 @@ mod tests {
         assert_eq!(regroups.apply(&group, Action::Cancel, &[]).write, None);
     }
 
+    // ---- two cores: the order and its report between TCFs, in simulated time ----------
+
+    const NETWORK: &str = "[[tcf]]\nname = \"a\"\nsip = \"127.0.0.1:5701\"\nusers = [\"1000-1099\"]\ngroups = [\"2000\"]\nsecret = \"sa\"\n\
+                           [[tcf]]\nname = \"b\"\nsip = \"127.0.0.1:5702\"\nusers = [\"1100-1199\", \"9100\"]\nsecret = \"sb\"\n";
+    const SUBSCRIBERS: &str =
+        "[[user]]\nnumber = \"1000-1001\"\npassword = \"pw\"\n[[user]]\nnumber = \"1100-1101\"\npassword = \"pw\"\n\
+                               [[user]]\nnumber = \"9100\"\npassword = \"pw\"\nkind = \"dispatcher\"\n\
+                               [[group]]\nnumber = \"2000\"\nmembers = [\"1000-1001\"]\ndispatchers = [\"9100\"]\n";
+    const DC: &str = "127.0.0.1:7100";
+    const USER: &str = "127.0.0.1:7101";
+
+    struct Pair {
+        a: Tcf,
+        b: Tcf,
+        start: Instant,
+        wall: SystemTime,
+        /// Deliver nothing to a (the group home does not answer).
+        a_silent: bool,
+    }
+
+    impl Pair {
+        /// Group 2000 homed on a; DC 9100 and user 1100 (both homed on b) served by b.
+        fn new() -> Pair {
+            let (start, wall) = (Instant::now(), SystemTime::now());
+            let network = Arc::new(Network::from_toml("n", NETWORK).unwrap());
+            let subscribers = Arc::new(Subscribers::from_toml("s", SUBSCRIBERS).unwrap());
+            let core = |name: &str| {
+                let sip = crate::config::Config::from_toml("[sip]\nrealm = \"test\"\nt1_ms = 100\n")
+                    .unwrap()
+                    .sip;
+                let config = TcfConfig::new(name, sip, [7; 32]).unwrap();
+                let now = Now { instant: start, wall };
+                Tcf::new(config, Arc::clone(&network), Arc::clone(&subscribers), now, 1).unwrap()
+            };
+            let (a, mut b) = (core("a"), core("b"));
+            let unix = wall.duration_since(UNIX_EPOCH).unwrap().as_secs();
+            let binding = |user: &str, address: &str| Binding {
+                user: n(user),
+                contact: format!("<sip:{user}@{address}>"),
+                address: address.parse().unwrap(),
+                expires_at: unix + 3600,
+            };
+            let registration = |user: &str| Registration {
+                user: n(user),
+                serving: "b".to_owned(),
+                expires_at: unix + 3600,
+            };
+            b.restore(
+                vec![binding("9100", DC), binding("1100", USER)],
+                vec![registration("9100"), registration("1100")],
+                vec![],
+                Now { instant: start, wall },
+            );
+            Pair {
+                a,
+                b,
+                start,
+                wall,
+                a_silent: false,
+            }
+        }
+
+        fn at(&self, millis: u64) -> Now {
+            Now {
+                instant: self.start + Duration::from_millis(millis),
+                wall: self.wall + Duration::from_millis(millis),
+            }
+        }
+
+        /// Moves datagrams between the cores until they are quiet; returns what went to the
+        /// terminals, the store writes and the events of each core.
+        fn run(&mut self, millis: u64) -> (Vec<(SocketAddr, Message)>, Vec<StoreWrite>, Vec<TcfEvent>) {
+            let now = self.at(millis);
+            let (mut terminals, mut writes, mut events) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..100 {
+                let mut moved = false;
+                for from_a in [true, false] {
+                    let (from, to) = if from_a {
+                        (&mut self.a, &mut self.b)
+                    } else {
+                        (&mut self.b, &mut self.a)
+                    };
+                    let from_address = from.address();
+                    let mut datagrams = Vec::new();
+                    while let Some(output) = from.poll_output() {
+                        match output {
+                            Output::Transmit { destination, bytes } => datagrams.push((destination, bytes)),
+                            Output::Store(write) => writes.push(write),
+                            Output::Event(event) => events.push(event),
+                        }
+                    }
+                    let silent = self.a_silent && !from_a;
+                    for (destination, bytes) in datagrams {
+                        if destination == to.address() {
+                            if !silent {
+                                moved = true;
+                                to.handle_datagram(now, from_address, bytes);
+                            }
+                        } else {
+                            terminals.push((destination, Message::parse_datagram(bytes).unwrap()));
+                        }
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+            (terminals, writes, events)
+        }
+
+        fn from_terminal(&mut self, millis: u64, address: &str, text: &str) {
+            let now = self.at(millis);
+            self.b
+                .handle_datagram(now, address.parse().unwrap(), Bytes::copy_from_slice(text.as_bytes()));
+        }
+    }
+
+    fn message_from(user: &str, address: &str, uri_user: &str, extension: &str, body: &str) -> String {
+        let content_type = if body.is_empty() {
+            String::new()
+        } else {
+            format!("Content-Type: {MEMBER_LIST}\r\n")
+        };
+        format!(
+            "MESSAGE sip:{uri_user}@127.0.0.1:5702 SIP/2.0\r\nVia: SIP/2.0/UDP {address};branch=z9hG4bK{user}{uri_user}{};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{user}@127.0.0.1:5702>;tag=t\r\nTo: <sip:{uri_user}@127.0.0.1:5702>\r\n\
+             Call-ID: m{user}{}@t\r\nCSeq: 1 MESSAGE\r\nPtt-Extension: {extension}\r\n{content_type}\
+             Content-Length: {}\r\n\r\n{body}",
+            extension.len(),
+            extension.len(),
+            body.len()
+        )
+    }
+
+    fn final_status(to: &[(SocketAddr, Message)], address: &str) -> Option<u16> {
+        let address: SocketAddr = address.parse().unwrap();
+        to.iter()
+            .filter(|(destination, _)| *destination == address)
+            .filter_map(|(_, message)| message.status())
+            .find(|status| *status >= 200)
+    }
+
+    fn requests_to<'m>(to: &'m [(SocketAddr, Message)], address: &str) -> Vec<&'m Message> {
+        let address: SocketAddr = address.parse().unwrap();
+        to.iter()
+            .filter(|(destination, message)| *destination == address && message.is_request())
+            .map(|(_, message)| message)
+            .collect()
+    }
+
+    fn extension_of(message: &Message) -> String {
+        message
+            .first_value_str(HeaderName::PttExtension)
+            .unwrap_or_default()
+            .into_owned()
+    }
+
+    #[test]
+    fn order_relayed_to_the_group_home_and_report_back_to_the_dc() {
+        let mut pair = Pair::new();
+        let body = member_list(&[n("1100")]);
+        let order = message_from("9100", DC, "2000", "pptDGNA;GDN=2000;action=add", &body);
+        pair.from_terminal(0, DC, &order);
+        let (to_terminals, writes, events) = pair.run(0);
+        assert_eq!(final_status(&to_terminals, DC), Some(200), "the DC gets the home's 200");
+        // Both the group home (a) and the user's home and serving TCF (b) record the change.
+        let expected = Regroup {
+            group: n("2000"),
+            added: vec![n("1100")],
+            removed: vec![],
+        };
+        assert_eq!(
+            writes
+                .iter()
+                .filter(|write| **write == StoreWrite::PutRegroup(expected.clone()))
+                .count(),
+            2,
+            "{writes:?}"
+        );
+        assert_eq!(pair.a.group_members(&n("2000")), vec![n("1000"), n("1001"), n("1100")]);
+        assert_eq!(pair.b.group_members(&n("2000")), vec![n("1000"), n("1001"), n("1100")]);
+        assert!(events.iter().any(|event| matches!(event, TcfEvent::Regrouped { .. })));
+        // b (the user's home) pushed 1100's location to the group home at once.
+        assert_eq!(
+            pair.a.location(&n("1100")).map(|location| location.serving.as_str()),
+            Some("b")
+        );
+        // The terminal got the order.
+        let orders = requests_to(&to_terminals, USER);
+        assert_eq!(orders.len(), 1);
+        assert_eq!(extension_of(orders[0]), "pptDGNA;GDN=2000;UDN=1100;action=add");
+
+        // Its report goes b (serving) → a (group home) → b (DC's TCF) → the DC.
+        let report = message_from("1100", USER, "2000", "reDGNA;GDN=2000;UDN=1100;DGNAresult=0", "");
+        pair.from_terminal(10, USER, &report);
+        let (to_terminals, _, events) = pair.run(10);
+        assert_eq!(final_status(&to_terminals, USER), Some(200));
+        let reports = requests_to(&to_terminals, DC);
+        assert_eq!(reports.len(), 1, "{to_terminals:?}");
+        assert_eq!(extension_of(reports[0]), "reDGNA;GDN=2000;UDN=1100;DGNAresult=0");
+        let hops = events
+            .iter()
+            .filter(|event| matches!(event, TcfEvent::RegroupReported { .. }))
+            .count();
+        assert_eq!(hops, 3, "serving/user home, group home, DC's TCF: {events:?}");
+
+        // The same report again: no order pending.
+        let again = report.replace("z9hG4bK1100", "z9hG4bK1100x");
+        pair.from_terminal(20, USER, &again);
+        let (to_terminals, _, _) = pair.run(20);
+        assert_eq!(final_status(&to_terminals, USER), Some(481));
+    }
+
+    #[test]
+    fn order_to_a_silent_group_home_times_out_with_408() {
+        let mut pair = Pair::new();
+        pair.a_silent = true;
+        let body = member_list(&[n("1101")]);
+        let order = message_from("9100", DC, "2000", "pptDGNA;GDN=2000;action=add", &body);
+        pair.from_terminal(0, DC, &order);
+        let (to_terminals, _, _) = pair.run(0);
+        assert_eq!(final_status(&to_terminals, DC), None, "no answer yet");
+        let mut status = None;
+        for step in 1..=80 {
+            let millis = step * 100;
+            let now = pair.at(millis);
+            pair.b.handle_timeout(now);
+            let (to_terminals, _, _) = pair.run(millis);
+            status = status.or(final_status(&to_terminals, DC));
+        }
+        assert_eq!(status, Some(408), "64·T1 without an answer");
+        assert!(pair.b.group_members(&n("2000")).len() == 2, "nothing changed at b");
+    }
+
     #[test]
     fn member_lists_parse_defensively() {
         let good = member_list(&[n("1105"), n("1300")]);
