@@ -732,7 +732,7 @@ impl Tcf {
                     return;
                 }
                 Role::Home => {
-                    self.record_for_user(now, gdn, user, action);
+                    self.record_for_user(gdn, user, action);
                     self.location_to_group_home(now, gdn, user);
                     let serving = self
                         .registrations
@@ -755,7 +755,7 @@ impl Tcf {
                     return;
                 }
                 Role::Serving => {
-                    self.record_for_user(now, gdn, user, action);
+                    self.record_for_user(gdn, user, action);
                     self.regroups.expect(key, awaiting(None), now.instant);
                     let Some(binding) = self.bindings.get(user).cloned() else {
                         self.report_back(now, gdn, user, role, "480");
@@ -813,7 +813,7 @@ impl Tcf {
 
     /// Records the order for one user at its home or serving TCF (the group home has applied
     /// it to the whole group already).
-    fn record_for_user(&mut self, _now: Now, gdn: &Number, user: &Number, action: Action) {
+    fn record_for_user(&mut self, gdn: &Number, user: &Number, action: Action) {
         let subscribers = Arc::clone(&self.subscribers);
         let Some(group) = subscribers.group(gdn) else { return };
         let applied = self.regroups.apply(group, action, std::slice::from_ref(user));
@@ -1295,7 +1295,7 @@ mod tests {
             (terminals, writes, events)
         }
 
-        fn from_terminal(&mut self, millis: u64, address: &str, text: &str) {
+        fn terminal_sends(&mut self, millis: u64, address: &str, text: &str) {
             let now = self.at(millis);
             self.b
                 .handle_datagram(now, address.parse().unwrap(), Bytes::copy_from_slice(text.as_bytes()));
@@ -1347,7 +1347,7 @@ mod tests {
         let mut pair = Pair::new();
         let body = member_list(&[n("1100")]);
         let order = message_from("9100", DC, "2000", "pptDGNA;GDN=2000;action=add", &body);
-        pair.from_terminal(0, DC, &order);
+        pair.terminal_sends(0, DC, &order);
         let (to_terminals, writes, events) = pair.run(0);
         assert_eq!(final_status(&to_terminals, DC), Some(200), "the DC gets the home's 200");
         // Both the group home (a) and the user's home and serving TCF (b) record the change.
@@ -1379,7 +1379,7 @@ mod tests {
 
         // Its report goes b (serving) → a (group home) → b (DC's TCF) → the DC.
         let report = message_from("1100", USER, "2000", "reDGNA;GDN=2000;UDN=1100;DGNAresult=0", "");
-        pair.from_terminal(10, USER, &report);
+        pair.terminal_sends(10, USER, &report);
         let (to_terminals, _, events) = pair.run(10);
         assert_eq!(final_status(&to_terminals, USER), Some(200));
         let reports = requests_to(&to_terminals, DC);
@@ -1393,7 +1393,7 @@ mod tests {
 
         // The same report again: no order pending.
         let again = report.replace("z9hG4bK1100", "z9hG4bK1100x");
-        pair.from_terminal(20, USER, &again);
+        pair.terminal_sends(20, USER, &again);
         let (to_terminals, _, _) = pair.run(20);
         assert_eq!(final_status(&to_terminals, USER), Some(481));
     }
@@ -1404,7 +1404,7 @@ mod tests {
         pair.a_silent = true;
         let body = member_list(&[n("1101")]);
         let order = message_from("9100", DC, "2000", "pptDGNA;GDN=2000;action=add", &body);
-        pair.from_terminal(0, DC, &order);
+        pair.terminal_sends(0, DC, &order);
         let (to_terminals, _, _) = pair.run(0);
         assert_eq!(final_status(&to_terminals, DC), None, "no answer yet");
         let mut status = None;
