@@ -606,3 +606,64 @@ async fn f_rgp_01_hostile_orders_and_reports_are_refused() {
     assert_eq!(order(&mut other_dc, "2300", "add", &["1200"]).await, 503);
     cluster.shutdown().await;
 }
+
+/// F-RGP-02 for a user who was not registered when it was added, and who moves later: DC 9101
+/// adds 1201 (home tcf-b, offline) to group 2300 (home tcf-c) — tcf-b reports `480` for it. When
+/// 1201 registers at tcf-a, its home brings tcf-a up to date (the terminal is told, without a
+/// report path) and a group call of 2300 reaches it there; after it moves to tcf-b, a call
+/// reaches it at tcf-b.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_rgp_02_a_user_added_while_offline_gets_group_calls_where_it_registers() {
+    let cluster = Cluster::start(14600).await;
+    cluster.wait_all_up().await;
+    let mut dc = Phone::register("9101", "dispatch-a", cluster.address(A)).await;
+    let mut caller = Phone::register("1310", "charlie", cluster.address(C)).await;
+    let mut member = Phone::register("1311", "charlie", cluster.address(C)).await;
+
+    assert_eq!(order(&mut dc, "2300", "add", &["1201"]).await, 200);
+    assert_eq!(
+        expect_message(&mut dc, &["reDGNA"]).await,
+        "reDGNA;GDN=2300;UDN=1201;DGNAresult=480"
+    );
+
+    let mut visiting = Phone::register("1201", "bravo", cluster.address(A)).await;
+    assert_eq!(
+        expect_message(&mut visiting, &["pptDGNA"]).await,
+        "pptDGNA;GDN=2300;UDN=1201;action=add"
+    );
+    // Its report ends at its serving TCF (nobody ordered this update).
+    assert_eq!(report(&mut visiting, "2300", "0").await, 200);
+    wait_located(&cluster, C, "1201", "tcf-a").await;
+    let (mut call, _) = set_up(&mut caller, "2300").await;
+    join(&mut member, "2300").await;
+    join(&mut visiting, "2300").await;
+    end_call(&cluster, &mut caller, &mut call).await;
+
+    // It moves home to tcf-b (which recorded the change as its home).
+    let mut home = Phone::register("1201", "bravo", cluster.address(B)).await;
+    wait_located(&cluster, C, "1201", "tcf-b").await;
+    let (mut call, _) = set_up(&mut caller, "2300").await;
+    join(&mut member, "2300").await;
+    join(&mut home, "2300").await;
+    end_call(&cluster, &mut caller, &mut call).await;
+    assert!(
+        expect_message_within(&mut dc, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "no report reaches the DC for the updates"
+    );
+    cluster.shutdown().await;
+}
+
+/// The next MESSAGE within `timeout` (its Ptt-Extension), if any.
+async fn expect_message_within(phone: &mut Phone, timeout: Duration) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let message = phone.next(remaining).await?;
+        if message.method().is_some_and(|method| method.as_str() == "MESSAGE") {
+            phone.ok(&message).await;
+            return Some(ptt(&message));
+        }
+    }
+}

@@ -711,6 +711,7 @@ impl Tcf {
         // Not handed back by the layer (a retransmission it absorbed, a stray response).
         self.incoming = None;
         self.group_changes(now);
+        self.regroup_arrivals(now);
         self.drain_layer(now);
         self.current_source = None;
     }
@@ -1449,6 +1450,7 @@ impl Tcf {
                 expires_at,
             },
         );
+        let arrived = previous.as_ref().map_or(true, |previous| previous.serving != serving);
         if let Some(previous) = previous.filter(|previous| previous.serving != serving) {
             if previous.serving == self.config.name {
                 self.unbind(user, "moved to another TCF");
@@ -1466,6 +1468,10 @@ impl Tcf {
             serving: serving.clone(),
         });
         self.push_location(now, user, Some(&serving), expires);
+        if arrived {
+            // A new serving TCF learns the user's regrouping (F-RGP-02), once it has bound the user.
+            self.regroups.arrived.push((user.clone(), serving));
+        }
     }
 
     fn home_deregister(&mut self, now: Now, user: &Number, reason: &'static str) {

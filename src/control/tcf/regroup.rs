@@ -111,14 +111,16 @@ enum Back {
     /// A peer TCF, addressed as `sip:<user>@<peer>` (the group, the user or the DC: the number
     /// tells the peer which of its entries the report is for).
     Peer { tcf: String, uri_user: Number },
+    /// Nobody: the order was the user's home bringing a new serving TCF up to date.
+    Here,
 }
 
 /// A report path remembered at one node.
 #[derive(Debug, Clone)]
 struct Awaiting {
     back: Back,
-    /// The dispatcher that ordered.
-    dc: Number,
+    /// The dispatcher that ordered (none for a user's home bringing its serving TCF up to date).
+    dc: Option<Number>,
     /// The TCF the order went on to (`None`: the terminal); only it may report.
     next: Option<String>,
     until: Instant,
@@ -137,7 +139,7 @@ pub(super) enum Sent {
     },
     /// A per-user order passed on from `role`: a failure is reported back from here.
     Order { group: Number, user: Number, role: Role },
-    /// A result report: nothing follows.
+    /// A result report, or an update of a serving TCF: nothing follows.
     Report,
 }
 
@@ -149,6 +151,9 @@ pub(super) struct Regroups {
     /// DC orders relayed to a group home (D side): (group, DC) → the home and until when its
     /// reports are expected.
     relayed: NetMap<(Number, Number), (String, Instant)>,
+    /// Users whose home registration moved to another serving TCF since the last look (user
+    /// home side): that TCF is brought up to date once the REGISTER is answered.
+    pub(super) arrived: Vec<(Number, String)>,
 }
 
 /// What [`Regroups::apply`] changed.
@@ -477,10 +482,11 @@ impl Tcf {
                 self.group_order(now, &key, &request, &gdn, action, &users, &dc, back);
             }
             (Some(peer), Some(user)) => {
-                let (Some(user), Some(dc)) = (Number::parse(user).ok(), number(params.dc.as_deref())) else {
-                    self.respond(now, &key, &request, 400, "Bad Request (UDN, DC)", &[]);
+                let Ok(user) = Number::parse(user) else {
+                    self.respond(now, &key, &request, 400, "Bad Request (UDN)", &[]);
                     return;
                 };
+                let dc = number(params.dc.as_deref());
                 self.peer_user_order(now, key, request, peer, gdn, user, dc, action);
             }
         }
@@ -633,7 +639,7 @@ impl Tcf {
         self.overlay_changed(gdn, action, &applied);
         self.respond(now, key, request, 200, "OK", &[]);
         for user in applied.affected {
-            self.user_order(now, gdn, &user, action, dc, back.clone(), Role::Group);
+            self.user_order(now, gdn, &user, action, Some(dc), back.clone(), Role::Group);
         }
     }
 
@@ -661,7 +667,7 @@ impl Tcf {
         peer: String,
         gdn: Number,
         user: Number,
-        dc: Number,
+        dc: Option<Number>,
         action: Action,
     ) {
         let user_home = self.network.home_of_user(&user).map(|tcf| tcf.name.clone());
@@ -690,9 +696,17 @@ impl Tcf {
             );
             return;
         }
+        // Without a DC only the user's home may bring its serving TCF up to date.
+        if dc.is_none() && role != Role::Serving {
+            self.respond(now, &key, &request, 400, "Bad Request (DC)", &[]);
+            return;
+        }
         self.respond(now, &key, &request, 200, "OK", &[]);
-        let back = Back::Peer { tcf: peer, uri_user };
-        self.user_order(now, &gdn, &user, action, &dc, back, role);
+        let back = match dc {
+            Some(_) => Back::Peer { tcf: peer, uri_user },
+            None => Back::Here,
+        };
+        self.user_order(now, &gdn, &user, action, dc.as_ref(), back, role);
     }
 
     /// Carries a per-user order through the stages this node plays, from `role` on, and on to
@@ -704,7 +718,7 @@ impl Tcf {
         gdn: &Number,
         user: &Number,
         action: Action,
-        dc: &Number,
+        dc: Option<&Number>,
         back: Back,
         mut role: Role,
     ) {
@@ -712,7 +726,7 @@ impl Tcf {
         loop {
             let awaiting = |next: Option<String>| Awaiting {
                 back: back.clone(),
-                dc: dc.clone(),
+                dc: dc.cloned(),
                 next,
                 until: now.instant + REPORT_WINDOW,
             };
@@ -768,8 +782,10 @@ impl Tcf {
                         user: user.clone(),
                         role,
                     };
+                    // From the DC, or from the group when a home brings its serving TCF up to date.
+                    let from = dc.unwrap_or(gdn).clone();
                     if self
-                        .send_regroup(now, &uri, dc, &extension, None, binding.address, sent)
+                        .send_regroup(now, &uri, &from, &extension, None, binding.address, sent)
                         .is_none()
                     {
                         self.report_back(now, gdn, user, role, "500");
@@ -787,26 +803,37 @@ impl Tcf {
         gdn: &Number,
         user: &Number,
         action: Action,
-        dc: &Number,
+        dc: Option<&Number>,
         peer: &str,
         address: SocketAddr,
         role: Role,
     ) {
+        // An update of a serving TCF (no DC) has nobody to report a failure to.
+        let reported = dc.is_some();
         if self.peer_is_down(peer) {
-            self.report_back(now, gdn, user, role, "503");
+            if reported {
+                self.report_back(now, gdn, user, role, "503");
+            }
             return;
         }
-        let extension = format!("pptDGNA;GDN={gdn};UDN={user};action={};DC={dc}", action.as_str());
+        let mut extension = format!("pptDGNA;GDN={gdn};UDN={user};action={}", action.as_str());
+        if let Some(dc) = dc {
+            extension.push_str(";DC=");
+            extension.push_str(dc.as_str());
+        }
+        let from = dc.unwrap_or(gdn);
         let uri = format!("sip:{user}@{address}");
-        let sent = Sent::Order {
-            group: gdn.clone(),
-            user: user.clone(),
-            role,
+        let sent = if reported {
+            Sent::Order {
+                group: gdn.clone(),
+                user: user.clone(),
+                role,
+            }
+        } else {
+            Sent::Report
         };
-        if self
-            .send_regroup(now, &uri, dc, &extension, None, address, sent)
-            .is_none()
-        {
+        let sent = self.send_regroup(now, &uri, from, &extension, None, address, sent);
+        if sent.is_none() && reported {
             self.report_back(now, gdn, user, role, "500");
         }
     }
@@ -872,6 +899,45 @@ impl Tcf {
             address,
             Pending::FireAndForget,
         );
+    }
+
+    /// At the user's home: users now registered through another serving TCF (first, or moved
+    /// there). The serving TCF gets the user's regroupings (without `DC`: no report comes
+    /// back), so it delivers the groups' calls to the user and tells the terminal. Called after
+    /// the REGISTER is answered, so the serving TCF has bound the user when the order arrives.
+    pub(super) fn regroup_arrivals(&mut self, now: Now) {
+        if self.regroups.arrived.is_empty() {
+            return;
+        }
+        for (user, serving) in std::mem::take(&mut self.regroups.arrived) {
+            self.regroup_arrived(now, &user, &serving);
+        }
+    }
+
+    fn regroup_arrived(&mut self, now: Now, user: &Number, serving: &str) {
+        if serving == self.config.name {
+            return; // this node's own overlay is the one it serves the user by
+        }
+        let Some(address) = self.network.tcf(serving).map(|tcf| tcf.sip) else {
+            return;
+        };
+        let orders: Vec<(Number, Action)> = self
+            .regroups
+            .overlays
+            .values()
+            .filter_map(|overlay| {
+                if overlay.added.contains(user) {
+                    Some((overlay.group.clone(), Action::Add))
+                } else if overlay.removed.contains(user) {
+                    Some((overlay.group.clone(), Action::Remove))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (gdn, action) in orders {
+            self.order_to_peer(now, &gdn, user, action, None, serving, address, Role::Home);
+        }
     }
 
     // ---- reports -------------------------------------------------------------------------
@@ -989,8 +1055,10 @@ impl Tcf {
             user: user.clone(),
             result: result.to_owned(),
         });
+        let Some(dc) = awaiting.dc else { return };
         match awaiting.back {
-            Back::Dc => self.report_to_dc(now, gdn, user, &awaiting.dc, result),
+            Back::Here => {}
+            Back::Dc => self.report_to_dc(now, gdn, user, &dc, result),
             Back::Peer { tcf, uri_user } => {
                 let Some(address) = self.network.tcf(&tcf).map(|tcf| tcf.sip) else {
                     return;
@@ -998,7 +1066,7 @@ impl Tcf {
                 if self.peer_is_down(&tcf) {
                     return;
                 }
-                let extension = format!("reDGNA;GDN={gdn};UDN={user};DGNAresult={result};DC={}", awaiting.dc);
+                let extension = format!("reDGNA;GDN={gdn};UDN={user};DGNAresult={result};DC={dc}");
                 let uri = format!("sip:{uri_user}@{address}");
                 self.send_regroup(now, &uri, user, &extension, None, address, Sent::Report);
             }
