@@ -400,13 +400,26 @@ fn number(text: Option<&str>) -> Option<Number> {
 impl Tcf {
     /// Restores the regrouping overlays after a restart.
     pub fn restore_regroups(&mut self, regroups: Vec<Regroup>) {
-        for regroup in regroups {
-            if self.subscribers.group(&regroup.group).is_some() {
-                self.regroups.overlays.insert(regroup.group.clone(), regroup);
-            } else {
+        let subscribers = Arc::clone(&self.subscribers);
+        for mut regroup in regroups {
+            let Some(group) = subscribers.group(&regroup.group) else {
                 // The group is no longer provisioned: its overlay goes too.
                 self.write(StoreWrite::RemoveRegroup(regroup.group));
+                continue;
+            };
+            // Provisioning may have changed since: keep the overlay's invariants (an added user
+            // is no provisioned member, a removed one is).
+            let stored = regroup.clone();
+            regroup.added.retain(|user| !group.members.contains(user));
+            regroup.removed.retain(|user| group.members.contains(user));
+            if regroup.added.is_empty() && regroup.removed.is_empty() {
+                self.write(StoreWrite::RemoveRegroup(regroup.group));
+                continue;
             }
+            if regroup != stored {
+                self.write(StoreWrite::PutRegroup(regroup.clone()));
+            }
+            self.regroups.overlays.insert(regroup.group.clone(), regroup);
         }
     }
 
@@ -1485,6 +1498,40 @@ mod tests {
         }
         assert_eq!(status, Some(408), "64·T1 without an answer");
         assert!(pair.b.group_members(&n("2000")).len() == 2, "nothing changed at b");
+    }
+
+    #[test]
+    fn restored_overlays_follow_the_provisioning() {
+        let mut pair = Pair::new();
+        while pair.a.poll_output().is_some() {}
+        pair.a.restore_regroups(vec![
+            Regroup {
+                group: n("2000"),
+                added: vec![n("1000"), n("1100")],
+                removed: vec![n("1101")],
+            },
+            Regroup {
+                group: n("2999"),
+                added: vec![n("1100")],
+                removed: vec![],
+            },
+        ]);
+        assert_eq!(pair.a.group_members(&n("2000")), vec![n("1000"), n("1001"), n("1100")]);
+        let mut writes = Vec::new();
+        while let Some(output) = pair.a.poll_output() {
+            if let Output::Store(write) = output {
+                writes.push(write);
+            }
+        }
+        let normalized = Regroup {
+            group: n("2000"),
+            added: vec![n("1100")],
+            removed: vec![],
+        };
+        assert_eq!(
+            writes,
+            vec![StoreWrite::PutRegroup(normalized), StoreWrite::RemoveRegroup(n("2999"))]
+        );
     }
 
     #[test]
