@@ -134,6 +134,10 @@ pub enum StoreWrite {
     PutRegroup(regroup::Regroup),
     /// Delete a group's regrouping overlay.
     RemoveRegroup(Number),
+    /// Save a user's stun/kill state (F-SKR).
+    PutSkrState(SkrRecord),
+    /// Delete a user's stun/kill state (revived: active).
+    RemoveSkrState(Number),
 }
 
 /// Something that happened, for logs, metrics and tests.
@@ -265,6 +269,20 @@ pub enum TcfEvent {
         /// `DGNAresult`: 0 done, else a cause.
         result: String,
     },
+    /// A user's stun/kill state changed at this node (its home, or the TCF serving it).
+    SkrStateChanged {
+        /// The user.
+        user: Number,
+        /// The new state.
+        state: SkrState,
+    },
+    /// A terminal's stun/kill/revive result report passed this node on its way to the DC.
+    SkrReported {
+        /// The user that reported.
+        user: Number,
+        /// Its result (0: done).
+        result: u16,
+    },
 }
 
 /// What the driver must do.
@@ -363,6 +381,8 @@ enum Pending {
     FireAndForget,
     /// A regrouping order or report (F-RGP-01 … F-RGP-03).
     Regroup(Box<regroup::Sent>),
+    /// A DC's stun/kill/revive order relayed to the user's home (F-SKR-01).
+    Skr(Box<skr::Relay>),
 }
 
 /// The SIP application core of one TCF node.
@@ -399,6 +419,7 @@ pub struct Tcf {
     calls: call::Calls,
     groups: group::Groups,
     regroups: regroup::Regroups,
+    skr: skr::Skr,
     malformed_log: LogLimiter,
     media: Box<dyn MediaPlane>,
 }
@@ -453,6 +474,9 @@ mod call;
 mod group;
 mod regroup;
 mod resend;
+mod skr;
+
+pub use skr::{SkrOrder, SkrRecord, SkrState};
 
 pub use regroup::Regroup;
 
@@ -524,6 +548,7 @@ impl Tcf {
             calls: call::Calls::default(),
             groups: group::Groups::default(),
             regroups: regroup::Regroups::default(),
+            skr: skr::Skr::default(),
             malformed_log: LogLimiter::default(),
             media: Box::new(NoMedia),
         })
@@ -1254,6 +1279,10 @@ impl Tcf {
                 self.respond(now, &key, &request, 200, "OK", &[("Expires", "0")]);
                 return;
             }
+            if self.skr_refuses_registration(&user) {
+                self.respond(now, &key, &request, 403, "Forbidden (killed)", &[]);
+                return;
+            }
             if let Some(binding) = binding {
                 self.bind(binding, expires);
             }
@@ -1400,9 +1429,15 @@ impl Tcf {
             }
             return;
         }
-        self.home_register(now, &user, peer, expires);
+        if self.skr_refuses_registration(&user) {
+            self.respond(now, &key, &request, 403, "Forbidden (killed)", &[]);
+            return;
+        }
+        self.home_register(now, &user, peer.clone(), expires);
         let contact = contact.unwrap_or_default();
         self.registered(now, &key, &request, &contact, expires);
+        // After the 200, so the new serving TCF has bound the terminal when the order arrives.
+        self.skr_registered(now, &user, &peer);
     }
 
     /// Answers a successful REGISTER: `200 OK` with the binding's Contact and the period granted.
@@ -1429,6 +1464,7 @@ impl Tcf {
 
     fn unbind(&mut self, user: &Number, reason: &'static str) -> Option<Binding> {
         let binding = self.bindings.remove(user)?;
+        self.skr_unbound(user);
         self.groups.changed.push(user.clone());
         self.write(StoreWrite::RemoveBinding(user.clone()));
         self.event(TcfEvent::Unbound {
@@ -1594,6 +1630,7 @@ impl Tcf {
             Pending::FireAndForget => {}
             Pending::Relay(relay) => self.relay_answered(now, relay, status, response),
             Pending::Regroup(sent) => self.regroup_completed(now, *sent, status, response),
+            Pending::Skr(relay) => self.skr_answered(now, relay, status, response),
         }
     }
 
@@ -1776,6 +1813,9 @@ impl Tcf {
     }
 
     fn message(&mut self, now: Now, key: TransactionKey, request: Message) {
+        let Some(request) = self.skr_message(now, &key, request) else {
+            return;
+        };
         let source = self.current_source;
         let extension = request.ptt_extension().ok().flatten().map(|ext| {
             (

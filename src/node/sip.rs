@@ -13,7 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::control::tcf::{Binding, Location, Now, Output, Registration, Regroup, SipStats, StoreWrite, Tcf, TcfEvent};
+use crate::control::tcf::{
+    Binding, Location, Now, Output, Registration, Regroup, SipStats, SkrRecord, StoreWrite, Tcf, TcfEvent,
+};
 use crate::io::worker::thread_cpu_time;
 use crate::node::datagrams::{watch, RecvDatagrams, SendDatagrams};
 use crate::node::realtime::{Governor, WINDOW};
@@ -29,6 +31,8 @@ pub const REGISTRATIONS: Table<Registration> = Table::new("registrations");
 pub const LOCATIONS: Table<Location> = Table::new("locations");
 /// Regrouping overlays, one row per group (F-RGP-02).
 pub const REGROUPS: Table<Regroup> = Table::new("regroups");
+/// Users' stun/kill states (F-SKR: at the user's home, and a copy where it is served).
+pub const SKR_STATES: Table<SkrRecord> = Table::new("skr_states");
 
 /// A question to the running core (control path; for operators and tests).
 #[derive(Debug)]
@@ -123,6 +127,7 @@ pub fn restore(tcf: &mut Tcf, store: &Store) -> anyhow::Result<()> {
     tcf.restore(bindings, registrations, locations, now());
     let regroups = store.scan(&REGROUPS)?.into_iter().map(|(_, value)| value).collect();
     tcf.restore_regroups(regroups);
+    tcf.restore_skr(store.scan(&SKR_STATES)?.into_iter().map(|(_, value)| value).collect());
     Ok(())
 }
 
@@ -529,6 +534,8 @@ async fn carry_out(
                     StoreWrite::RemoveLocation(user) => store.remove(&LOCATIONS, user.as_str()),
                     StoreWrite::PutRegroup(regroup) => store.put(&REGROUPS, regroup.group.as_str(), &regroup),
                     StoreWrite::RemoveRegroup(group) => store.remove(&REGROUPS, group.as_str()),
+                    StoreWrite::PutSkrState(record) => store.put(&SKR_STATES, record.user.as_str(), &record),
+                    StoreWrite::RemoveSkrState(user) => store.remove(&SKR_STATES, user.as_str()),
                 };
                 let result = match result {
                     Ok(()) if durable => {

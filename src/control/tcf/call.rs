@@ -612,6 +612,10 @@ impl Tcf {
                     if self.subscribers.user(caller).is_none() {
                         return Err((403, "Forbidden (unknown caller)"));
                     }
+                    // A stunned (or killed) caller places no call (F-SKR decision).
+                    if let Some(reason) = self.skr_barred(caller) {
+                        return Err((403, reason));
+                    }
                     if let Some(home) = self.network.home_of_group(&callee) {
                         // A group set-up passing through the caller's home (F-GRP-01).
                         plan.target = Some(callee.clone());
@@ -633,6 +637,10 @@ impl Tcf {
                         return Err((404, "Not Found (not homed here)"));
                     }
                     let user = self.subscribers.user(&callee).ok_or((404, "Not Found"))?;
+                    // Nor does a stunned (or killed) callee receive one.
+                    if let Some(reason) = self.skr_barred(&callee) {
+                        return Err((403, reason));
+                    }
                     if self.calls.busy.contains_key(&callee) || plan.busy.contains(&callee) {
                         match user.forward_busy.clone() {
                             Some(target) if !plan.forwarded => {

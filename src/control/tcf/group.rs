@@ -601,6 +601,11 @@ impl Tcf {
                     self.respond(now, &key, &request, 403, "Forbidden (not a member of the group)", &[]);
                     return None;
                 }
+                // A stunned member sets up no group call (F-SKR decision, at its serving TCF).
+                if let Some(reason) = self.skr_barred(caller) {
+                    self.respond(now, &key, &request, 403, reason, &[]);
+                    return None;
+                }
                 if home.0 == me {
                     self.home_talker_request(now, key, request, caller, gdn, true);
                 } else {
@@ -1677,6 +1682,15 @@ impl Tcf {
             .map(|method| method.as_str().to_owned())
             .unwrap_or_default();
         let (token, params) = extension(&request).unwrap_or_default();
+        // A stunned member takes no floor (F-SKR decision, at its serving TCF).
+        if let (Slot::HomeMember { user, .. } | Slot::LocalMember { user, .. }, "INVITE", "pttrequest" | "pttinsert") =
+            (&slot, method.as_str(), token.as_str())
+        {
+            if let Some(reason) = self.skr_barred(user) {
+                self.respond(now, &key, &request, 403, reason, &[]);
+                return None;
+            }
+        }
         match (slot, method.as_str()) {
             (slot, "BYE") => {
                 self.respond(now, &key, &request, 200, "OK", &[]);
