@@ -130,6 +130,10 @@ pub enum StoreWrite {
     PutLocation(Location),
     /// Delete a group location.
     RemoveLocation(Number),
+    /// Save a group's regrouping overlay (F-RGP-02).
+    PutRegroup(regroup::Regroup),
+    /// Delete a group's regrouping overlay.
+    RemoveRegroup(Number),
     /// Save a user's stun/kill state (F-SKR).
     PutSkrState(SkrRecord),
     /// Delete a user's stun/kill state (revived: active).
@@ -246,6 +250,24 @@ pub enum TcfEvent {
         group: Number,
         /// Why.
         reason: String,
+    },
+    /// Regrouping changed a group's membership as this node sees it (F-RGP-01, F-RGP-02).
+    Regrouped {
+        /// The group.
+        group: Number,
+        /// The users concerned.
+        users: Vec<Number>,
+        /// `add`, `remove` or `cancel`.
+        action: String,
+    },
+    /// A regrouping result passed back through this node (F-RGP-03).
+    RegroupReported {
+        /// The group.
+        group: Number,
+        /// The user whose result it is.
+        user: Number,
+        /// `DGNAresult`: 0 done, else a cause.
+        result: String,
     },
     /// A user's stun/kill state changed at this node (its home, or the TCF serving it).
     SkrStateChanged {
@@ -376,6 +398,8 @@ enum Pending {
     Heartbeat { peer: String },
     /// A request whose answer changes nothing (kick-off, location push).
     FireAndForget,
+    /// A regrouping order or report (F-RGP-01 … F-RGP-03).
+    Regroup(Box<regroup::Sent>),
     /// A DC's stun/kill/revive order relayed to the user's home (F-SKR-01).
     Skr(Box<skr::Relay>),
     /// A short-data MESSAGE sent on (F-SDS-01).
@@ -415,6 +439,7 @@ pub struct Tcf {
     counters: SipCounters,
     calls: call::Calls,
     groups: group::Groups,
+    regroups: regroup::Regroups,
     skr: skr::Skr,
     short_data: ShortDataCounters,
     malformed_log: LogLimiter,
@@ -469,6 +494,7 @@ impl LogLimiter {
 
 mod call;
 mod group;
+mod regroup;
 mod resend;
 mod skr;
 
@@ -476,6 +502,8 @@ pub use skr::{SkrOrder, SkrRecord, SkrState};
 mod short_data;
 
 pub use short_data::{ShortDataCounters, MAX_SHORT_DATA};
+
+pub use regroup::Regroup;
 
 impl Tcf {
     /// A core for node `config.name` of `network`.
@@ -544,6 +572,7 @@ impl Tcf {
             counters: SipCounters::default(),
             calls: call::Calls::default(),
             groups: group::Groups::default(),
+            regroups: regroup::Regroups::default(),
             skr: skr::Skr::default(),
             short_data: ShortDataCounters::default(),
             malformed_log: LogLimiter::default(),
@@ -734,6 +763,7 @@ impl Tcf {
         // Not handed back by the layer (a retransmission it absorbed, a stray response).
         self.incoming = None;
         self.group_changes(now);
+        self.regroup_arrivals(now);
         self.drain_layer(now);
         self.current_source = None;
     }
@@ -1483,6 +1513,7 @@ impl Tcf {
                 expires_at,
             },
         );
+        let arrived = previous.as_ref().map_or(true, |previous| previous.serving != serving);
         if let Some(previous) = previous.filter(|previous| previous.serving != serving) {
             if previous.serving == self.config.name {
                 self.unbind(user, "moved to another TCF");
@@ -1500,6 +1531,10 @@ impl Tcf {
             serving: serving.clone(),
         });
         self.push_location(now, user, Some(&serving), expires);
+        if arrived {
+            // A new serving TCF learns the user's regrouping (F-RGP-02), once it has bound the user.
+            self.regroups.arrived.push((user.clone(), serving));
+        }
     }
 
     fn home_deregister(&mut self, now: Now, user: &Number, reason: &'static str) {
@@ -1543,11 +1578,11 @@ impl Tcf {
     /// F-REG-07: tells the homes of the user's groups which TCF serves it (`None`: withdrawn).
     fn push_location(&mut self, now: Now, user: &Number, serving: Option<&str>, expires: u32) {
         let group_homes: Vec<(String, SocketAddr, Number)> = self
-            .subscribers
-            .groups_of(user)
+            .regroups
+            .groups_of(&self.subscribers, user)
             .filter_map(|group| {
-                let home = self.network.home_of_group(&group.number)?;
-                Some((home.name.clone(), home.sip, group.number.clone()))
+                let home = self.network.home_of_group(group)?;
+                Some((home.name.clone(), home.sip, group.clone()))
             })
             .collect();
         let mut told = Vec::new();
@@ -1621,6 +1656,7 @@ impl Tcf {
             Pending::Heartbeat { peer } => self.heartbeat_result(&peer, (200..300).contains(&status)),
             Pending::FireAndForget => {}
             Pending::Relay(relay) => self.relay_answered(now, relay, status, response),
+            Pending::Regroup(sent) => self.regroup_completed(now, *sent, status, response),
             Pending::Skr(relay) => self.skr_answered(now, relay, status, response),
             Pending::ShortData(forward) => self.short_data_answered(now, *forward, status, response),
         }
@@ -1838,6 +1874,8 @@ impl Tcf {
                 self.set_location(now, &user, serving, expires);
                 self.respond(now, &key, &request, 200, "OK", &[]);
             }
+            Some((token, ..)) if token == "pptdgna" => self.dgna_order(now, key, request),
+            Some((token, ..)) if token == "redgna" => self.dgna_report(now, key, request),
             _ => self.respond(now, &key, &request, 501, "Not Implemented", &[("Allow", ALLOW)]),
         }
     }

@@ -590,11 +590,11 @@ impl Tcf {
             self.respond(now, &key, &request, 404, "Not Found (unknown group)", &[]);
             return None;
         };
-        let Some(group) = self.subscribers.group(gdn).cloned() else {
+        // Membership as regrouping left it (F-RGP-02).
+        let Some(is_member) = self.subscribers.group(gdn).map(|group| self.in_group(group, caller)) else {
             self.respond(now, &key, &request, 404, "Not Found (unknown group)", &[]);
             return None;
         };
-        let is_member = group.members.contains(caller) || group.dispatchers.contains(caller);
         match (from_terminal, stage) {
             (true, _) => {
                 if !is_member {
@@ -851,14 +851,16 @@ impl Tcf {
     /// Sends the call to every member TCF (one downlink each), every DC (one each) and every
     /// member served here that is not in it yet (F-GRP-03; also late entry, F-GRP-07).
     fn invite_members(&mut self, now: Now, gdn: &Number) {
-        let Some(group) = self.subscribers.group(gdn).cloned() else {
+        let Some(group) = self.subscribers.group(gdn) else {
             return;
         };
         let me = self.config.name.clone();
         let mut tcfs: Vec<String> = Vec::new();
         let mut dcs: Vec<(Number, String)> = Vec::new();
         let mut here: Vec<Number> = Vec::new();
-        for user in group.members.iter().chain(group.dispatchers.iter()) {
+        // The effective members (provisioned ± regrouping, F-RGP-02), then the dispatchers.
+        let members = self.regroups.members(&self.subscribers, gdn);
+        for user in members.chain(group.dispatchers.iter()) {
             let Some(location) = self.locations.get(user) else {
                 continue;
             };
@@ -1562,12 +1564,10 @@ impl Tcf {
 
     /// Invites every member of the group bound here that is not in the call yet.
     fn deliver_locally(&mut self, now: Now, gdn: &Number) {
-        let Some(group) = self.subscribers.group(gdn).cloned() else {
-            return;
-        };
-        let missing: Vec<Number> = group
-            .members
-            .iter()
+        // The effective members (provisioned ± regrouping, F-RGP-02).
+        let missing: Vec<Number> = self
+            .regroups
+            .members(&self.subscribers, gdn)
             .filter(|user| self.bindings.contains_key(*user))
             .filter(|user| {
                 self.groups
@@ -2750,11 +2750,7 @@ impl Tcf {
         }
         let changed = std::mem::take(&mut self.groups.changed);
         for user in changed {
-            let groups: Vec<Number> = self
-                .subscribers
-                .groups_of(&user)
-                .map(|group| group.number.clone())
-                .collect();
+            let groups: Vec<Number> = self.regroups.groups_of(&self.subscribers, &user).cloned().collect();
             for gdn in groups {
                 // Home: a member located at a TCF without a downlink gets one; one served
                 // here gets invited.
