@@ -520,9 +520,15 @@ async fn carry_out(
                 datagrams.push(destination, bytes);
             }
             Output::Store(write) => {
-                // A regrouping is answered only once it is on disk (F-RGP-02): the answer
-                // follows this write in the outputs.
-                let durable = matches!(write, StoreWrite::PutRegroup(_) | StoreWrite::RemoveRegroup(_));
+                // A dispatcher's order (regrouping F-RGP-02, stun/kill/revive F-SKR-02) is
+                // answered only once it is on disk: the answer follows this write in the outputs.
+                let durable = matches!(
+                    write,
+                    StoreWrite::PutRegroup(_)
+                        | StoreWrite::RemoveRegroup(_)
+                        | StoreWrite::PutSkrState(_)
+                        | StoreWrite::RemoveSkrState(_)
+                );
                 let result = match write {
                     StoreWrite::PutBinding(binding) => store.put(&BINDINGS, binding.user.as_str(), &binding),
                     StoreWrite::RemoveBinding(user) => store.remove(&BINDINGS, user.as_str()),
