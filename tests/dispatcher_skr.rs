@@ -178,7 +178,9 @@ async fn f_skr_01_stun_ordered_by_a_dc_on_another_tcf() {
 /// F-SKR-02 and the decision: DC 9100 (tcf-a, the user's home) stuns 1110 (registered at tcf-b);
 /// tcf-a delivers through tcf-b. After a restart of both, the stunned user can neither call nor be
 /// called (its home refuses), nor set up a group call or take the floor (its serving TCF
-/// refuses): 403. Revived, it takes the floor and calls again.
+/// refuses): 403; it is not invited to a group call while stunned, joins the running call when
+/// revived, takes no floor when stunned again in it, and revived once more takes the floor and
+/// calls again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f_skr_02_delivery_through_the_home_and_the_stun_enforced() {
     let mut cluster = Cluster::start(19400).await;
@@ -220,9 +222,25 @@ async fn f_skr_02_delivery_through_the_home_and_the_stun_enforced() {
         "nor sets up a group call"
     );
 
-    // 1310 sets up a call of group 2300; 1110 is invited through tcf-b and asks for the floor.
+    // 1310 sets up a call of group 2300: the stunned 1110 receives no group call either.
     let mut group_call = other.call("2300").await;
     assert_eq!(other.final_for(&mut group_call).await, 200);
+    let mut quiet = Vec::new();
+    while let Some(message) = target.next(Duration::from_millis(700)).await {
+        quiet.push(message);
+    }
+    assert!(
+        quiet
+            .iter()
+            .all(|message| message.method().map(|m| m.as_str().to_owned()) != Some("INVITE".to_owned())),
+        "a stunned member is not invited: {quiet:?}"
+    );
+
+    // Revived, it joins the running call (tcf-b invites it) ...
+    let answer = message(&mut dc, "1110", "pttrevive;UDN=1110").await;
+    assert_eq!(answer.status(), Some(200));
+    expect_state(&mut events_b, "1110", SkrState::Active).await;
+    expect_order(&mut target, "pttrevive;UDN=1110", "9100", cluster.address(B)).await;
     let mut session = {
         let invite = request(&mut target, "INVITE").await;
         assert!(ptt(&invite).contains("GDN=2300"), "{}", ptt(&invite));
@@ -235,6 +253,11 @@ async fn f_skr_02_delivery_through_the_home_and_the_stun_enforced() {
     };
     target.answer(&session).await;
     request(&mut target, "ACK").await;
+
+    // ... stunned again in the call, it takes no floor ...
+    assert_eq!(message(&mut dc, "1110", "pttstun;UDN=1110").await.status(), Some(200));
+    expect_state(&mut events_b, "1110", SkrState::Stunned).await;
+    expect_order(&mut target, "pttstun;UDN=1110", "9100", cluster.address(B)).await;
     let offer = sdp(target.rtp_port(), "sendonly");
     target
         .callee_request_with(&mut session, "INVITE", Some(&offer), "Ptt-Extension: pttrequest\r\n")
@@ -246,7 +269,7 @@ async fn f_skr_02_delivery_through_the_home_and_the_stun_enforced() {
         "a stunned member takes no floor"
     );
 
-    // Revived: the order goes the same way; the floor request is granted or queued.
+    // ... and revived once more, its floor request is granted or queued.
     let answer = message(&mut dc, "1110", "pttrevive;UDN=1110").await;
     assert_eq!(answer.status(), Some(200));
     expect_state(&mut events_b, "1110", SkrState::Active).await;

@@ -967,6 +967,11 @@ impl Tcf {
 
     /// Sends the group call to a terminal or DC this node serves (home or member TCF side).
     fn invite_member(&mut self, now: Now, gdn: &Number, user: &Number, at_home: bool) {
+        // A stunned (or killed) member receives no group call (F-SKR decision); revived, it
+        // joins the calls still running ([`Tcf::invite_to_running_group_calls`]).
+        if self.skr_barred(user).is_some() {
+            return;
+        }
         let Some(binding) = self.bindings.get(user).cloned() else {
             return;
         };
@@ -1563,6 +1568,39 @@ impl Tcf {
     }
 
     /// Invites every member of the group bound here that is not in the call yet.
+    /// Invites `user`, served here, into the running calls of its groups it is not in (it was
+    /// revived after they started): at their home when that is this node, else as a local
+    /// member of the call this node relays.
+    pub(super) fn invite_to_running_group_calls(&mut self, now: Now, user: &Number) {
+        if !self.bindings.contains_key(user) {
+            return;
+        }
+        let member_of =
+            |tcf: &Tcf, gdn: &Number| tcf.regroups.members(&tcf.subscribers, gdn).any(|member| member == user);
+        let at_home: Vec<Number> = self
+            .groups
+            .homes
+            .iter()
+            .filter(|(gdn, home)| !home.members.contains_key(user) && member_of(self, gdn))
+            .map(|(gdn, _)| gdn.clone())
+            .collect();
+        let relayed: Vec<Number> = self
+            .groups
+            .locals
+            .iter()
+            .filter(|(gdn, local)| {
+                local.downlink.is_some() && !local.members.contains_key(user) && member_of(self, gdn)
+            })
+            .map(|(gdn, _)| gdn.clone())
+            .collect();
+        for gdn in at_home {
+            self.invite_member(now, &gdn, user, true);
+        }
+        for gdn in relayed {
+            self.invite_member(now, &gdn, user, false);
+        }
+    }
+
     fn deliver_locally(&mut self, now: Now, gdn: &Number) {
         // The effective members (provisioned ± regrouping, F-RGP-02).
         let missing: Vec<Number> = self
