@@ -1591,38 +1591,55 @@ impl Tcf {
                 continue;
             }
             told.push(home.clone());
-            if home == self.config.name {
-                self.set_location(now, user, serving.map(str::to_owned), expires);
-                continue;
-            }
-            if self.peer_is_down(&home) {
-                continue;
-            }
-            let me = self.address;
-            let call_id = format!("{}@{}", self.token(), self.config.name);
-            let tag = self.token();
-            let value = match serving {
-                Some(serving) => format!("pttlocation;UDN={user};servingtcf={serving};expires={expires}"),
-                None => format!("pttlocation;UDN={user};expires=0"),
-            };
-            let headers = [
-                ("Ptt-Extension", value),
-                ("P-Asserted-Identity", format!("<sip:{user}@{me}>")),
-            ];
-            self.send(
-                now,
-                Method::Message,
-                &format!("sip:{group}@{address}"),
-                &format!("<sip:{group}@{address}>"),
-                &format!("<sip:{}@{me}>", self.config.name),
-                &call_id,
-                &tag,
-                1,
-                &headers,
-                address,
-                Pending::FireAndForget,
-            );
+            self.location_to(now, user, serving, expires, &group, &home, address);
         }
+    }
+
+    /// Tells group `group`'s home (`home` at `address`) where `user` is served (`pttlocation`,
+    /// F-REG-07); `serving` `None` (or `expires` 0) withdraws it. Recorded directly when this
+    /// node is that home; nothing when it is down.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn location_to(
+        &mut self,
+        now: Now,
+        user: &Number,
+        serving: Option<&str>,
+        expires: u32,
+        group: &Number,
+        home: &str,
+        address: SocketAddr,
+    ) {
+        if home == self.config.name {
+            self.set_location(now, user, serving.map(str::to_owned), expires);
+            return;
+        }
+        if self.peer_is_down(home) {
+            return;
+        }
+        let me = self.address;
+        let call_id = format!("{}@{}", self.token(), self.config.name);
+        let tag = self.token();
+        let value = match serving {
+            Some(serving) => format!("pttlocation;UDN={user};servingtcf={serving};expires={expires}"),
+            None => format!("pttlocation;UDN={user};expires=0"),
+        };
+        let headers = [
+            ("Ptt-Extension", value),
+            ("P-Asserted-Identity", format!("<sip:{user}@{me}>")),
+        ];
+        self.send(
+            now,
+            Method::Message,
+            &format!("sip:{group}@{address}"),
+            &format!("<sip:{group}@{address}>"),
+            &format!("<sip:{}@{me}>", self.config.name),
+            &call_id,
+            &tag,
+            1,
+            &headers,
+            address,
+            Pending::FireAndForget,
+        );
     }
 
     fn set_location(&mut self, now: Now, user: &Number, serving: Option<String>, expires: u32) {

@@ -879,39 +879,7 @@ impl Tcf {
         let expires = u32::try_from(registration.expires_at.saturating_sub(now.unix()))
             .unwrap_or(u32::MAX)
             .max(1);
-        if home == self.config.name {
-            self.set_location(now, user, Some(registration.serving), expires);
-            return;
-        }
-        if self.peer_is_down(&home) {
-            return;
-        }
-        let me = self.address;
-        let call_id = format!("{}@{}", self.token(), self.config.name);
-        let tag = self.token();
-        let headers = [
-            (
-                "Ptt-Extension",
-                format!(
-                    "pttlocation;UDN={user};servingtcf={};expires={expires}",
-                    registration.serving
-                ),
-            ),
-            ("P-Asserted-Identity", format!("<sip:{user}@{me}>")),
-        ];
-        self.send(
-            now,
-            Method::Message,
-            &format!("sip:{gdn}@{address}"),
-            &format!("<sip:{gdn}@{address}>"),
-            &format!("<sip:{}@{me}>", self.config.name),
-            &call_id,
-            &tag,
-            1,
-            &headers,
-            address,
-            Pending::FireAndForget,
-        );
+        self.location_to(now, user, Some(&registration.serving), expires, gdn, &home, address);
     }
 
     /// At the user's home: users now registered through another serving TCF (first, or moved
