@@ -380,6 +380,8 @@ enum Pending {
     Skr(Box<skr::Relay>),
     /// A short-data MESSAGE sent on (F-SDS-01).
     ShortData(Box<short_data::Forward>),
+    /// A SUBSCRIBE or NOTIFY of a DC subscription (F-SUB-01/02).
+    Subscription(Box<subscription::Sent>),
 }
 
 /// The SIP application core of one TCF node.
@@ -417,6 +419,7 @@ pub struct Tcf {
     groups: group::Groups,
     skr: skr::Skr,
     short_data: ShortDataCounters,
+    subscriptions: subscription::Subscriptions,
     malformed_log: LogLimiter,
     media: Box<dyn MediaPlane>,
 }
@@ -476,6 +479,9 @@ pub use skr::{SkrOrder, SkrRecord, SkrState};
 mod short_data;
 
 pub use short_data::{ShortDataCounters, MAX_SHORT_DATA};
+mod subscription;
+
+pub use subscription::{Package, MAX_SUBSCRIPTIONS, MAX_SUBSCRIPTIONS_PER_DISPATCHER};
 
 impl Tcf {
     /// A core for node `config.name` of `network`.
@@ -546,6 +552,7 @@ impl Tcf {
             groups: group::Groups::default(),
             skr: skr::Skr::default(),
             short_data: ShortDataCounters::default(),
+            subscriptions: subscription::Subscriptions::default(),
             malformed_log: LogLimiter::default(),
             media: Box::new(NoMedia),
         })
@@ -666,6 +673,9 @@ impl Tcf {
         if let Some(at) = self.groups.next_deadline() {
             deadline = deadline.min(at);
         }
+        if let Some(at) = self.subscriptions.next_deadline() {
+            deadline = deadline.min(at);
+        }
         deadline
     }
 
@@ -675,6 +685,8 @@ impl Tcf {
         self.drain_layer(now);
         self.call_timers(now);
         self.group_timers(now);
+        self.subscription_timers(now);
+        self.subscriptions_changed(now);
         self.drain_layer(now);
         if now.instant >= self.next_housekeeping {
             // Heartbeats are checked every 100 ms (each peer has its own due time); expiry,
@@ -734,6 +746,7 @@ impl Tcf {
         // Not handed back by the layer (a retransmission it absorbed, a stray response).
         self.incoming = None;
         self.group_changes(now);
+        self.subscriptions_changed(now);
         self.drain_layer(now);
         self.current_source = None;
     }
@@ -994,7 +1007,8 @@ impl Tcf {
         if in_dialog {
             let unmatched = self
                 .in_dialog(now, key.clone(), request)
-                .and_then(|request| self.group_in_dialog(now, key.clone(), request));
+                .and_then(|request| self.group_in_dialog(now, key.clone(), request))
+                .and_then(|request| self.subscription_in_dialog(now, key.clone(), request));
             if let Some(unmatched) = unmatched {
                 self.respond(now, &key, &unmatched, 481, "Call/Transaction Does Not Exist", &[]);
             }
@@ -1004,6 +1018,9 @@ impl Tcf {
             Method::Register => self.register(now, key, request),
             Method::Options => self.options(now, key, request, from),
             Method::Message => self.message(now, key, request),
+            Method::Subscribe => self.subscribe(now, key, request),
+            // RFC 6665 §4.1.3: a NOTIFY that matches no subscription.
+            Method::Notify => self.respond(now, &key, &request, 481, "Subscription Does Not Exist", &[]),
             Method::Cancel => self.cancel(now, key, request),
             Method::Ack => {}
             Method::Invite => {
@@ -1143,6 +1160,7 @@ impl Tcf {
     }
 
     fn event(&mut self, event: TcfEvent) {
+        self.subscriptions.saw(&event);
         self.outputs.push_back(Output::Event(event));
     }
 
@@ -1623,6 +1641,7 @@ impl Tcf {
             Pending::Relay(relay) => self.relay_answered(now, relay, status, response),
             Pending::Skr(relay) => self.skr_answered(now, relay, status, response),
             Pending::ShortData(forward) => self.short_data_answered(now, *forward, status, response),
+            Pending::Subscription(sent) => self.subscription_answered(now, *sent, status, response),
         }
     }
 
