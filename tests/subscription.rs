@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::cluster::*;
 use common::phone::*;
-use floorcast::sip::{HeaderName, Message};
+use floorcast::sip::Message;
 
 const A: usize = 0;
 const B: usize = 1;
