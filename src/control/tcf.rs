@@ -404,6 +404,8 @@ enum Pending {
     Skr(Box<skr::Relay>),
     /// A short-data MESSAGE sent on (F-SDS-01).
     ShortData(Box<short_data::Forward>),
+    /// A SUBSCRIBE or NOTIFY of a DC subscription (F-SUB-01/02).
+    Subscription(Box<subscription::Sent>),
 }
 
 /// The SIP application core of one TCF node.
@@ -442,6 +444,7 @@ pub struct Tcf {
     regroups: regroup::Regroups,
     skr: skr::Skr,
     short_data: ShortDataCounters,
+    subscriptions: subscription::Subscriptions,
     malformed_log: LogLimiter,
     media: Box<dyn MediaPlane>,
 }
@@ -502,6 +505,9 @@ pub use skr::{SkrOrder, SkrRecord, SkrState};
 mod short_data;
 
 pub use short_data::{ShortDataCounters, MAX_SHORT_DATA};
+mod subscription;
+
+pub use subscription::{Package, MAX_SUBSCRIPTIONS, MAX_SUBSCRIPTIONS_PER_DISPATCHER};
 
 pub use regroup::Regroup;
 
@@ -575,6 +581,7 @@ impl Tcf {
             regroups: regroup::Regroups::default(),
             skr: skr::Skr::default(),
             short_data: ShortDataCounters::default(),
+            subscriptions: subscription::Subscriptions::default(),
             malformed_log: LogLimiter::default(),
             media: Box::new(NoMedia),
         })
@@ -695,6 +702,9 @@ impl Tcf {
         if let Some(at) = self.groups.next_deadline() {
             deadline = deadline.min(at);
         }
+        if let Some(at) = self.subscriptions.next_deadline() {
+            deadline = deadline.min(at);
+        }
         deadline
     }
 
@@ -704,6 +714,8 @@ impl Tcf {
         self.drain_layer(now);
         self.call_timers(now);
         self.group_timers(now);
+        self.subscription_timers(now);
+        self.subscriptions_changed(now);
         self.drain_layer(now);
         if now.instant >= self.next_housekeeping {
             // Heartbeats are checked every 100 ms (each peer has its own due time); expiry,
@@ -764,6 +776,7 @@ impl Tcf {
         self.incoming = None;
         self.group_changes(now);
         self.regroup_arrivals(now);
+        self.subscriptions_changed(now);
         self.drain_layer(now);
         self.current_source = None;
     }
@@ -1024,7 +1037,8 @@ impl Tcf {
         if in_dialog {
             let unmatched = self
                 .in_dialog(now, key.clone(), request)
-                .and_then(|request| self.group_in_dialog(now, key.clone(), request));
+                .and_then(|request| self.group_in_dialog(now, key.clone(), request))
+                .and_then(|request| self.subscription_in_dialog(now, key.clone(), request));
             if let Some(unmatched) = unmatched {
                 self.respond(now, &key, &unmatched, 481, "Call/Transaction Does Not Exist", &[]);
             }
@@ -1034,6 +1048,9 @@ impl Tcf {
             Method::Register => self.register(now, key, request),
             Method::Options => self.options(now, key, request, from),
             Method::Message => self.message(now, key, request),
+            Method::Subscribe => self.subscribe(now, key, request),
+            // RFC 6665 §4.1.3: a NOTIFY that matches no subscription.
+            Method::Notify => self.respond(now, &key, &request, 481, "Subscription Does Not Exist", &[]),
             Method::Cancel => self.cancel(now, key, request),
             Method::Ack => {}
             Method::Invite => {
@@ -1173,6 +1190,7 @@ impl Tcf {
     }
 
     fn event(&mut self, event: TcfEvent) {
+        self.subscriptions.saw(&event);
         self.outputs.push_back(Output::Event(event));
     }
 
@@ -1676,6 +1694,7 @@ impl Tcf {
             Pending::Regroup(sent) => self.regroup_completed(now, *sent, status, response),
             Pending::Skr(relay) => self.skr_answered(now, relay, status, response),
             Pending::ShortData(forward) => self.short_data_answered(now, *forward, status, response),
+            Pending::Subscription(sent) => self.subscription_answered(now, *sent, status, response),
         }
     }
 

@@ -269,6 +269,11 @@ impl Calls {
     pub(super) fn owns(&self, key: &TransactionKey) -> bool {
         self.sent.contains_key(key)
     }
+
+    /// Whether this node (the user's home) marks `user` busy: in a call, ringing or answered.
+    pub(super) fn is_busy(&self, user: &Number) -> bool {
+        self.busy.contains_key(user)
+    }
 }
 
 pub(super) const SDP: &str = "application/sdp";

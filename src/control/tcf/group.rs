@@ -228,6 +228,15 @@ impl Groups {
         self.homes.len() + self.locals.len()
     }
 
+    /// The initiator and the talker (`None`: idle) of the group call homed here, if one is up.
+    pub(super) fn call_state(&self, gdn: &Number) -> Option<(Number, Option<Number>)> {
+        let home = self.homes.get(gdn)?;
+        Some((
+            home.initiator.clone(),
+            home.floor.holder().map(|holder| holder.number.clone()),
+        ))
+    }
+
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         let floors = self.homes.values().filter_map(|home| home.floor.poll_timeout());
         floors
