@@ -445,6 +445,7 @@ impl LogLimiter {
     }
 }
 
+mod ambient;
 mod call;
 mod group;
 mod resend;
