@@ -116,11 +116,13 @@ async fn listening(dc: &mut Phone, terminal: &mut Phone, extension: &str, body: 
 /// The terminal's answer: audio `a=sendonly` at `port`, and any video m-line of the offer
 /// declined (port 0) as the offer already does.
 fn answer_for(offer: &[u8], port: u16) -> String {
-    let mut answer = answer_sdp(offer, port, "sendonly");
-    if let Some(video) = String::from_utf8_lossy(offer)
-        .lines()
-        .find(|line| line.starts_with("m=video "))
-    {
+    let offer = String::from_utf8_lossy(offer).into_owned();
+    let (audio, video) = match offer.split_once("m=video ") {
+        Some((audio, video)) => (audio.to_owned(), Some(format!("m=video {video}"))),
+        None => (offer.clone(), None),
+    };
+    let mut answer = answer_sdp(audio.as_bytes(), port, "sendonly");
+    if let Some(video) = video.as_deref().and_then(|video| video.lines().next()) {
         let formats = video.split_whitespace().skip(3).collect::<Vec<_>>().join(" ");
         answer.push_str(&format!("m=video 0 RTP/AVP {formats}\r\n"));
     }

@@ -2335,6 +2335,31 @@ mod tests {
         let extension = extension_of(requests(&sent, CALLEE, "INVITE")[0]);
         assert!(extension.starts_with("pttcall;calltype=1;duplex=1"), "{extension}");
 
+        // A target in a call its home knows of: 486, as for single calls.
+        let mut rig = Rig::with(NETWORK, AMBIENT_SUBSCRIBERS);
+        rig.tcf.calls.busy.insert(Number::parse("1001").unwrap(), 99);
+        rig.deliver(
+            0,
+            CALLER,
+            &ambient_invite("1000", "1001", "pttcall;calltype=6", &directed(9000, "recvonly")),
+        );
+        assert_eq!(statuses(&rig.sent(), CALLER), vec![486]);
+
+        // A stunned target is barred like for any call.
+        let mut rig = Rig::with(NETWORK, AMBIENT_SUBSCRIBERS);
+        rig.tcf.restore_skr(vec![super::super::SkrRecord {
+            user: Number::parse("1001").unwrap(),
+            state: super::super::SkrState::Stunned,
+        }]);
+        rig.deliver(
+            0,
+            CALLER,
+            &ambient_invite("1000", "1001", "pttcall;calltype=6", &directed(9000, "recvonly")),
+        );
+        let sent = rig.sent();
+        assert_eq!(statuses(&sent, CALLER), vec![403]);
+        assert!(requests(&sent, CALLEE, "INVITE").is_empty());
+
         let mut rig = Rig::with(NETWORK, AMBIENT_SUBSCRIBERS);
         let viewing =
             directed(9000, "recvonly") + "m=video 9002 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=recvonly\r\n";
