@@ -26,6 +26,10 @@
 //!   is forwarded to `forward_busy`. A forwarded call is not forwarded again.
 //! - **Callee serving**: the terminal's binding (its REGISTER's source address).
 //!
+//! Ambient listening and viewing (`pttcall;calltype=6|7`, F-AMB-01) is a call with its own
+//! rules (dispatchers only, no ring timer, forwarding or busy marks, `answermode=direct`):
+//! module [`super::ambient`]. A BYE's `pttrelease;cause=` goes on in the hop's own BYE.
+//!
 //! # Media
 //!
 //! With `calls.anchoring = "edge"` a hop anchors media when one of its sides is a terminal;
