@@ -178,7 +178,9 @@ async fn f_skr_01_stun_ordered_by_a_dc_on_another_tcf() {
 /// F-SKR-02 and the decision: DC 9100 (tcf-a, the user's home) stuns 1110 (registered at tcf-b);
 /// tcf-a delivers through tcf-b. After a restart of both, the stunned user can neither call nor be
 /// called (its home refuses), nor set up a group call or take the floor (its serving TCF
-/// refuses): 403. Revived, it takes the floor and calls again.
+/// refuses): 403; it is not invited to a group call while stunned, joins the running call when
+/// revived, takes no floor when stunned again in it, and revived once more takes the floor and
+/// calls again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f_skr_02_delivery_through_the_home_and_the_stun_enforced() {
     let mut cluster = Cluster::start(19400).await;
@@ -220,9 +222,25 @@ async fn f_skr_02_delivery_through_the_home_and_the_stun_enforced() {
         "nor sets up a group call"
     );
 
-    // 1310 sets up a call of group 2300; 1110 is invited through tcf-b and asks for the floor.
+    // 1310 sets up a call of group 2300: the stunned 1110 receives no group call either.
     let mut group_call = other.call("2300").await;
     assert_eq!(other.final_for(&mut group_call).await, 200);
+    let mut quiet = Vec::new();
+    while let Some(message) = target.next(Duration::from_millis(700)).await {
+        quiet.push(message);
+    }
+    assert!(
+        quiet
+            .iter()
+            .all(|message| message.method().map(|m| m.as_str().to_owned()) != Some("INVITE".to_owned())),
+        "a stunned member is not invited: {quiet:?}"
+    );
+
+    // Revived, it joins the running call (tcf-b invites it) ...
+    let answer = message(&mut dc, "1110", "pttrevive;UDN=1110").await;
+    assert_eq!(answer.status(), Some(200));
+    expect_state(&mut events_b, "1110", SkrState::Active).await;
+    expect_order(&mut target, "pttrevive;UDN=1110", "9100", cluster.address(B)).await;
     let mut session = {
         let invite = request(&mut target, "INVITE").await;
         assert!(ptt(&invite).contains("GDN=2300"), "{}", ptt(&invite));
@@ -235,6 +253,11 @@ async fn f_skr_02_delivery_through_the_home_and_the_stun_enforced() {
     };
     target.answer(&session).await;
     request(&mut target, "ACK").await;
+
+    // ... stunned again in the call, it takes no floor ...
+    assert_eq!(message(&mut dc, "1110", "pttstun;UDN=1110").await.status(), Some(200));
+    expect_state(&mut events_b, "1110", SkrState::Stunned).await;
+    expect_order(&mut target, "pttstun;UDN=1110", "9100", cluster.address(B)).await;
     let offer = sdp(target.rtp_port(), "sendonly");
     target
         .callee_request_with(&mut session, "INVITE", Some(&offer), "Ptt-Extension: pttrequest\r\n")
@@ -246,7 +269,7 @@ async fn f_skr_02_delivery_through_the_home_and_the_stun_enforced() {
         "a stunned member takes no floor"
     );
 
-    // Revived: the order goes the same way; the floor request is granted or queued.
+    // ... and revived once more, its floor request is granted or queued.
     let answer = message(&mut dc, "1110", "pttrevive;UDN=1110").await;
     assert_eq!(answer.status(), Some(200));
     expect_state(&mut events_b, "1110", SkrState::Active).await;
@@ -424,5 +447,66 @@ async fn f_skr_hostile_orders_and_reports_are_refused() {
     assert!(down, "tcf-b sees tcf-a down");
     let answer = message(&mut dc, "1100", "pttstun;UDN=1100").await;
     assert_eq!(answer.status(), Some(503), "{}", reason(&answer));
+    cluster.shutdown().await;
+}
+
+/// Sends short data (`pttmsg`, F-SDS-01) to `destination` and returns the final response.
+async fn short_data(phone: &mut Phone, destination: &str) -> Message {
+    let me = phone.sip_address();
+    let server = phone.server;
+    let body = "status?";
+    let text = format!(
+        "MESSAGE sip:{destination}@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{branch:x};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{user}@{server}>;tag=s{tag:x}\r\nTo: <sip:{destination}@{server}>\r\n\
+         Call-ID: {call_id:x}@phone\r\nCSeq: 1 MESSAGE\r\nPtt-Extension: pttmsg\r\n\
+         Content-Type: text/plain\r\nContent-Length: {length}\r\n\r\n{body}",
+        user = phone.user(),
+        branch = rand::random::<u64>(),
+        tag = rand::random::<u32>(),
+        call_id = rand::random::<u64>(),
+        length = body.len(),
+    );
+    phone.send(&text).await;
+    phone.expect_response("MESSAGE", 200).await
+}
+
+/// The decision applied to short data: a stunned user (1110, home tcf-a, served by tcf-b)
+/// neither sends short data (its serving TCF refuses) nor receives it (its home refuses);
+/// revived, both work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_skr_02_a_stunned_user_sends_and_receives_no_short_data() {
+    let cluster = Cluster::start(19900).await;
+    cluster.wait_all_up().await;
+    let mut dc = Phone::register("9100", "dispatch-a", cluster.address(A)).await;
+    let mut target = Phone::register("1110", "alpha", cluster.address(B)).await;
+    let mut other = Phone::register("1310", "charlie", cluster.address(C)).await;
+    let mut events_b = cluster.node(B).sip.subscribe();
+
+    assert_eq!(message(&mut dc, "1110", "pttstun;UDN=1110").await.status(), Some(200));
+    expect_state(&mut events_b, "1110", SkrState::Stunned).await;
+    expect_order(&mut target, "pttstun;UDN=1110", "9100", cluster.address(B)).await;
+
+    let sent = short_data(&mut target, "1310").await;
+    assert_eq!(
+        (sent.status(), reason(&sent)),
+        (Some(403), "Forbidden (stunned)".to_owned())
+    );
+    let received = short_data(&mut other, "1110").await;
+    assert_eq!(
+        (received.status(), reason(&received)),
+        (Some(403), "Forbidden (stunned)".to_owned())
+    );
+
+    assert_eq!(message(&mut dc, "1110", "pttrevive;UDN=1110").await.status(), Some(200));
+    expect_state(&mut events_b, "1110", SkrState::Active).await;
+    expect_order(&mut target, "pttrevive;UDN=1110", "9100", cluster.address(B)).await;
+    let delivery = async {
+        let message = request(&mut other, "MESSAGE").await;
+        other.ok(&message).await;
+        message
+    };
+    let (sent, delivered) = tokio::join!(short_data(&mut target, "1310"), delivery);
+    assert_eq!(sent.status(), Some(200), "{}", reason(&sent));
+    assert_eq!(delivered.body(), b"status?");
     cluster.shutdown().await;
 }

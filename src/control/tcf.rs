@@ -130,6 +130,10 @@ pub enum StoreWrite {
     PutLocation(Location),
     /// Delete a group location.
     RemoveLocation(Number),
+    /// Save a group's regrouping overlay (F-RGP-02).
+    PutRegroup(regroup::Regroup),
+    /// Delete a group's regrouping overlay.
+    RemoveRegroup(Number),
     /// Save a user's stun/kill state (F-SKR).
     PutSkrState(SkrRecord),
     /// Delete a user's stun/kill state (revived: active).
@@ -247,6 +251,24 @@ pub enum TcfEvent {
         /// Why.
         reason: String,
     },
+    /// Regrouping changed a group's membership as this node sees it (F-RGP-01, F-RGP-02).
+    Regrouped {
+        /// The group.
+        group: Number,
+        /// The users concerned.
+        users: Vec<Number>,
+        /// `add`, `remove` or `cancel`.
+        action: String,
+    },
+    /// A regrouping result passed back through this node (F-RGP-03).
+    RegroupReported {
+        /// The group.
+        group: Number,
+        /// The user whose result it is.
+        user: Number,
+        /// `DGNAresult`: 0 done, else a cause.
+        result: String,
+    },
     /// A user's stun/kill state changed at this node (its home, or the TCF serving it).
     SkrStateChanged {
         /// The user.
@@ -260,6 +282,25 @@ pub enum TcfEvent {
         user: Number,
         /// Its result (0: done).
         result: u16,
+    },
+    /// This node answered a short-data MESSAGE (F-SDS-01): `status` went back to whoever sent
+    /// it here (the group home answers a multicast message once it has accepted it).
+    ShortData {
+        /// The sender.
+        sender: Number,
+        /// The destination user or group.
+        destination: Number,
+        /// The final status answered.
+        status: u16,
+    },
+    /// The group home learned the outcome of one recipient's copy of a multicast short message.
+    ShortDataToMember {
+        /// The group.
+        group: Number,
+        /// The recipient (member or dispatcher).
+        member: Number,
+        /// Its final status (`408`: no answer, `503`: its TCF is down).
+        status: u16,
     },
 }
 
@@ -357,8 +398,12 @@ enum Pending {
     Heartbeat { peer: String },
     /// A request whose answer changes nothing (kick-off, location push).
     FireAndForget,
+    /// A regrouping order or report (F-RGP-01 … F-RGP-03).
+    Regroup(Box<regroup::Sent>),
     /// A DC's stun/kill/revive order relayed to the user's home (F-SKR-01).
     Skr(Box<skr::Relay>),
+    /// A short-data MESSAGE sent on (F-SDS-01).
+    ShortData(Box<short_data::Forward>),
 }
 
 /// The SIP application core of one TCF node.
@@ -394,7 +439,9 @@ pub struct Tcf {
     counters: SipCounters,
     calls: call::Calls,
     groups: group::Groups,
+    regroups: regroup::Regroups,
     skr: skr::Skr,
+    short_data: ShortDataCounters,
     malformed_log: LogLimiter,
     media: Box<dyn MediaPlane>,
 }
@@ -448,10 +495,16 @@ impl LogLimiter {
 mod ambient;
 mod call;
 mod group;
+mod regroup;
 mod resend;
 mod skr;
 
 pub use skr::{SkrOrder, SkrRecord, SkrState};
+mod short_data;
+
+pub use short_data::{ShortDataCounters, MAX_SHORT_DATA};
+
+pub use regroup::Regroup;
 
 impl Tcf {
     /// A core for node `config.name` of `network`.
@@ -520,7 +573,9 @@ impl Tcf {
             counters: SipCounters::default(),
             calls: call::Calls::default(),
             groups: group::Groups::default(),
+            regroups: regroup::Regroups::default(),
             skr: skr::Skr::default(),
+            short_data: ShortDataCounters::default(),
             malformed_log: LogLimiter::default(),
             media: Box::new(NoMedia),
         })
@@ -657,6 +712,7 @@ impl Tcf {
             // seconds anyway).
             self.next_housekeeping = now.instant + Duration::from_millis(100);
             self.heartbeats(now);
+            self.short_data_peers_down(now);
             if now.instant >= self.next_expiry {
                 self.next_expiry = now.instant + Duration::from_secs(1);
                 self.expire(now);
@@ -708,6 +764,7 @@ impl Tcf {
         // Not handed back by the layer (a retransmission it absorbed, a stray response).
         self.incoming = None;
         self.group_changes(now);
+        self.regroup_arrivals(now);
         self.drain_layer(now);
         self.current_source = None;
     }
@@ -1457,6 +1514,7 @@ impl Tcf {
                 expires_at,
             },
         );
+        let arrived = previous.as_ref().map_or(true, |previous| previous.serving != serving);
         if let Some(previous) = previous.filter(|previous| previous.serving != serving) {
             if previous.serving == self.config.name {
                 self.unbind(user, "moved to another TCF");
@@ -1474,6 +1532,10 @@ impl Tcf {
             serving: serving.clone(),
         });
         self.push_location(now, user, Some(&serving), expires);
+        if arrived {
+            // A new serving TCF learns the user's regrouping (F-RGP-02), once it has bound the user.
+            self.regroups.arrived.push((user.clone(), serving));
+        }
     }
 
     fn home_deregister(&mut self, now: Now, user: &Number, reason: &'static str) {
@@ -1517,11 +1579,11 @@ impl Tcf {
     /// F-REG-07: tells the homes of the user's groups which TCF serves it (`None`: withdrawn).
     fn push_location(&mut self, now: Now, user: &Number, serving: Option<&str>, expires: u32) {
         let group_homes: Vec<(String, SocketAddr, Number)> = self
-            .subscribers
-            .groups_of(user)
+            .regroups
+            .groups_of(&self.subscribers, user)
             .filter_map(|group| {
-                let home = self.network.home_of_group(&group.number)?;
-                Some((home.name.clone(), home.sip, group.number.clone()))
+                let home = self.network.home_of_group(group)?;
+                Some((home.name.clone(), home.sip, group.clone()))
             })
             .collect();
         let mut told = Vec::new();
@@ -1530,38 +1592,55 @@ impl Tcf {
                 continue;
             }
             told.push(home.clone());
-            if home == self.config.name {
-                self.set_location(now, user, serving.map(str::to_owned), expires);
-                continue;
-            }
-            if self.peer_is_down(&home) {
-                continue;
-            }
-            let me = self.address;
-            let call_id = format!("{}@{}", self.token(), self.config.name);
-            let tag = self.token();
-            let value = match serving {
-                Some(serving) => format!("pttlocation;UDN={user};servingtcf={serving};expires={expires}"),
-                None => format!("pttlocation;UDN={user};expires=0"),
-            };
-            let headers = [
-                ("Ptt-Extension", value),
-                ("P-Asserted-Identity", format!("<sip:{user}@{me}>")),
-            ];
-            self.send(
-                now,
-                Method::Message,
-                &format!("sip:{group}@{address}"),
-                &format!("<sip:{group}@{address}>"),
-                &format!("<sip:{}@{me}>", self.config.name),
-                &call_id,
-                &tag,
-                1,
-                &headers,
-                address,
-                Pending::FireAndForget,
-            );
+            self.location_to(now, user, serving, expires, &group, &home, address);
         }
+    }
+
+    /// Tells group `group`'s home (`home` at `address`) where `user` is served (`pttlocation`,
+    /// F-REG-07); `serving` `None` (or `expires` 0) withdraws it. Recorded directly when this
+    /// node is that home; nothing when it is down.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn location_to(
+        &mut self,
+        now: Now,
+        user: &Number,
+        serving: Option<&str>,
+        expires: u32,
+        group: &Number,
+        home: &str,
+        address: SocketAddr,
+    ) {
+        if home == self.config.name {
+            self.set_location(now, user, serving.map(str::to_owned), expires);
+            return;
+        }
+        if self.peer_is_down(home) {
+            return;
+        }
+        let me = self.address;
+        let call_id = format!("{}@{}", self.token(), self.config.name);
+        let tag = self.token();
+        let value = match serving {
+            Some(serving) => format!("pttlocation;UDN={user};servingtcf={serving};expires={expires}"),
+            None => format!("pttlocation;UDN={user};expires=0"),
+        };
+        let headers = [
+            ("Ptt-Extension", value),
+            ("P-Asserted-Identity", format!("<sip:{user}@{me}>")),
+        ];
+        self.send(
+            now,
+            Method::Message,
+            &format!("sip:{group}@{address}"),
+            &format!("<sip:{group}@{address}>"),
+            &format!("<sip:{}@{me}>", self.config.name),
+            &call_id,
+            &tag,
+            1,
+            &headers,
+            address,
+            Pending::FireAndForget,
+        );
     }
 
     fn set_location(&mut self, now: Now, user: &Number, serving: Option<String>, expires: u32) {
@@ -1595,7 +1674,9 @@ impl Tcf {
             Pending::Heartbeat { peer } => self.heartbeat_result(&peer, (200..300).contains(&status)),
             Pending::FireAndForget => {}
             Pending::Relay(relay) => self.relay_answered(now, relay, status, response),
+            Pending::Regroup(sent) => self.regroup_completed(now, *sent, status, response),
             Pending::Skr(relay) => self.skr_answered(now, relay, status, response),
+            Pending::ShortData(forward) => self.short_data_answered(now, *forward, status, response),
         }
     }
 
@@ -1781,6 +1862,10 @@ impl Tcf {
         let Some(request) = self.skr_message(now, &key, request) else {
             return;
         };
+        // Short data (F-SDS-01/02) and a Ptt-Extension that does not parse: `tcf/short_data.rs`.
+        let Some(request) = self.short_data(now, &key, request) else {
+            return;
+        };
         let source = self.current_source;
         let extension = request.ptt_extension().ok().flatten().map(|ext| {
             (
@@ -1807,6 +1892,8 @@ impl Tcf {
                 self.set_location(now, &user, serving, expires);
                 self.respond(now, &key, &request, 200, "OK", &[]);
             }
+            Some((token, ..)) if token == "pptdgna" => self.dgna_order(now, key, request),
+            Some((token, ..)) if token == "redgna" => self.dgna_report(now, key, request),
             _ => self.respond(now, &key, &request, 501, "Not Implemented", &[("Allow", ALLOW)]),
         }
     }

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::control::tcf::{
-    Binding, Location, Now, Output, Registration, SipStats, SkrRecord, StoreWrite, Tcf, TcfEvent,
+    Binding, Location, Now, Output, Registration, Regroup, SipStats, SkrRecord, StoreWrite, Tcf, TcfEvent,
 };
 use crate::io::worker::thread_cpu_time;
 use crate::node::datagrams::{watch, RecvDatagrams, SendDatagrams};
@@ -29,6 +29,8 @@ pub const BINDINGS: Table<Binding> = Table::new("bindings");
 pub const REGISTRATIONS: Table<Registration> = Table::new("registrations");
 /// Group member locations (the group-home view, F-REG-07).
 pub const LOCATIONS: Table<Location> = Table::new("locations");
+/// Regrouping overlays, one row per group (F-RGP-02).
+pub const REGROUPS: Table<Regroup> = Table::new("regroups");
 /// Users' stun/kill states (F-SKR: at the user's home, and a copy where it is served).
 pub const SKR_STATES: Table<SkrRecord> = Table::new("skr_states");
 
@@ -123,6 +125,8 @@ pub fn restore(tcf: &mut Tcf, store: &Store) -> anyhow::Result<()> {
         .collect();
     let locations = store.scan(&LOCATIONS)?.into_iter().map(|(_, value)| value).collect();
     tcf.restore(bindings, registrations, locations, now());
+    let regroups = store.scan(&REGROUPS)?.into_iter().map(|(_, value)| value).collect();
+    tcf.restore_regroups(regroups);
     tcf.restore_skr(store.scan(&SKR_STATES)?.into_iter().map(|(_, value)| value).collect());
     Ok(())
 }
@@ -516,6 +520,15 @@ async fn carry_out(
                 datagrams.push(destination, bytes);
             }
             Output::Store(write) => {
+                // A dispatcher's order (regrouping F-RGP-02, stun/kill/revive F-SKR-02) is
+                // answered only once it is on disk: the answer follows this write in the outputs.
+                let durable = matches!(
+                    write,
+                    StoreWrite::PutRegroup(_)
+                        | StoreWrite::RemoveRegroup(_)
+                        | StoreWrite::PutSkrState(_)
+                        | StoreWrite::RemoveSkrState(_)
+                );
                 let result = match write {
                     StoreWrite::PutBinding(binding) => store.put(&BINDINGS, binding.user.as_str(), &binding),
                     StoreWrite::RemoveBinding(user) => store.remove(&BINDINGS, user.as_str()),
@@ -525,8 +538,19 @@ async fn carry_out(
                     StoreWrite::RemoveRegistration(user) => store.remove(&REGISTRATIONS, user.as_str()),
                     StoreWrite::PutLocation(location) => store.put(&LOCATIONS, location.user.as_str(), &location),
                     StoreWrite::RemoveLocation(user) => store.remove(&LOCATIONS, user.as_str()),
+                    StoreWrite::PutRegroup(regroup) => store.put(&REGROUPS, regroup.group.as_str(), &regroup),
+                    StoreWrite::RemoveRegroup(group) => store.remove(&REGROUPS, group.as_str()),
                     StoreWrite::PutSkrState(record) => store.put(&SKR_STATES, record.user.as_str(), &record),
                     StoreWrite::RemoveSkrState(user) => store.remove(&SKR_STATES, user.as_str()),
+                };
+                let result = match result {
+                    Ok(()) if durable => {
+                        let store = store.clone();
+                        tokio::task::spawn_blocking(move || store.flush())
+                            .await
+                            .unwrap_or(Ok(()))
+                    }
+                    other => other,
                 };
                 if let Err(error) = result {
                     tracing::error!(%error, "durable state write failed");

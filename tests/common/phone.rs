@@ -251,7 +251,8 @@ impl Phone {
     }
 
     /// Waits for the final response to the INVITE; on 2xx sends the ACK and learns the far
-    /// media address.
+    /// media address; a failure is ACKed in the INVITE's transaction (RFC 3261 §17.1.1.3), so
+    /// that the node stops retransmitting it.
     pub async fn final_for(&mut self, call: &mut Outgoing) -> u16 {
         let response = self.expect_response("INVITE", 200).await;
         let status = response.status().unwrap();
@@ -259,8 +260,28 @@ impl Phone {
             call.to_tag = tag_of(&header(&response, HeaderName::To));
             call.remote_rtp = media_address(response.body());
             self.ack(call).await;
+        } else if status >= 300 {
+            self.ack_failure(call, &header(&response, HeaderName::To)).await;
         }
         status
+    }
+
+    /// The ACK of a non-2xx final response: the INVITE's branch, the response's To.
+    async fn ack_failure(&self, call: &Outgoing, to: &str) {
+        let me = self.sip_address();
+        let server = self.server;
+        let callee = call.to.trim_start_matches("<sip:").split('@').next().unwrap_or("");
+        let text = format!(
+            "ACK sip:{callee}@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={branch};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:{user}@{server}>;tag={from_tag}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n\
+             CSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n",
+            branch = call.branch,
+            user = self.user(),
+            from_tag = call.from_tag,
+            call_id = call.call_id,
+            cseq = call.cseq,
+        );
+        self.send(&text).await;
     }
 
     pub async fn ack(&self, call: &Outgoing) {

@@ -590,11 +590,11 @@ impl Tcf {
             self.respond(now, &key, &request, 404, "Not Found (unknown group)", &[]);
             return None;
         };
-        let Some(group) = self.subscribers.group(gdn).cloned() else {
+        // Membership as regrouping left it (F-RGP-02).
+        let Some(is_member) = self.subscribers.group(gdn).map(|group| self.in_group(group, caller)) else {
             self.respond(now, &key, &request, 404, "Not Found (unknown group)", &[]);
             return None;
         };
-        let is_member = group.members.contains(caller) || group.dispatchers.contains(caller);
         match (from_terminal, stage) {
             (true, _) => {
                 if !is_member {
@@ -851,14 +851,16 @@ impl Tcf {
     /// Sends the call to every member TCF (one downlink each), every DC (one each) and every
     /// member served here that is not in it yet (F-GRP-03; also late entry, F-GRP-07).
     fn invite_members(&mut self, now: Now, gdn: &Number) {
-        let Some(group) = self.subscribers.group(gdn).cloned() else {
+        let Some(group) = self.subscribers.group(gdn) else {
             return;
         };
         let me = self.config.name.clone();
         let mut tcfs: Vec<String> = Vec::new();
         let mut dcs: Vec<(Number, String)> = Vec::new();
         let mut here: Vec<Number> = Vec::new();
-        for user in group.members.iter().chain(group.dispatchers.iter()) {
+        // The effective members (provisioned ± regrouping, F-RGP-02), then the dispatchers.
+        let members = self.regroups.members(&self.subscribers, gdn);
+        for user in members.chain(group.dispatchers.iter()) {
             let Some(location) = self.locations.get(user) else {
                 continue;
             };
@@ -965,6 +967,11 @@ impl Tcf {
 
     /// Sends the group call to a terminal or DC this node serves (home or member TCF side).
     fn invite_member(&mut self, now: Now, gdn: &Number, user: &Number, at_home: bool) {
+        // A stunned (or killed) member receives no group call (F-SKR decision); revived, it
+        // joins the calls still running ([`Tcf::invite_to_running_group_calls`]).
+        if self.skr_barred(user).is_some() {
+            return;
+        }
         let Some(binding) = self.bindings.get(user).cloned() else {
             return;
         };
@@ -1561,13 +1568,44 @@ impl Tcf {
     }
 
     /// Invites every member of the group bound here that is not in the call yet.
-    fn deliver_locally(&mut self, now: Now, gdn: &Number) {
-        let Some(group) = self.subscribers.group(gdn).cloned() else {
+    /// Invites `user`, served here, into the running calls of its groups it is not in (it was
+    /// revived after they started): at their home when that is this node, else as a local
+    /// member of the call this node relays.
+    pub(super) fn invite_to_running_group_calls(&mut self, now: Now, user: &Number) {
+        if !self.bindings.contains_key(user) {
             return;
-        };
-        let missing: Vec<Number> = group
-            .members
+        }
+        let member_of =
+            |tcf: &Tcf, gdn: &Number| tcf.regroups.members(&tcf.subscribers, gdn).any(|member| member == user);
+        let at_home: Vec<Number> = self
+            .groups
+            .homes
             .iter()
+            .filter(|(gdn, home)| !home.members.contains_key(user) && member_of(self, gdn))
+            .map(|(gdn, _)| gdn.clone())
+            .collect();
+        let relayed: Vec<Number> = self
+            .groups
+            .locals
+            .iter()
+            .filter(|(gdn, local)| {
+                local.downlink.is_some() && !local.members.contains_key(user) && member_of(self, gdn)
+            })
+            .map(|(gdn, _)| gdn.clone())
+            .collect();
+        for gdn in at_home {
+            self.invite_member(now, &gdn, user, true);
+        }
+        for gdn in relayed {
+            self.invite_member(now, &gdn, user, false);
+        }
+    }
+
+    fn deliver_locally(&mut self, now: Now, gdn: &Number) {
+        // The effective members (provisioned ± regrouping, F-RGP-02).
+        let missing: Vec<Number> = self
+            .regroups
+            .members(&self.subscribers, gdn)
             .filter(|user| self.bindings.contains_key(*user))
             .filter(|user| {
                 self.groups
@@ -2750,11 +2788,7 @@ impl Tcf {
         }
         let changed = std::mem::take(&mut self.groups.changed);
         for user in changed {
-            let groups: Vec<Number> = self
-                .subscribers
-                .groups_of(&user)
-                .map(|group| group.number.clone())
-                .collect();
+            let groups: Vec<Number> = self.regroups.groups_of(&self.subscribers, &user).cloned().collect();
             for gdn in groups {
                 // Home: a member located at a TCF without a downlink gets one; one served
                 // here gets invited.

@@ -510,7 +510,7 @@ impl Tcf {
         } else if home == peer {
             self.respond(now, key, request, 200, "OK", &[]);
             let before = self.skr.state(&target);
-            let after = self.skr_set(&target, message.order);
+            let after = self.skr_set(now, &target, message.order);
             // An order naming no DC only refreshes this copy: the terminal hears of it when
             // the copy changed (it moved here stunned), not on every re-registration.
             if message.dc.is_some() || before != after {
@@ -531,7 +531,7 @@ impl Tcf {
     /// At the user's home: record the new state, then deliver the order where the user is
     /// served (F-SKR-02); a kill ends the user's registration once the order went out.
     fn skr_at_home(&mut self, now: Now, order: SkrOrder, target: &Number, dc: &Number, origin: Origin) {
-        let state = self.skr_set(target, order);
+        let state = self.skr_set(now, target, order);
         let serving = self
             .registrations
             .get(target)
@@ -709,8 +709,9 @@ impl Tcf {
         }
     }
 
-    /// Applies `order` to `user` here: state, and store and event when it changed.
-    fn skr_set(&mut self, user: &Number, order: SkrOrder) -> SkrState {
+    /// Applies `order` to `user` here: state, and store and event when it changed. A user
+    /// revived here joins the group calls running for it where it is served.
+    fn skr_set(&mut self, now: Now, user: &Number, order: SkrOrder) -> SkrState {
         let before = self.skr.state(user);
         let (state, write) = self.skr.apply(user, order);
         if state != before {
@@ -719,6 +720,9 @@ impl Tcf {
                 user: user.clone(),
                 state,
             });
+            if state == SkrState::Active {
+                self.invite_to_running_group_calls(now, user);
+            }
         }
         state
     }
