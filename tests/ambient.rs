@@ -40,30 +40,6 @@ async fn start(dc: &mut Phone, target: &str, extension: &str, body: &str) -> Out
     call
 }
 
-/// The final status of a refused INVITE, ACKed in its transaction (RFC 3261 §17.1.1.3) so the
-/// node stops retransmitting it.
-async fn refused(phone: &mut Phone, call: &Outgoing) -> u16 {
-    let response = phone.expect_response("INVITE", 200).await;
-    let to = response
-        .header(floorcast::sip::HeaderName::To)
-        .and_then(|header| header.value_str().map(|value| value.into_owned()))
-        .unwrap();
-    let ack = format!(
-        "ACK sip:x@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={branch};rport\r\nMax-Forwards: 70\r\n\
-         From: <sip:{user}@{server}>;tag={from_tag}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n\
-         CSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n",
-        server = phone.server,
-        me = phone.sip_address(),
-        branch = call.branch,
-        user = phone.user(),
-        from_tag = call.from_tag,
-        call_id = call.call_id,
-        cseq = call.cseq,
-    );
-    phone.send(&ack).await;
-    response.status().unwrap()
-}
-
 /// The call events of the three nodes.
 fn subscribe(cluster: &Cluster) -> Vec<broadcast::Receiver<TcfEvent>> {
     (0..3).map(|index| cluster.node(index).sip.subscribe()).collect()
@@ -315,13 +291,13 @@ async fn f_amb_01_refused_unless_a_dispatcher_asks_and_bad_call_types_are_single
 
     for extension in ["pttcall;calltype=6", "pttambiancelistening", "pttcall;calltype=7"] {
         let body = sdp(intruder.rtp_port(), "recvonly");
-        let call = start(&mut intruder, "1100", extension, &body).await;
-        assert_eq!(refused(&mut intruder, &call).await, 403, "{extension}");
+        let mut call = start(&mut intruder, "1100", extension, &body).await;
+        assert_eq!(intruder.final_for(&mut call).await, 403, "{extension}");
     }
     assert_eq!(intruder.statuses("INVITE"), vec![403]);
     let body = sdp(dc.rtp_port(), "recvonly");
-    let call = start(&mut dc, "2100", "pttcall;calltype=6", &body).await;
-    assert_eq!(refused(&mut dc, &call).await, 404);
+    let mut call = start(&mut dc, "2100", "pttcall;calltype=6", &body).await;
+    assert_eq!(dc.final_for(&mut call).await, 404);
     assert!(
         terminal.next(Duration::from_millis(300)).await.is_none(),
         "the target saw nothing"
@@ -329,7 +305,7 @@ async fn f_amb_01_refused_unless_a_dispatcher_asks_and_bad_call_types_are_single
 
     // calltype=6x: not ambient listening, an ordinary call that rings.
     let body = sdp(dc.rtp_port(), "sendrecv");
-    let call = start(&mut dc, "1100", "pttcall;calltype=6x", &body).await;
+    let mut call = start(&mut dc, "1100", "pttcall;calltype=6x", &body).await;
     let incoming = terminal.incoming().await;
     let extension = ptt(&incoming.invite);
     assert!(extension.starts_with("pttcall;calltype=1;duplex=1"), "{extension}");
@@ -338,7 +314,7 @@ async fn f_amb_01_refused_unless_a_dispatcher_asks_and_bad_call_types_are_single
         .respond(&incoming.invite, &incoming.tag, 486, "Busy Here", None)
         .await;
     terminal.expect_request("ACK").await;
-    assert_eq!(refused(&mut dc, &call).await, 486);
+    assert_eq!(dc.final_for(&mut call).await, 486);
     assert_eq!(dc.statuses("INVITE"), vec![404, 100, 486]);
     assert_all_freed(&cluster).await;
     cluster.shutdown().await;
