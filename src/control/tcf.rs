@@ -495,6 +495,7 @@ impl LogLimiter {
     }
 }
 
+mod ambient;
 mod call;
 mod group;
 mod regroup;

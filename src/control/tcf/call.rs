@@ -26,6 +26,10 @@
 //!   is forwarded to `forward_busy`. A forwarded call is not forwarded again.
 //! - **Callee serving**: the terminal's binding (its REGISTER's source address).
 //!
+//! Ambient listening and viewing (`pttcall;calltype=6|7`, F-AMB-01) is a call with its own
+//! rules (dispatchers only, no ring timer, forwarding or busy marks, `answermode=direct`):
+//! module [`super::ambient`]. A BYE's `pttrelease;cause=` goes on in the hop's own BYE.
+//!
 //! # Media
 //!
 //! With `calls.anchoring = "edge"` a hop anchors media when one of its sides is a terminal;
@@ -44,6 +48,7 @@ use crate::sdp::{self, Sdp};
 use crate::sip::dialog::{Dialog, DialogId, DialogState};
 use crate::sip::transaction::IdMap;
 
+use super::ambient::{self, Ambient};
 use super::resend::{Resend, Resend2xx};
 
 use super::*;
@@ -118,6 +123,8 @@ struct Plan {
     forward_busy: Option<Number>,
     /// Callee home: forward to this number when unanswered.
     forward_no_answer: Option<Number>,
+    /// An ambient listening / viewing session (F-AMB-01): its own routing rules.
+    ambient: Option<Ambient>,
 }
 
 #[derive(Debug)]
@@ -202,6 +209,8 @@ struct Call {
     b_offer: Option<Sdp>,
     /// The stage B plays, for forwarding restarts.
     started: Instant,
+    /// The `pttrelease;cause=` of the BYE that ended the call, for the BYE sent on.
+    release: Option<String>,
 }
 
 /// What one of our client transactions belongs to.
@@ -430,6 +439,19 @@ impl Tcf {
             self.respond(now, &key, &request, 404, "Not Found", &[]);
             return;
         };
+        // Ambient listening / viewing (F-AMB-01) targets a user, never a group.
+        let ambient = Ambient::of_request(ptt_extension(&request).as_ref());
+        if ambient.is_some() && self.subscribers.group(&callee).is_some() {
+            self.respond(
+                now,
+                &key,
+                &request,
+                404,
+                "Not Found (ambient listening targets a user)",
+                &[],
+            );
+            return;
+        }
         // A group number: group set-up (from a terminal, or at the caller's home when that is
         // the group home too); a caller home elsewhere relays it like a call (below).
         if self.subscribers.group(&callee).is_some() {
@@ -471,6 +493,7 @@ impl Tcf {
         let mut plan = Plan {
             forwarded: forwarded_from.is_some(),
             forwarded_from,
+            ambient,
             ..Plan::default()
         };
         let next = match self.route_call(stage, &caller, &callee, &mut plan) {
@@ -509,9 +532,12 @@ impl Tcf {
         };
         let id = self.calls.next_id;
         self.calls.next_id += 1;
-        let calltype = ptt_value(extension.as_ref(), "calltype")
-            .filter(|calltype| calltype.len() <= 4 && calltype.bytes().all(|byte| byte.is_ascii_digit()))
-            .unwrap_or_else(|| "1".to_owned());
+        let calltype = match ambient {
+            Some(ambient) => ambient.calltype().to_owned(),
+            None => ptt_value(extension.as_ref(), "calltype")
+                .filter(|calltype| calltype.len() <= 4 && calltype.bytes().all(|byte| byte.is_ascii_digit()))
+                .unwrap_or_else(|| "1".to_owned()),
+        };
         let gdn = ptt_value(extension.as_ref(), "GDN")
             .and_then(|gdn| Number::parse(&gdn).ok())
             .map(|gdn| gdn.as_str().to_owned())
@@ -557,6 +583,7 @@ impl Tcf {
             b_body: Some(body),
             b_offer: Some(b_offer),
             started: now.instant,
+            release: None,
         };
         for user in std::mem::take(&mut plan.busy) {
             self.calls.busy.insert(user.clone(), id);
@@ -600,6 +627,9 @@ impl Tcf {
         for _ in 0..8 {
             match stage {
                 Stage::CallerServing => {
+                    if let Some(ambient) = plan.ambient {
+                        self.ambient_allowed(ambient, caller, &callee)?;
+                    }
                     let home = self
                         .network
                         .home_of_user(caller)
@@ -627,8 +657,13 @@ impl Tcf {
                         let home = home.name.clone();
                         return self.to_peer(&home, Stage::GroupHome);
                     }
-                    plan.ring = true;
-                    plan.busy.push(caller.clone());
+                    if let Some(ambient) = plan.ambient {
+                        // No ring timer; nobody is marked busy (module `ambient`).
+                        self.ambient_allowed(ambient, caller, &callee)?;
+                    } else {
+                        plan.ring = true;
+                        plan.busy.push(caller.clone());
+                    }
                     let home = self.network.home_of_user(&callee).ok_or((404, "Not Found"))?;
                     if home.name == me {
                         stage = Stage::CalleeHome;
@@ -648,7 +683,7 @@ impl Tcf {
                     }
                     if self.calls.busy.contains_key(&callee) || plan.busy.contains(&callee) {
                         match user.forward_busy.clone() {
-                            Some(target) if !plan.forwarded => {
+                            Some(target) if !plan.forwarded && plan.ambient.is_none() => {
                                 plan.forwarded = true;
                                 plan.forwarded_from = Some(callee.clone());
                                 callee = target;
@@ -662,11 +697,13 @@ impl Tcf {
                             _ => return Err((486, "Busy Here")),
                         }
                     }
-                    if !plan.forwarded {
-                        plan.forward_busy = user.forward_busy.clone();
-                        plan.forward_no_answer = user.forward_no_answer.clone();
+                    if plan.ambient.is_none() {
+                        if !plan.forwarded {
+                            plan.forward_busy = user.forward_busy.clone();
+                            plan.forward_no_answer = user.forward_no_answer.clone();
+                        }
+                        plan.busy.push(callee.clone());
                     }
-                    plan.busy.push(callee.clone());
                     plan.target = Some(callee.clone());
                     let registration = self
                         .registrations
@@ -745,7 +782,10 @@ impl Tcf {
         let (uri, to, destination, peer, stage, answer_mode) = match &next {
             Next::Terminal(binding) => {
                 let uri = binding.contact.trim_matches(|c| c == '<' || c == '>').to_owned();
+                let ambient = Ambient::of_calltype(&call.calltype).is_some();
                 let mode = match self.subscribers.user(&target).map(|user| user.answer) {
+                    // Ambient listening: answered at once, without alerting the user.
+                    _ if ambient => "direct",
                     Some(AnswerMode::Direct) => "direct",
                     _ => "hook",
                 };
@@ -769,7 +809,7 @@ impl Tcf {
         let mut extension = String::with_capacity(160);
         extension.push_str("pttcall;calltype=");
         extension.push_str(&call.calltype);
-        if call.gdn.is_none() {
+        if call.gdn.is_none() && Ambient::of_calltype(&call.calltype).is_none() {
             extension.push_str(";duplex=1");
         }
         extension.push_str(";priority=");
@@ -1199,6 +1239,12 @@ impl Tcf {
         {
             self.calls.by_dialog.remove(dialog.id());
         }
+        // The BYEs carry the release cause received (F-AMB-02); an ambient call's always do.
+        let release = call
+            .release
+            .take()
+            .or_else(|| Ambient::of_calltype(&call.calltype).map(|_| ambient::ordinary_release()));
+        let bye_headers: Vec<(&str, String)> = release.into_iter().map(|value| ("Ptt-Extension", value)).collect();
         // Side A.
         if !call.a.answered {
             self.answer_a(now, &mut call, status, status_reason, None);
@@ -1206,7 +1252,7 @@ impl Tcf {
             let destination = call.a.destination;
             if let Some(dialog) = call.a.dialog.as_mut() {
                 if dialog.state() == DialogState::Confirmed {
-                    self.send_in_dialog(now, dialog, Method::Bye, destination, &[], None, Sent::Other);
+                    self.send_in_dialog(now, dialog, Method::Bye, destination, &bye_headers, None, Sent::Other);
                 }
             }
         }
@@ -1220,7 +1266,7 @@ impl Tcf {
                 if initiator != Some(Side::B) {
                     let destination = b.destination;
                     if let Some(dialog) = b.dialog.as_mut() {
-                        self.send_in_dialog(now, dialog, Method::Bye, destination, &[], None, Sent::Other);
+                        self.send_in_dialog(now, dialog, Method::Bye, destination, &bye_headers, None, Sent::Other);
                     }
                 }
                 self.calls.sent.remove(&b.client);
@@ -1398,6 +1444,7 @@ impl Tcf {
         match method.as_str() {
             "BYE" => {
                 self.respond(now, &key, &request, 200, "OK", &[]);
+                call.release = ambient::release_of(&request);
                 self.calls.calls.insert(id, call);
                 let reason = match side {
                     Side::A => "hang-up (caller side)",
@@ -2123,6 +2170,219 @@ mod tests {
         assert_eq!(statuses(&rig.sent(), CALLER), vec![488]);
         assert_eq!(rig.bridges(), 0);
         assert_eq!(rig.tcf.stats().calls, 0);
+    }
+
+    // ---- ambient listening (F-AMB-01, F-AMB-02) ----------------------------------------------
+
+    /// 1000 is a dispatcher, 1001 a terminal (answering by hand).
+    const AMBIENT_SUBSCRIBERS: &str = "[[user]]\nnumber = \"1000\"\npassword = \"pw\"\nkind = \"dispatcher\"\n\
+                                       [[user]]\nnumber = \"1001-1009\"\npassword = \"pw\"\nanswer = \"hook\"\n\
+                                       [[group]]\nnumber = \"2000\"\nmembers = [\"1001-1009\"]\n";
+
+    /// An INVITE from `from` (1000 at CALLER or 1001 at CALLEE) to `to` with `extension` and `body`.
+    fn ambient_invite(from: &str, to: &str, extension: &str, body: &str) -> String {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let branch = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let address = if from == "1000" { CALLER } else { CALLEE };
+        format!(
+            "INVITE sip:{to}@127.0.0.1:5601 SIP/2.0\r\nVia: SIP/2.0/UDP {address};branch=z9hG4bKamb{branch};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{from}@127.0.0.1:5601>;tag=c1\r\nTo: <sip:{to}@127.0.0.1:5601>\r\n\
+             Call-ID: amb{from}@caller\r\nCSeq: 1 INVITE\r\nContact: <sip:{from}@{address}>\r\n\
+             Ptt-Extension: {extension}\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn directed(port: u16, direction: &str) -> String {
+        offer(port) + "a=" + direction + "\r\n"
+    }
+
+    fn extension_of(message: &Message) -> String {
+        message
+            .headers_named("Ptt-Extension")
+            .next()
+            .and_then(|header| header.value_str().map(|value| value.into_owned()))
+            .unwrap_or_default()
+    }
+
+    /// The dispatcher 1000 listens to 1001: the terminal is told to answer at once and gets
+    /// the call type, answers sendonly; nobody is busy; no ring timer.
+    #[test]
+    fn f_amb_01_ambient_listening_is_answered_directly_and_marks_nobody_busy() {
+        let mut rig = Rig::with(NETWORK, AMBIENT_SUBSCRIBERS);
+        let offer_text = directed(9000, "recvonly");
+        rig.deliver(
+            0,
+            CALLER,
+            &ambient_invite("1000", "1001", "pttcall;calltype=6", &offer_text),
+        );
+        let sent = rig.sent();
+        assert_eq!(statuses(&sent, CALLER), vec![100]);
+        let onward = requests(&sent, CALLEE, "INVITE")[0].clone();
+        let extension = extension_of(&onward);
+        assert!(extension.starts_with("pttcall;calltype=6;priority="), "{extension}");
+        assert!(extension.contains("answermode=direct"), "{extension}");
+        assert!(!extension.contains("duplex"), "{extension}");
+        assert!(String::from_utf8_lossy(onward.body()).contains("a=recvonly"));
+        assert!(rig.tcf.calls.busy.is_empty(), "an ambient session marks nobody busy");
+        // Past the ring timeout with only a 180: nothing is cancelled.
+        rig.deliver(5, CALLEE, &response_to(&onward, 180, "e1", None));
+        let _ = rig.sent();
+        rig.tick(61_000);
+        let sent = rig.sent();
+        assert!(requests(&sent, CALLEE, "CANCEL").is_empty(), "no ring timer");
+        assert!(statuses(&sent, CALLER).is_empty());
+        rig.deliver(
+            61_010,
+            CALLEE,
+            &response_to(&onward, 200, "e1", Some(directed(9100, "sendonly"))),
+        );
+        let sent = rig.sent();
+        let ok = sent.iter().find(|(_, message)| message.status() == Some(200)).unwrap();
+        assert!(String::from_utf8_lossy(ok.1.body()).contains("a=sendonly"));
+        assert_eq!(rig.bridges(), 1);
+        assert_eq!(rig.tcf.stats().calls, 1);
+    }
+
+    /// F-AMB-02: the dispatcher's BYE with `pttrelease;cause` reaches the terminal with the
+    /// same cause; a plain BYE from the terminal gives the dispatcher `cause=64`.
+    #[test]
+    fn f_amb_02_the_release_cause_travels_with_the_bye() {
+        for (from_dc, extra, expected) in [
+            (true, "Ptt-Extension: pttrelease;cause=17\r\n", "pttrelease;cause=17"),
+            (true, "", "pttrelease;cause=64"),
+            (false, "", "pttrelease;cause=64"),
+        ] {
+            let mut rig = Rig::with(NETWORK, AMBIENT_SUBSCRIBERS);
+            rig.deliver(
+                0,
+                CALLER,
+                &ambient_invite("1000", "1001", "pttcall;calltype=6", &directed(9000, "recvonly")),
+            );
+            let onward = requests(&rig.sent(), CALLEE, "INVITE")[0].clone();
+            rig.deliver(
+                5,
+                CALLEE,
+                &response_to(&onward, 200, "e1", Some(directed(9100, "sendonly"))),
+            );
+            let sent = rig.sent();
+            let ok = sent
+                .iter()
+                .find(|(_, message)| message.status() == Some(200))
+                .unwrap()
+                .1
+                .clone();
+            let our_tag = ok.to_tag().unwrap().unwrap().to_owned();
+            let bye = if from_dc {
+                format!(
+                    "BYE sip:1001@127.0.0.1:5601 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKbye;rport\r\n\
+                     Max-Forwards: 70\r\nFrom: <sip:1000@127.0.0.1:5601>;tag=c1\r\n\
+                     To: <sip:1001@127.0.0.1:5601>;tag={our_tag}\r\nCall-ID: amb1000@caller\r\nCSeq: 2 BYE\r\n\
+                     {extra}Content-Length: 0\r\n\r\n"
+                )
+            } else {
+                let from = onward
+                    .header(HeaderName::From)
+                    .unwrap()
+                    .value_str()
+                    .unwrap()
+                    .into_owned();
+                let call_id = onward.call_id().unwrap().to_owned();
+                format!(
+                    "BYE sip:x@127.0.0.1:5601 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLEE};branch=z9hG4bKbye;rport\r\n\
+                     Max-Forwards: 70\r\nFrom: <sip:1001@127.0.0.1:5601>;tag=e1\r\nTo: {from}\r\n\
+                     Call-ID: {call_id}\r\nCSeq: 2 BYE\r\n{extra}Content-Length: 0\r\n\r\n"
+                )
+            };
+            let (sender, receiver) = if from_dc { (CALLER, CALLEE) } else { (CALLEE, CALLER) };
+            rig.deliver(20, sender, &bye);
+            let sent = rig.sent();
+            assert_eq!(statuses(&sent, sender), vec![200]);
+            let onward_bye = requests(&sent, receiver, "BYE");
+            assert_eq!(onward_bye.len(), 1);
+            assert_eq!(extension_of(onward_bye[0]), expected);
+            assert_eq!(rig.bridges(), 0, "media freed");
+            assert_eq!(rig.tcf.stats().calls, 0);
+        }
+    }
+
+    /// Only a dispatcher starts one; a group is no target; a bad call type is an ordinary call;
+    /// an audio + video offer is not refused (its video goes on with port 0).
+    #[test]
+    fn ambient_listening_refusals_and_viewing() {
+        let mut rig = Rig::with(NETWORK, AMBIENT_SUBSCRIBERS);
+        rig.deliver(
+            0,
+            CALLEE,
+            &ambient_invite("1001", "1000", "pttcall;calltype=6", &directed(9100, "recvonly")),
+        );
+        assert_eq!(statuses(&rig.sent(), CALLEE), vec![403]);
+        rig.deliver(
+            0,
+            CALLEE,
+            &ambient_invite("1001", "1000", "pttambiancelistening", &directed(9100, "recvonly")),
+        );
+        assert_eq!(statuses(&rig.sent(), CALLEE), vec![403]);
+        rig.deliver(
+            0,
+            CALLER,
+            &ambient_invite("1000", "2000", "pttcall;calltype=6", &directed(9000, "recvonly")),
+        );
+        assert_eq!(statuses(&rig.sent(), CALLER), vec![404]);
+        assert_eq!(rig.bridges(), 0);
+        assert_eq!(rig.tcf.stats().calls, 0);
+
+        // calltype=6x: a single call like any other (hook mode, duplex).
+        rig.deliver(
+            0,
+            CALLER,
+            &ambient_invite("1000", "1001", "pttcall;calltype=6x", &offer(9000)),
+        );
+        let sent = rig.sent();
+        assert_eq!(statuses(&sent, CALLER), vec![100]);
+        let extension = extension_of(requests(&sent, CALLEE, "INVITE")[0]);
+        assert!(extension.starts_with("pttcall;calltype=1;duplex=1"), "{extension}");
+
+        // A target in a call its home knows of: 486, as for single calls.
+        let mut rig = Rig::with(NETWORK, AMBIENT_SUBSCRIBERS);
+        rig.tcf.calls.busy.insert(Number::parse("1001").unwrap(), 99);
+        rig.deliver(
+            0,
+            CALLER,
+            &ambient_invite("1000", "1001", "pttcall;calltype=6", &directed(9000, "recvonly")),
+        );
+        assert_eq!(statuses(&rig.sent(), CALLER), vec![486]);
+
+        // A stunned target is barred like for any call.
+        let mut rig = Rig::with(NETWORK, AMBIENT_SUBSCRIBERS);
+        rig.tcf.restore_skr(vec![super::super::SkrRecord {
+            user: Number::parse("1001").unwrap(),
+            state: super::super::SkrState::Stunned,
+        }]);
+        rig.deliver(
+            0,
+            CALLER,
+            &ambient_invite("1000", "1001", "pttcall;calltype=6", &directed(9000, "recvonly")),
+        );
+        let sent = rig.sent();
+        assert_eq!(statuses(&sent, CALLER), vec![403]);
+        assert!(requests(&sent, CALLEE, "INVITE").is_empty());
+
+        let mut rig = Rig::with(NETWORK, AMBIENT_SUBSCRIBERS);
+        let viewing =
+            directed(9000, "recvonly") + "m=video 9002 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=recvonly\r\n";
+        rig.deliver(
+            0,
+            CALLER,
+            &ambient_invite("1000", "1001", "pttcall;calltype=7", &viewing),
+        );
+        let sent = rig.sent();
+        assert_eq!(statuses(&sent, CALLER), vec![100]);
+        let onward = requests(&sent, CALLEE, "INVITE")[0].clone();
+        assert!(extension_of(&onward).starts_with("pttcall;calltype=7;"));
+        let body = String::from_utf8_lossy(onward.body()).into_owned();
+        assert!(body.contains("m=video 0 RTP/AVP 96"), "{body}");
     }
 
     #[test]
