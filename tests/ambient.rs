@@ -20,12 +20,8 @@ const B: usize = 1;
 const C: usize = 2;
 
 /// An audio + video offer (ambient viewing), receive-only.
-fn viewing_sdp(port: u16) -> String {
-    sdp(port, "recvonly")
-        + &format!(
-            "m=video {} RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=recvonly\r\n",
-            port + 2
-        )
+fn viewing_sdp(port: u16, video: u16) -> String {
+    sdp(port, "recvonly") + &format!("m=video {video} RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=recvonly\r\n")
 }
 
 /// The DC places an ambient session on `target`: an INVITE with `Ptt-Extension: extension`.
@@ -78,9 +74,20 @@ async fn assert_all_freed(cluster: &Cluster) {
 /// The set-up of F-AMB-01 (with `body` as the DC's offer): the terminal gets the INVITE and
 /// answers 200 at once, sendonly (`answer` as its SDP); the DC gets 200 and ACKs.
 async fn listening(dc: &mut Phone, terminal: &mut Phone, extension: &str, body: &str) -> (Outgoing, Incoming) {
+    listening_with_video(dc, terminal, extension, body, 0).await
+}
+
+/// [`listening`] where the terminal answers an offered video stream at `video` (0: declined).
+async fn listening_with_video(
+    dc: &mut Phone,
+    terminal: &mut Phone,
+    extension: &str,
+    body: &str,
+    video: u16,
+) -> (Outgoing, Incoming) {
     let mut call = start(dc, "1100", extension, body).await;
     let incoming = terminal.incoming().await;
-    let answer = answer_for(incoming.invite.body(), terminal.rtp_port());
+    let answer = answer_for(incoming.invite.body(), terminal.rtp_port(), video);
     terminal
         .respond(&incoming.invite, &incoming.tag, 200, "OK", Some(&answer))
         .await;
@@ -90,8 +97,8 @@ async fn listening(dc: &mut Phone, terminal: &mut Phone, extension: &str, body: 
 }
 
 /// The terminal's answer: audio `a=sendonly` at `port`, and any video m-line of the offer
-/// declined (port 0) as the offer already does.
-fn answer_for(offer: &[u8], port: u16) -> String {
+/// answered `a=sendonly` at `video` (0, or an offer with port 0: declined).
+fn answer_for(offer: &[u8], port: u16, video_port: u16) -> String {
     let offer = String::from_utf8_lossy(offer).into_owned();
     let (audio, video) = match offer.split_once("m=video ") {
         Some((audio, video)) => (audio.to_owned(), Some(format!("m=video {video}"))),
@@ -99,8 +106,15 @@ fn answer_for(offer: &[u8], port: u16) -> String {
     };
     let mut answer = answer_sdp(audio.as_bytes(), port, "sendonly");
     if let Some(video) = video.as_deref().and_then(|video| video.lines().next()) {
+        let offered_port = video.split_whitespace().nth(1).unwrap_or("0");
         let formats = video.split_whitespace().skip(3).collect::<Vec<_>>().join(" ");
-        answer.push_str(&format!("m=video 0 RTP/AVP {formats}\r\n"));
+        if offered_port == "0" || video_port == 0 {
+            answer.push_str(&format!("m=video 0 RTP/AVP {formats}\r\n"));
+        } else {
+            answer.push_str(&format!(
+                "m=video {video_port} RTP/AVP {formats}\r\na=rtpmap:96 H264/90000\r\na=sendonly\r\n"
+            ));
+        }
     }
     answer
 }
@@ -134,7 +148,7 @@ async fn f_amb_01_dc_starts_ambient_listening_on_a_visiting_user() {
     assert_ne!(send_to.port(), dc.rtp_port());
 
     // No ringing: 200 at once.
-    let answer = answer_for(incoming.invite.body(), terminal.rtp_port());
+    let answer = answer_for(incoming.invite.body(), terminal.rtp_port(), 0);
     terminal
         .respond(&incoming.invite, &incoming.tag, 200, "OK", Some(&answer))
         .await;
@@ -241,22 +255,40 @@ async fn f_amb_02_terminal_side_bye_ends_it_normally() {
     cluster.shutdown().await;
 }
 
-/// Ambient viewing (F-AMB-01, calltype 7): an audio + video offer is not refused; the relay
-/// carries the audio, and the video m-line reaches the terminal, and its answer the DC, with
-/// port 0 (declined); the terminal's audio reaches the DC.
+/// Ambient viewing (F-AMB-01, calltype 7) with F-VID-01: an audio + video offer is relayed
+/// whole: the video m-line reaches the terminal re-anchored at tcf-c's video leg, and the
+/// terminal's answer (video `a=sendonly`) the DC re-anchored at tcf-b's; the terminal's audio
+/// and video both reach the DC byte-exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f_amb_01_ambient_viewing_offer_gets_audio_with_video_declined() {
+async fn f_amb_01_ambient_viewing_relays_audio_and_video() {
     let cluster = Cluster::start(14900).await;
     cluster.wait_all_up().await;
     let mut dc = Phone::register("9200", "dispatch-b", cluster.address(B)).await;
     let mut terminal = Phone::register("1100", "alpha", cluster.address(C)).await;
-    let offer = viewing_sdp(dc.rtp_port());
-    let (mut call, incoming) = listening(&mut dc, &mut terminal, "pttcall;calltype=7", &offer).await;
+    let dc_video = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let terminal_video = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let dc_video_port = dc_video.local_addr().unwrap().port();
+    let offer = viewing_sdp(dc.rtp_port(), dc_video_port);
+    let (mut call, incoming) = listening_with_video(
+        &mut dc,
+        &mut terminal,
+        "pttcall;calltype=7",
+        &offer,
+        terminal_video.local_addr().unwrap().port(),
+    )
+    .await;
     let extension = ptt(&incoming.invite);
     assert!(extension.starts_with("pttcall;calltype=7;"), "{extension}");
     assert!(extension.contains("answermode=direct"), "{extension}");
     let offered = String::from_utf8_lossy(incoming.invite.body()).into_owned();
-    assert!(offered.contains("m=video 0 RTP/AVP 96"), "{offered}");
+    let video_line = offered.lines().find(|line| line.starts_with("m=video ")).unwrap();
+    assert!(video_line.ends_with(" RTP/AVP 96"), "{offered}");
+    let video_to_dc: u16 = video_line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(
+        video_to_dc != 0 && video_to_dc != dc_video_port,
+        "re-anchored: {offered}"
+    );
+    assert!(offered.contains("a=rtpmap:96 H264/90000"), "{offered}");
     let ok = dc
         .seen
         .iter()
@@ -264,9 +296,34 @@ async fn f_amb_01_ambient_viewing_offer_gets_audio_with_video_declined() {
         .find(|message| message.status() == Some(200))
         .unwrap();
     let answered = String::from_utf8_lossy(ok.body()).into_owned();
-    assert!(answered.contains("m=video 0 RTP/AVP 96"), "{answered}");
+    assert!(!answered.contains("m=video 0 "), "video accepted: {answered}");
     assert_eq!(dc.statuses("INVITE"), vec![100, 200]);
     check_rtp_flows(&terminal, incoming.remote_rtp.unwrap(), &dc, 7).await;
+    // The terminal's video reaches the DC through tcf-c and tcf-b.
+    let mut sent = Vec::new();
+    for index in 0..10u8 {
+        let packet: Vec<u8> = [0x80, 96, 0, index, 0, 0, 0, index, 9, 9, 9, 9]
+            .into_iter()
+            .chain((0..600u16).map(|byte| (byte as u8) ^ index))
+            .collect();
+        let to = std::net::SocketAddr::new(incoming.remote_rtp.unwrap().ip(), video_to_dc);
+        terminal_video.send_to(&packet, to).await.unwrap();
+        sent.push(packet);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut received = Vec::new();
+    let mut buffer = vec![0u8; 2048];
+    while let Ok(Ok((length, _))) =
+        tokio::time::timeout(Duration::from_millis(800), dc_video.recv_from(&mut buffer)).await
+    {
+        if !(192..=223).contains(&buffer[1]) {
+            received.push(buffer[..length].to_vec());
+        }
+        if received.len() == sent.len() {
+            break;
+        }
+    }
+    assert_eq!(received, sent, "the terminal's video reaches the DC byte-exact");
 
     dc.in_dialog_with(&mut call, "BYE", None, "Ptt-Extension: pttrelease;cause=64\r\n")
         .await;

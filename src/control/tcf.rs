@@ -501,6 +501,7 @@ mod group;
 mod regroup;
 mod resend;
 mod skr;
+mod video;
 
 pub use skr::{SkrOrder, SkrRecord, SkrState};
 mod short_data;

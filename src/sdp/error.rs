@@ -112,6 +112,13 @@ pub enum OfferAnswerError {
         /// The payload type number in the answer.
         payload_type: u8,
     },
+    /// The relayed video m-line lists no format, or a format that is not an RTP payload type
+    /// number (0..=127), or more than one port (F-VID-01): 488.
+    #[error("m-line {media} is not a video stream we can relay")]
+    BadVideo {
+        /// Index of the m-line.
+        media: usize,
+    },
     /// The SDP we are asked to treat as our own offer has no audio stream (a local bug).
     #[error("the offer we sent has no active audio stream")]
     NoOfferedAudio,
@@ -121,9 +128,10 @@ impl OfferAnswerError {
     /// How the caller should treat this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            OfferAnswerError::Sdp(_) | OfferAnswerError::NoConnection { .. } | OfferAnswerError::BadAddress { .. } => {
-                ErrorKind::Malformed
-            }
+            OfferAnswerError::Sdp(_)
+            | OfferAnswerError::NoConnection { .. }
+            | OfferAnswerError::BadAddress { .. }
+            | OfferAnswerError::BadVideo { .. } => ErrorKind::Malformed,
             OfferAnswerError::NoAcceptableMedia | OfferAnswerError::NoCommonCodec | OfferAnswerError::MediaRejected => {
                 ErrorKind::NotAcceptable
             }

@@ -16,6 +16,10 @@
 //!   checks the answer to it and extracts the same [`Negotiated`] parameters.
 //! - [`rewrite_connection`] re-anchors a passed-through body at this node's relay leg (media
 //!   anchoring `always`); with anchoring `edge` a home TCF forwards the body unchanged.
+//!   [`reanchor_av`] does the same for a call that relays video too (F-VID-01): the first
+//!   active RTP video m-line ([`video_of`]) is re-anchored at the video leg instead of being
+//!   declined; [`video_answer`] reads the answered video stream. Video formats are passed
+//!   through as offered (no codec choice, no transcoding).
 //!
 //! # Decisions
 //!
@@ -40,6 +44,7 @@
 mod error;
 mod format;
 mod negotiate;
+mod video;
 mod view;
 mod write;
 
@@ -51,9 +56,10 @@ use std::fmt;
 pub use error::{ErrorKind, OfferAnswerError, SdpError};
 pub use format::{default_preferences, static_payload_type, Direction, Format, PayloadFormat};
 pub use negotiate::{
-    answer, negotiate_offer, offer, parse_answer, reanchor, rewrite_connection, Answer, LocalMedia, Negotiated,
-    SessionOrigin,
+    answer, negotiate_offer, offer, parse_answer, reanchor, reanchor_av, rewrite_connection, Answer, LocalMedia,
+    Negotiated, Ports, SessionOrigin,
 };
+pub use video::{video_answer, video_of, VideoStream};
 
 /// Largest SDP body we read (bytes). Real offers of SIP phones are well under 2 KiB.
 pub const MAX_SDP_SIZE: usize = 16 * 1024;

@@ -450,6 +450,31 @@ pub fn rewrite_connection(sdp: &Sdp, address: IpAddr, rtp_port: u16, rtcp_port: 
 /// [`rewrite_connection`] of a body the caller no longer needs: rewritten in place, without a
 /// copy.
 pub fn reanchor(sdp: Sdp, address: IpAddr, rtp_port: u16, rtcp_port: Option<u16>) -> Sdp {
+    reanchor_av(
+        sdp,
+        address,
+        Ports {
+            rtp: rtp_port,
+            rtcp: rtcp_port,
+        },
+        None,
+    )
+}
+
+/// The ports of one relay leg for [`reanchor_av`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// RTP port (goes into `m=`).
+    pub rtp: u16,
+    /// RTCP port (`a=rtcp`); `None`: multiplexed on the RTP port.
+    pub rtcp: Option<u16>,
+}
+
+/// [`reanchor`] for a call that relays video too (F-VID-01): the audio stream is re-anchored at
+/// `audio`, and, when `video` is given, the first active RTP video m-line
+/// ([`super::video_of`]) at `video` the same way (its formats and attributes pass through
+/// unchanged). Without `video`, or for any other active m-line, port 0 as in [`reanchor`].
+pub fn reanchor_av(sdp: Sdp, address: IpAddr, audio: Ports, video: Option<Ports>) -> Sdp {
     let mut session = sdp.0;
     session.origin.addrtype = addrtype(address);
     set_ip(&mut session.origin.unicast_address, address);
@@ -466,8 +491,13 @@ pub fn reanchor(sdp: Sdp, address: IpAddr, rtp_port: u16, rtcp_port: Option<u16>
         .medias
         .iter()
         .position(|media| view::is_active(media) && view::is_rtp_audio(media));
+    let video_anchored = video.and_then(|ports| super::video::video_index(&session.medias).map(|index| (index, ports)));
     for (index, media) in session.medias.iter_mut().enumerate() {
-        if Some(index) != anchored {
+        let ports = if Some(index) == anchored {
+            audio
+        } else if let Some((_, ports)) = video_anchored.filter(|(video_index, _)| *video_index == index) {
+            ports
+        } else {
             if view::is_active(media) {
                 media.port = 0;
                 media.num_ports = None;
@@ -476,41 +506,50 @@ pub fn reanchor(sdp: Sdp, address: IpAddr, rtp_port: u16, rtcp_port: Option<u16>
                 set_connection(connection, address);
             }
             continue;
-        }
-        let hold = match media.connections.first() {
-            Some(connection) => is_unspecified(&connection.connection_address),
-            None => session_hold,
         };
-        let own = if hold { unspecified(address) } else { address };
-        if !media.connections.is_empty() || !had_session_connection || hold != session_hold {
-            // One c= line at `own`, rewritten in place when there is one.
-            media.connections.truncate(1);
-            match media.connections.first_mut() {
-                Some(connection) => set_connection(connection, own),
-                None => media.connections.push(connection(own)),
-            }
-        }
-        media.port = rtp_port;
-        media.num_ports = None;
-        media.attributes.retain(|attribute| {
-            let name = view::trim(&attribute.attribute);
-            !name.eq_ignore_ascii_case("candidate") && !name.eq_ignore_ascii_case("remote-candidates")
-        });
-        let rtcp = rtcp_port.unwrap_or(rtp_port);
-        let mut had_rtcp = false;
-        for attribute in &mut media.attributes {
-            if view::trim(&attribute.attribute).eq_ignore_ascii_case("rtcp") {
-                let value = attribute.value.get_or_insert_with(String::new);
-                value.clear();
-                value.push_str(itoa::Buffer::new().format(rtcp));
-                had_rtcp = true;
-            }
-        }
-        if !had_rtcp && Some(rtcp) != rtp_port.checked_add(1) && rtcp_port.is_some() {
-            media.attributes.push(Attribute::with_value("rtcp", rtcp));
-        }
+        anchor_media(media, address, ports, session_hold, had_session_connection);
     }
     Sdp(session)
+}
+
+/// Re-anchors one relayed m-line at `address` and `ports` (see [`reanchor`]).
+fn anchor_media(media: &mut Media, address: IpAddr, ports: Ports, session_hold: bool, had_session_connection: bool) {
+    let Ports {
+        rtp: rtp_port,
+        rtcp: rtcp_port,
+    } = ports;
+    let hold = match media.connections.first() {
+        Some(connection) => is_unspecified(&connection.connection_address),
+        None => session_hold,
+    };
+    let own = if hold { unspecified(address) } else { address };
+    if !media.connections.is_empty() || !had_session_connection || hold != session_hold {
+        // One c= line at `own`, rewritten in place when there is one.
+        media.connections.truncate(1);
+        match media.connections.first_mut() {
+            Some(connection) => set_connection(connection, own),
+            None => media.connections.push(connection(own)),
+        }
+    }
+    media.port = rtp_port;
+    media.num_ports = None;
+    media.attributes.retain(|attribute| {
+        let name = view::trim(&attribute.attribute);
+        !name.eq_ignore_ascii_case("candidate") && !name.eq_ignore_ascii_case("remote-candidates")
+    });
+    let rtcp = rtcp_port.unwrap_or(rtp_port);
+    let mut had_rtcp = false;
+    for attribute in &mut media.attributes {
+        if view::trim(&attribute.attribute).eq_ignore_ascii_case("rtcp") {
+            let value = attribute.value.get_or_insert_with(String::new);
+            value.clear();
+            value.push_str(itoa::Buffer::new().format(rtcp));
+            had_rtcp = true;
+        }
+    }
+    if !had_rtcp && Some(rtcp) != rtp_port.checked_add(1) && rtcp_port.is_some() {
+        media.attributes.push(Attribute::with_value("rtcp", rtcp));
+    }
 }
 
 /// The session part of a body this node writes.

@@ -58,6 +58,13 @@ pub(crate) fn is_rtp_audio(media: &Media) -> bool {
         && (media.proto.eq_ignore_ascii_case("RTP/AVP") || media.proto.eq_ignore_ascii_case("RTP/AVPF"))
 }
 
+/// Whether an m-line is an RTP video stream we can relay: `video` over plain RTP/AVP or
+/// RTP/AVPF (F-VID-01; no SRTP, as for audio).
+pub(crate) fn is_rtp_video(media: &Media) -> bool {
+    media.media.eq_ignore_ascii_case("video")
+        && (media.proto.eq_ignore_ascii_case("RTP/AVP") || media.proto.eq_ignore_ascii_case("RTP/AVPF"))
+}
+
 /// Whether an m-line is active (non-zero port).
 pub(crate) fn is_active(media: &Media) -> bool {
     media.port != 0

@@ -36,7 +36,8 @@
 //! with `"always"` every hop does. An anchoring hop creates a relay bridge with one leg per
 //! side, checks the offer (488 when no codec is acceptable), forwards the offer re-anchored at
 //! the B leg and the answer re-anchored at the A leg; RTP and RTCP are relayed byte for byte.
-//! Other hops pass SDP through unchanged.
+//! A video stream is relayed the same way on a second bridge (F-VID-01, module
+//! [`super::video`]). Other hops pass SDP through unchanged.
 
 use crate::proto::NetMap;
 use std::cmp::Reverse;
@@ -50,6 +51,7 @@ use crate::sip::transaction::IdMap;
 
 use super::ambient::{self, Ambient};
 use super::resend::{Resend, Resend2xx};
+use super::video::{self as video, VideoChange};
 
 use super::*;
 
@@ -75,6 +77,16 @@ enum Stage {
     CalleeServing,
     /// The group's home (a group set-up relayed by the caller's home).
     GroupHome,
+}
+
+impl Side {
+    /// The opposite side.
+    pub(super) fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
 }
 
 impl Stage {
@@ -163,11 +175,14 @@ struct Outbound {
     target: Number,
 }
 
+/// A relay bridge of an anchoring hop: the call's audio, or its video (F-VID-01).
 #[derive(Debug)]
-struct Anchor {
-    bridge: BridgeId,
-    a: LegInfo,
-    b: LegInfo,
+pub(super) struct Anchor {
+    pub(super) bridge: BridgeId,
+    /// The leg facing side A.
+    pub(super) a: LegInfo,
+    /// The leg facing side B.
+    pub(super) b: LegInfo,
 }
 
 /// Our 2xx to an INVITE on one side of the call, sent again until its ACK comes.
@@ -186,6 +201,8 @@ struct Call {
     a: Inbound,
     b: Option<Outbound>,
     anchor: Option<Anchor>,
+    /// The video relay bridge while the call carries video (F-VID-01, module `video`).
+    video: Option<Anchor>,
     busy: Vec<Number>,
     answered: bool,
     ring_deadline: Option<Instant>,
@@ -238,6 +255,10 @@ struct Reinvite {
     request: Message,
     source: SocketAddr,
     sent_offer: Option<Sdp>,
+    /// What the answer does to the video bridge (F-VID-01).
+    video: VideoChange,
+    /// The video stream of the offer as sent on (its answer is read against it).
+    sent_video: Option<sdp::VideoStream>,
 }
 
 /// An in-dialog request passed on: the sender's transaction.
@@ -288,7 +309,7 @@ impl Calls {
 pub(super) const SDP: &str = "application/sdp";
 
 /// A relay leg sending to `remote` (RTCP to `remote_rtcp`, or multiplexed).
-fn leg_spec(remote: Option<SocketAddr>, remote_rtcp: Option<SocketAddr>, rtcp_mux: bool) -> LegSpec {
+pub(super) fn leg_spec(remote: Option<SocketAddr>, remote_rtcp: Option<SocketAddr>, rtcp_mux: bool) -> LegSpec {
     LegSpec {
         remote,
         remote_rtcp,
@@ -512,16 +533,16 @@ impl Tcf {
         let from_terminal = peer.is_none();
         let to_terminal = matches!(next, Next::Terminal(_));
         let anchoring = self.config.calls.anchoring == Anchoring::Always || from_terminal || to_terminal;
-        let (anchor, body, b_offer) = if anchoring {
+        let (anchor, video, body, b_offer) = if anchoring {
             match self.anchor(offer) {
-                Ok((anchor, body, sent)) => (Some(anchor), body, sent),
+                Ok((anchor, video, body, sent)) => (Some(anchor), video, body, sent),
                 Err((status, reason)) => {
                     self.respond(now, &key, &request, status, reason, &[]);
                     return;
                 }
             }
         } else {
-            (None, Bytes::copy_from_slice(request.body()), offer)
+            (None, None, Bytes::copy_from_slice(request.body()), offer)
         };
         // This hop is going to work on the call: 100 at once (hop by hop).
         self.respond(now, &key, &request, 100, "Trying", &[]);
@@ -568,6 +589,7 @@ impl Tcf {
             },
             b: None,
             anchor,
+            video,
             busy: Vec::new(),
             answered: false,
             ring_deadline: None,
@@ -747,11 +769,13 @@ impl Tcf {
 
     /// Creates the relay bridge of an anchoring hop for `offer`; returns it and the offer
     /// re-anchored at the B leg, as a body and parsed.
-    fn anchor(&mut self, offer: Sdp) -> Result<(Anchor, Bytes, Sdp), (u16, &'static str)> {
+    #[allow(clippy::type_complexity)]
+    fn anchor(&mut self, offer: Sdp) -> Result<(Anchor, Option<Anchor>, Bytes, Sdp), (u16, &'static str)> {
         let preferences = sdp::default_preferences();
         let local = sdp::LocalMedia::new(self.media_ip(), 9, &preferences);
         let negotiated =
             sdp::negotiate_offer(&offer, &local).map_err(|_| (488, "Not Acceptable Here (no acceptable codec)"))?;
+        let video_stream = sdp::video_of(&offer).map_err(|_| (488, "Not Acceptable Here (bad video stream)"))?;
         let spec_a = leg_spec(negotiated.remote_rtp, negotiated.remote_rtcp, false);
         let no_media = (503, "Service Unavailable (no media resources)");
         let bridge = self.media.create_bridge(BridgeKind::Relay).map_err(|_| no_media)?;
@@ -766,9 +790,15 @@ impl Tcf {
                 return Err(no_media);
             }
         };
-        let sent = sdp::reanchor(offer, b.local_rtp.ip(), b.local_rtp.port(), Some(b.local_rtcp.port()));
+        let video = video_stream.and_then(|stream| self.video_bridge(Side::A, &stream));
+        let audio_ports = sdp::Ports {
+            rtp: b.local_rtp.port(),
+            rtcp: Some(b.local_rtcp.port()),
+        };
+        let video_ports = video.as_ref().map(|video| video::ports_facing(video, Side::B));
+        let sent = sdp::reanchor_av(offer, b.local_rtp.ip(), audio_ports, video_ports);
         let body = Bytes::from(sent.to_bytes());
-        Ok((Anchor { bridge, a, b }, body, sent))
+        Ok((Anchor { bridge, a, b }, video, body, sent))
     }
 
     /// Sends the call's outbound INVITE to `next`.
@@ -1139,12 +1169,22 @@ impl Tcf {
         let negotiated = sdp::parse_answer(offer, &answer).ok()?;
         let spec_b = leg_spec(negotiated.remote_rtp, negotiated.remote_rtcp, negotiated.rtcp_mux);
         let _ = self.media.update_leg(anchor.b.id, spec_b);
-        let body = sdp::reanchor(
-            answer,
-            anchor.a.local_rtp.ip(),
-            anchor.a.local_rtp.port(),
-            Some(anchor.a.local_rtcp.port()),
-        );
+        let (address, audio_ports) = (anchor.a.local_rtp.ip(), video::ports_facing(anchor, Side::A));
+        // The video stream: the answered one goes to the B leg, a declined one frees it.
+        let offered_video = sdp::video_of(offer).ok().flatten();
+        let answered_video = offered_video.and_then(|offered| sdp::video_answer(&offered, &answer).ok().flatten());
+        let video_ports = match (&call.video, answered_video) {
+            (Some(video), Some(stream)) => {
+                let _ = self.media.update_leg(video.b.id, video::video_spec(&stream));
+                Some(video::ports_facing(video, Side::A))
+            }
+            (Some(_), None) => {
+                self.free_video(&mut call.video);
+                None
+            }
+            (None, _) => None,
+        };
+        let body = sdp::reanchor_av(answer, address, audio_ports, video_ports);
         Some(Bytes::from(body.to_bytes()))
     }
 
@@ -1297,6 +1337,7 @@ impl Tcf {
         if let Some(anchor) = call.anchor.take() {
             self.media.remove_bridge(anchor.bridge);
         }
+        self.free_video(&mut call.video);
         for user in call.busy.drain(..) {
             if self.calls.busy.get(&user) == Some(&call.id) {
                 self.calls.busy.remove(&user);
@@ -1351,6 +1392,9 @@ impl Tcf {
         // An anchored B leg forgets the first callee's address.
         if let Some(anchor) = &call.anchor {
             let _ = self.media.update_leg(anchor.b.id, LegSpec::default());
+        }
+        if let Some(video) = &call.video {
+            let _ = self.media.update_leg(video.b.id, LegSpec::default());
         }
         let target = plan.target.unwrap_or(target);
         tracing::debug!(call = id, to = %target, "call forwarded");
@@ -1515,6 +1559,8 @@ impl Tcf {
             None
         };
         // Re-anchor the offer at the leg facing the other side.
+        let mut video_change = VideoChange::Keep;
+        let mut sent_video = None;
         let body = match (&offer, &call.anchor) {
             (Some(offer), Some(anchor)) => {
                 let preferences = sdp::default_preferences();
@@ -1534,14 +1580,41 @@ impl Tcf {
                     Side::A => (&anchor.a, &anchor.b),
                     Side::B => (&anchor.b, &anchor.a),
                 };
+                let Ok(offered_video) = sdp::video_of(offer) else {
+                    self.respond(now, &key, &request, 488, "Not Acceptable Here (bad video stream)", &[]);
+                    return;
+                };
                 let spec = leg_spec(negotiated.remote_rtp, negotiated.remote_rtcp, false);
                 let _ = self.media.update_leg(own.id, spec);
-                let body = sdp::rewrite_connection(
-                    offer,
-                    far.local_rtp.ip(),
-                    far.local_rtp.port(),
-                    Some(far.local_rtcp.port()),
-                );
+                let address = far.local_rtp.ip();
+                let audio_ports = video::ports_facing(anchor, side.other());
+                // The video stream (F-VID-01): changed, added or removed.
+                let video_ports = match (&call.video, &offered_video) {
+                    (Some(existing), Some(stream)) => {
+                        let leg = match side {
+                            Side::A => existing.a.id,
+                            Side::B => existing.b.id,
+                        };
+                        let _ = self.media.update_leg(leg, video::video_spec(stream));
+                        Some(video::ports_facing(existing, side.other()))
+                    }
+                    (None, Some(stream)) => {
+                        call.video = self.video_bridge(side, stream);
+                        if call.video.is_some() {
+                            video_change = VideoChange::Added;
+                        }
+                        call.video
+                            .as_ref()
+                            .map(|video| video::ports_facing(video, side.other()))
+                    }
+                    (Some(_), None) => {
+                        video_change = VideoChange::Removed;
+                        None
+                    }
+                    (None, None) => None,
+                };
+                let body = sdp::reanchor_av(offer.clone(), address, audio_ports, video_ports);
+                sent_video = video_ports.and_then(|_| sdp::video_of(&body).ok().flatten());
                 Some(Bytes::from(body.to_bytes()))
             }
             (Some(_), None) => Some(Bytes::copy_from_slice(request.body())),
@@ -1568,6 +1641,8 @@ impl Tcf {
             request: request.clone(),
             source,
             sent_offer,
+            video: video_change,
+            sent_video,
         }));
         let mut dialog = dialog.clone();
         let sent_key = self.send_in_dialog(now, &mut dialog, Method::Invite, destination, &headers, body, sent);
@@ -1575,6 +1650,9 @@ impl Tcf {
             *original = dialog;
         }
         if sent_key.is_none() {
+            if video_change == VideoChange::Added {
+                self.free_video(&mut call.video);
+            }
             self.respond(now, &key, &request, 500, "Server Internal Error", &[]);
             return;
         }
@@ -1639,6 +1717,8 @@ impl Tcf {
                     request,
                     source,
                     sent_offer,
+                    video: video_change,
+                    sent_video,
                 } = *reinvite;
                 let Some(mut call) = self.calls.calls.remove(&id) else {
                     return;
@@ -1667,7 +1747,13 @@ impl Tcf {
                             bytes: ack,
                         });
                     }
-                    body = self.reinvite_answer(&mut call, from, sent_offer.as_ref(), response);
+                    body = self.reinvite_answer(&mut call, from, sent_offer.as_ref(), sent_video.as_ref(), response);
+                    if video_change == VideoChange::Removed {
+                        self.free_video(&mut call.video);
+                    }
+                } else if video_change == VideoChange::Added {
+                    // The re-INVITE failed: the session stays as it was, without video.
+                    self.free_video(&mut call.video);
                 }
                 let built = crate::sip::response_to_from(&request, status, &reason, None, source).map(|builder| {
                     let mut builder = builder.raw_header("Server", SERVER);
@@ -1727,6 +1813,7 @@ impl Tcf {
         call: &mut Call,
         from: Side,
         sent_offer: Option<&Sdp>,
+        sent_video: Option<&sdp::VideoStream>,
         response: &Message,
     ) -> Option<Bytes> {
         if !is_sdp(response) {
@@ -1744,12 +1831,25 @@ impl Tcf {
             let spec = leg_spec(negotiated.remote_rtp, negotiated.remote_rtcp, negotiated.rtcp_mux);
             let _ = self.media.update_leg(far.id, spec);
         }
-        let body = sdp::rewrite_connection(
-            &answer,
-            own.local_rtp.ip(),
-            own.local_rtp.port(),
-            Some(own.local_rtcp.port()),
-        );
+        let (address, audio_ports) = (own.local_rtp.ip(), video::ports_facing(anchor, from));
+        // The video stream (F-VID-01): the far leg learns where to send, a declined one is freed.
+        let answered_video = sent_video.and_then(|offered| sdp::video_answer(offered, &answer).ok().flatten());
+        let video_ports = match (&call.video, sent_video, answered_video) {
+            (Some(video), Some(_), Some(stream)) => {
+                let far_leg = match from {
+                    Side::A => video.b.id,
+                    Side::B => video.a.id,
+                };
+                let _ = self.media.update_leg(far_leg, video::video_spec(&stream));
+                Some(video::ports_facing(video, from))
+            }
+            (Some(_), Some(_), None) => {
+                self.free_video(&mut call.video);
+                None
+            }
+            _ => None,
+        };
+        let body = sdp::reanchor_av(answer, address, audio_ports, video_ports);
         Some(Bytes::from(body.to_bytes()))
     }
 
@@ -2382,7 +2482,10 @@ mod tests {
         let onward = requests(&sent, CALLEE, "INVITE")[0].clone();
         assert!(extension_of(&onward).starts_with("pttcall;calltype=7;"));
         let body = String::from_utf8_lossy(onward.body()).into_owned();
-        assert!(body.contains("m=video 0 RTP/AVP 96"), "{body}");
+        // The video is relayed too (F-VID-01): a second bridge, its m-line at the video leg.
+        assert!(!body.contains("m=video 0 "), "{body}");
+        assert!(body.contains("a=rtpmap:96 H264/90000"), "{body}");
+        assert_eq!(rig.bridges(), 2);
     }
 
     #[test]
@@ -2712,5 +2815,143 @@ mod tests {
         assert_eq!(extension, "pttaccept");
         let member_leg = source(&rig).expect("the member's leg is the source now");
         assert_ne!(member_leg, caller_leg);
+    }
+
+    /// The caller's in-dialog re-INVITE (CSeq `cseq`) with `body`, after `answered`.
+    fn caller_reinvite(to: &str, cseq: u32, body: &str) -> String {
+        format!(
+            "INVITE sip:1001@127.0.0.1:5601 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKre{cseq};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1000@127.0.0.1:5601>;tag=c1\r\nTo: {to}\r\n\
+             Call-ID: call1@caller\r\nCSeq: {cseq} INVITE\r\nContact: <sip:1000@{CALLER}>\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn with_video(audio: u16, video: u16) -> String {
+        offer(audio) + &format!("m=video {video} RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n")
+    }
+
+    /// The port of the `m=video` line of a body.
+    fn video_port(message: &Message) -> Option<u16> {
+        let body = String::from_utf8_lossy(message.body()).into_owned();
+        let line = body.lines().find(|line| line.starts_with("m=video "))?.to_owned();
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// The remote address of the fake leg whose local RTP port is `port`.
+    fn leg_remote(rig: &Rig, port: u16) -> Option<SocketAddr> {
+        rig.media.inspect(|state| {
+            state
+                .legs
+                .values()
+                .find(|(local, _)| local.port() == port)
+                .and_then(|(_, spec)| spec.remote)
+        })
+    }
+
+    #[test]
+    fn f_vid_01_the_video_bridge_follows_the_reinvites() {
+        let mut rig = Rig::new();
+        answered(&mut rig);
+        let sent = rig.sent();
+        let ok = sent
+            .iter()
+            .find(|(_, message)| message.status() == Some(200))
+            .map(|(_, message)| message.clone())
+            .unwrap();
+        let to = ok.header(HeaderName::To).unwrap().value_str().unwrap().into_owned();
+        // A hostile video line: 488, nothing allocated, the call goes on.
+        rig.deliver(
+            20,
+            CALLER,
+            &caller_reinvite(&to, 2, &(offer(9000) + "m=video 9002 RTP/AVP 96 300\r\n")),
+        );
+        let sent = rig.sent();
+        assert_eq!(statuses(&sent, CALLER), vec![100, 488]);
+        assert!(requests(&sent, CALLEE, "INVITE").is_empty());
+        assert_eq!(rig.bridges(), 1);
+
+        // Video added: a second bridge; the offer goes on with the video at its B leg.
+        rig.deliver(30, CALLER, &caller_reinvite(&to, 3, &with_video(9000, 9002)));
+        let sent = rig.sent();
+        assert_eq!(rig.bridges(), 2);
+        let onward = requests(&sent, CALLEE, "INVITE")[0].clone();
+        let b_port = video_port(&onward).unwrap();
+        assert!(b_port != 0 && b_port != 9002);
+        assert!(String::from_utf8_lossy(onward.body()).contains("a=rtpmap:96 H264/90000"));
+        rig.deliver(
+            40,
+            CALLEE,
+            &response_to(&onward, 200, "e1", Some(with_video(9100, 9102))),
+        );
+        let sent = rig.sent();
+        let answer = sent
+            .iter()
+            .find(|(destination, message)| *destination == CALLER.parse().unwrap() && message.status() == Some(200))
+            .map(|(_, message)| message.clone())
+            .unwrap();
+        let a_port = video_port(&answer).unwrap();
+        assert!(a_port != 0 && a_port != 9102 && a_port != b_port);
+        assert_eq!(leg_remote(&rig, a_port), Some("127.0.0.1:9002".parse().unwrap()));
+        assert_eq!(leg_remote(&rig, b_port), Some("127.0.0.1:9102".parse().unwrap()));
+
+        // Video removed: the bridge goes once the callee accepted.
+        rig.deliver(50, CALLER, &caller_reinvite(&to, 4, &with_video(9000, 0)));
+        let sent = rig.sent();
+        let onward = requests(&sent, CALLEE, "INVITE")[0].clone();
+        assert_eq!(video_port(&onward), Some(0));
+        assert_eq!(rig.bridges(), 2, "kept until the answer");
+        rig.deliver(60, CALLEE, &response_to(&onward, 200, "e1", Some(with_video(9100, 0))));
+        let _ = rig.sent();
+        assert_eq!(rig.bridges(), 1);
+
+        // Added again but the callee declines the video: freed again.
+        rig.deliver(70, CALLER, &caller_reinvite(&to, 5, &with_video(9000, 9004)));
+        let onward = requests(&rig.sent(), CALLEE, "INVITE")[0].clone();
+        assert_eq!(rig.bridges(), 2);
+        rig.deliver(80, CALLEE, &response_to(&onward, 200, "e1", Some(with_video(9100, 0))));
+        let sent = rig.sent();
+        let answer = sent
+            .iter()
+            .find(|(destination, message)| *destination == CALLER.parse().unwrap() && message.status() == Some(200))
+            .map(|(_, message)| message.clone())
+            .unwrap();
+        assert_eq!(video_port(&answer), Some(0));
+        assert_eq!(rig.bridges(), 1);
+    }
+
+    #[test]
+    fn f_vid_01_an_initial_invite_with_video_gets_two_bridges_and_a_bad_one_488() {
+        let mut rig = Rig::new();
+        let body = with_video(9000, 9002);
+        let text = invite().replace(&offer(9000), &body).replace(
+            &format!("Content-Length: {}", offer(9000).len()),
+            &format!("Content-Length: {}", body.len()),
+        );
+        rig.deliver(0, CALLER, &text);
+        let sent = rig.sent();
+        assert_eq!(statuses(&sent, CALLER), vec![100]);
+        assert_eq!(rig.bridges(), 2);
+        let onward = requests(&sent, CALLEE, "INVITE")[0].clone();
+        // The callee answers without video at all (audio only): the video bridge goes.
+        rig.deliver(10, CALLEE, &response_to(&onward, 200, "e1", Some(with_video(9100, 0))));
+        let sent = rig.sent();
+        assert_eq!(statuses(&sent, CALLER), vec![200]);
+        assert_eq!(rig.bridges(), 1);
+
+        for bad in ["abc", "96 128", ""] {
+            let mut rig = Rig::new();
+            let body = offer(9000) + &format!("m=video 9002 RTP/AVP {bad}\r\n");
+            let text = invite().replace(&offer(9000), &body).replace(
+                &format!("Content-Length: {}", offer(9000).len()),
+                &format!("Content-Length: {}", body.len()),
+            );
+            rig.deliver(0, CALLER, &text);
+            let sent = rig.sent();
+            let status = statuses(&sent, CALLER);
+            assert!(status == vec![488] || status == vec![400], "{bad:?}: {status:?}");
+            assert_eq!(rig.bridges(), 0, "nothing held");
+        }
     }
 }
