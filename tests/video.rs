@@ -296,3 +296,147 @@ async fn f_vid_01_video_added_and_removed_by_reinvite_across_three_nodes() {
     assert_all_freed(&cluster).await;
     cluster.shutdown().await;
 }
+
+/// Sends `MESSAGE sip:<uri_user>@<server>` with `Ptt-Extension: <extension>` from `phone` and
+/// returns the final response.
+async fn order(phone: &mut Phone, uri_user: &str, extension: &str) -> floorcast::sip::Message {
+    let me = phone.sip_address();
+    let server = phone.server;
+    let branch = format!("z9hG4bK{:x}", rand::random::<u64>());
+    let call_id = format!("{:x}@phone", rand::random::<u64>());
+    let text = format!(
+        "MESSAGE sip:{uri_user}@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={branch};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{user}@{server}>;tag=m{tag:x}\r\nTo: <sip:{uri_user}@{server}>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 MESSAGE\r\nPtt-Extension: {extension}\r\nContent-Length: 0\r\n\r\n",
+        user = phone.user(),
+        tag = rand::random::<u32>(),
+    );
+    phone.send(&text).await;
+    phone.expect_response("MESSAGE", 200).await
+}
+
+/// The DC gets a result report MESSAGE with `extension` and answers it 200.
+async fn expect_report(dc: &mut Phone, extension: &str) {
+    let report = dc.expect_request("MESSAGE").await;
+    assert_eq!(ptt(&report), extension);
+    dc.ok(&report).await;
+}
+
+/// F-VID-02: the DC 9200 (at tcf-b) receives 1100's video (ambient viewing, 1100 at tcf-c)
+/// and orders it forwarded to 1300 (home tcf-c): tcf-b (the forwarding node) checks and
+/// relays the order to tcf-c, both answer 200, the DC gets a result report; the stop goes the
+/// same way. Refusals: a stop of nothing and an unknown call 481, an unknown destination 404,
+/// a non-dispatcher 403, a malformed order 400. A forwarding to a group (2100, home tcf-a) still
+/// running when the source call ends is reported ended. (The forwarded media itself is not
+/// delivered yet: docs/protocol.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_vid_02_forwarding_order_stop_and_reports_relayed_to_the_destination_home() {
+    let cluster = Cluster::start(12300).await;
+    cluster.wait_all_up().await;
+    let mut dc = Phone::register("9200", "dispatch-b", cluster.address(B)).await;
+    let mut terminal = Phone::register("1100", "alpha", cluster.address(C)).await;
+    let mut intruder = Phone::register("1201", "bravo", cluster.address(B)).await;
+    let mut events: Vec<_> = (0..3).map(|index| cluster.node(index).sip.subscribe()).collect();
+    let dc_video = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let terminal_video = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+
+    // Ambient viewing with video: the DC receives 1100's video.
+    let offer = sdp(dc.rtp_port(), "recvonly")
+        + &format!(
+            "m=video {} RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=recvonly\r\n",
+            dc_video.local_addr().unwrap().port()
+        );
+    let mut call = dc.invite_text("1100", &offer);
+    call.invite = call
+        .invite
+        .replacen("Content-Type:", "Ptt-Extension: pttcall;calltype=7\r\nContent-Type:", 1);
+    dc.send(&call.invite).await;
+    let incoming = terminal.incoming().await;
+    let audio = String::from_utf8_lossy(incoming.invite.body()).into_owned();
+    let audio = audio.split("m=video ").next().unwrap().to_owned();
+    let answer = answer_sdp(audio.as_bytes(), terminal.rtp_port(), "sendonly")
+        + &format!(
+            "m=video {} RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=sendonly\r\n",
+            terminal_video.local_addr().unwrap().port()
+        );
+    terminal
+        .respond(&incoming.invite, &incoming.tag, 200, "OK", Some(&answer))
+        .await;
+    assert_eq!(dc.final_for(&mut call).await, 200);
+    terminal.expect_request("ACK").await;
+    let to_dc = video_address(incoming.invite.body()).unwrap();
+    check_video_flows(&terminal_video, to_dc, &dc_video, 3).await;
+    let id = call.call_id.clone();
+
+    // Start: relayed to 1300's home (tcf-c), 200 back, then the report.
+    let start = format!("pttvideoforward;action=start;UDN=1300;OnlineCallID=\"{id}\"");
+    let ok = order(&mut dc, "1300", &start).await;
+    assert_eq!(ok.status(), Some(200));
+    let home_saw = |event: &floorcast::control::tcf::TcfEvent, action: &str| {
+        matches!(event, floorcast::control::tcf::TcfEvent::VideoForward { dc, destination, action: a, status: 200 }
+            if dc.as_str() == "9200" && destination.as_str() == "1300" && a == action)
+    };
+    expect_event(&mut events[C], WAIT, |event| home_saw(event, "start")).await;
+    expect_event(&mut events[B], WAIT, |event| home_saw(event, "start")).await;
+    expect_report(&mut dc, &format!("{start};result=0")).await;
+
+    // Refusals.
+    let response = order(&mut intruder, "1300", &start).await;
+    assert_eq!(response.status(), Some(403), "not a dispatcher");
+    let refused = [
+        (
+            format!("pttvideoforward;action=start;UDN=1300;OnlineCallID=\"nosuch{id}\""),
+            481,
+        ),
+        (
+            format!("pttvideoforward;action=start;UDN=1399;OnlineCallID=\"{id}\""),
+            404,
+        ),
+        (
+            format!("pttvideoforward;action=stop;UDN=1301;OnlineCallID=\"{id}\""),
+            481,
+        ),
+        (
+            format!("pttvideoforward;action=pause;UDN=1300;OnlineCallID=\"{id}\""),
+            400,
+        ),
+        (
+            format!("pttvideoforward;action=start;UDN=1300;GDN=2100;OnlineCallID=\"{id}\""),
+            400,
+        ),
+        ("pttvideoforward;action=start;UDN=1300".to_owned(), 400),
+    ];
+    for (extension, status) in refused {
+        let response = order(&mut dc, "1300", &extension).await;
+        assert_eq!(response.status(), Some(status), "{extension}");
+    }
+
+    // Stop: the same path, and the report.
+    let stop = format!("pttvideoforward;action=stop;UDN=1300;OnlineCallID=\"{id}\"");
+    assert_eq!(order(&mut dc, "1300", &stop).await.status(), Some(200));
+    expect_event(&mut events[C], WAIT, |event| home_saw(event, "stop")).await;
+    expect_report(&mut dc, &format!("{stop};result=0")).await;
+    // Stopped: a second stop finds nothing.
+    assert_eq!(order(&mut dc, "1300", &stop).await.status(), Some(481));
+
+    // A forwarding to a group (home tcf-a), ended by the end of the source call.
+    let group = format!("pttvideoforward;action=start;GDN=2100;OnlineCallID=\"{id}\"");
+    assert_eq!(order(&mut dc, "2100", &group).await.status(), Some(200));
+    expect_event(&mut events[A], WAIT, |event| {
+        matches!(event, floorcast::control::tcf::TcfEvent::VideoForward { destination, status: 200, .. }
+            if destination.as_str() == "2100")
+    })
+    .await;
+    expect_report(&mut dc, &format!("{group};result=0")).await;
+    dc.in_dialog(&mut call, "BYE", None).await;
+    dc.expect_response("BYE", 200).await;
+    let bye = terminal.expect_request("BYE").await;
+    terminal.ok(&bye).await;
+    expect_report(
+        &mut dc,
+        &format!("pttvideoforward;action=stop;GDN=2100;OnlineCallID=\"{id}\";result=0;ended=source"),
+    )
+    .await;
+    assert_all_freed(&cluster).await;
+    cluster.shutdown().await;
+}

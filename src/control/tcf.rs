@@ -276,6 +276,18 @@ pub enum TcfEvent {
         /// The new state.
         state: SkrState,
     },
+    /// This node answered a video forwarding order (F-VID-02): as the forwarding node (the
+    /// DC's serving TCF) or as the destination's home.
+    VideoForward {
+        /// The ordering DC.
+        dc: Number,
+        /// The destination user or group.
+        destination: Number,
+        /// `start` or `stop`.
+        action: String,
+        /// The final status answered.
+        status: u16,
+    },
     /// A terminal's stun/kill/revive result report passed this node on its way to the DC.
     SkrReported {
         /// The user that reported.
@@ -406,6 +418,8 @@ enum Pending {
     ShortData(Box<short_data::Forward>),
     /// A SUBSCRIBE or NOTIFY of a DC subscription (F-SUB-01/02).
     Subscription(Box<subscription::Sent>),
+    /// A DC's video forwarding order relayed to the destination's home (F-VID-02).
+    VideoForward(Box<video::ForwardRelay>),
 }
 
 /// The SIP application core of one TCF node.
@@ -443,6 +457,8 @@ pub struct Tcf {
     groups: group::Groups,
     regroups: regroup::Regroups,
     skr: skr::Skr,
+    /// Running video forwardings (F-VID-02).
+    video_forwards: video::Forwards,
     short_data: ShortDataCounters,
     subscriptions: subscription::Subscriptions,
     malformed_log: LogLimiter,
@@ -582,6 +598,7 @@ impl Tcf {
             groups: group::Groups::default(),
             regroups: regroup::Regroups::default(),
             skr: skr::Skr::default(),
+            video_forwards: video::Forwards::default(),
             short_data: ShortDataCounters::default(),
             subscriptions: subscription::Subscriptions::default(),
             malformed_log: LogLimiter::default(),
@@ -1697,6 +1714,7 @@ impl Tcf {
             Pending::Skr(relay) => self.skr_answered(now, relay, status, response),
             Pending::ShortData(forward) => self.short_data_answered(now, *forward, status, response),
             Pending::Subscription(sent) => self.subscription_answered(now, *sent, status, response),
+            Pending::VideoForward(relay) => self.video_forward_answered(now, *relay, status, response),
         }
     }
 
@@ -1880,6 +1898,10 @@ impl Tcf {
 
     fn message(&mut self, now: Now, key: TransactionKey, request: Message) {
         let Some(request) = self.skr_message(now, &key, request) else {
+            return;
+        };
+        // Video forwarding orders (F-VID-02): `tcf/video.rs`.
+        let Some(request) = self.video_forward_message(now, &key, request) else {
             return;
         };
         // Short data (F-SDS-01/02) and a Ptt-Extension that does not parse: `tcf/short_data.rs`.

@@ -1315,6 +1315,7 @@ impl Tcf {
             }
         }
         self.release(&mut call);
+        self.video_call_ended(now, id);
         self.calls.ended_total += 1;
         tracing::debug!(call = id, caller = %call.caller, callee = %call.dialed, reason, "call ended");
         self.event(TcfEvent::CallEnded {
@@ -1330,6 +1331,24 @@ impl Tcf {
         self.send_cancel(now, &mut b);
         let key = b.client.clone();
         self.calls.sent.insert(key, Sent::Abandoned(Box::new(b)));
+    }
+
+    /// The answered call in which the terminal `user`, served here, has the dialog `call_id`,
+    /// and whether it carries video (F-VID-02).
+    pub(super) fn call_of_terminal(&self, user: &Number, call_id: &str) -> Option<(u64, bool)> {
+        self.calls
+            .calls
+            .values()
+            .find(|call| {
+                let as_caller =
+                    call.a.peer.is_none() && call.caller == *user && call.a.invite.call_id().ok() == Some(call_id);
+                let as_callee = call
+                    .b
+                    .as_ref()
+                    .is_some_and(|b| b.peer.is_none() && b.target == *user && b.invite.call_id().ok() == Some(call_id));
+                call.answered && (as_caller || as_callee)
+            })
+            .map(|call| (call.id, call.video.is_some()))
     }
 
     /// Frees what a call holds (media, busy marks, indexes).
