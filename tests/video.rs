@@ -440,3 +440,84 @@ async fn f_vid_02_forwarding_order_stop_and_reports_relayed_to_the_destination_h
     assert_all_freed(&cluster).await;
     cluster.shutdown().await;
 }
+
+/// F-VID-01 (initial INVITE and hostile video): an INVITE whose video m-line the relay cannot
+/// read gets 488 and holds nothing; an INVITE with audio + video sets up both streams through
+/// tcf-b and tcf-c, video byte-exact both ways; a re-INVITE with a broken video m-line gets 488
+/// and the call (audio and video) goes on unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_vid_01_initial_video_and_bad_video_lines_refused_with_488() {
+    let cluster = Cluster::start(12400).await;
+    cluster.wait_all_up().await;
+    let mut caller = Phone::register("1100", "alpha", cluster.address(B)).await;
+    let mut callee = Phone::register("1300", "charlie", cluster.address(C)).await;
+    let caller_video = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let callee_video = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let caller_video_port = caller_video.local_addr().unwrap().port();
+    let callee_video_port = callee_video.local_addr().unwrap().port();
+
+    let bad_lines = [
+        format!("m=video {caller_video_port} RTP/AVP 96 300\r\n"),
+        format!("m=video {caller_video_port} RTP/AVP h264\r\n"),
+        format!("m=video {caller_video_port}/2 RTP/AVP 96\r\n"),
+        format!("m=video {caller_video_port} RTP/AVP 96\r\nc=IN IP4 camera.example.com\r\n"),
+    ];
+    for line in &bad_lines {
+        let body = sdp(caller.rtp_port(), "sendrecv") + line;
+        let mut call = caller.invite_text("1300", &body);
+        caller.send(&call.invite).await;
+        assert_eq!(caller.final_for(&mut call).await, 488, "{line}");
+    }
+    assert!(
+        callee.next(Duration::from_millis(200)).await.is_none(),
+        "the callee saw nothing"
+    );
+    assert_all_freed(&cluster).await;
+
+    // Audio + video from the start.
+    let offer = av_sdp(caller.rtp_port(), caller_video_port, "sendrecv");
+    let mut call = caller.invite_text("1300", &offer);
+    caller.send(&call.invite).await;
+    let mut incoming = callee.incoming().await;
+    let video_to_caller = video_address(incoming.invite.body()).unwrap();
+    assert!(video_to_caller.port() != 0 && video_to_caller.port() != caller_video_port);
+    let answer = av_answer(incoming.invite.body(), callee.rtp_port(), callee_video_port);
+    callee
+        .respond(&incoming.invite, &incoming.tag, 200, "OK", Some(&answer))
+        .await;
+    assert_eq!(caller.final_for(&mut call).await, 200);
+    callee.expect_request("ACK").await;
+    let ok = caller
+        .seen
+        .iter()
+        .rev()
+        .find(|m| m.status() == Some(200))
+        .unwrap()
+        .clone();
+    let video_to_callee = video_address(ok.body()).unwrap();
+    assert!(video_to_callee.port() != 0 && video_to_callee.port() != callee_video_port);
+    check_video_flows(&caller_video, video_to_callee, &callee_video, 1).await;
+    check_video_flows(&callee_video, video_to_caller, &caller_video, 2).await;
+
+    // A broken video line in a re-INVITE (from the callee): 488, nothing changes.
+    let broken = sdp(callee.rtp_port(), "sendrecv") + "m=video 5000 RTP/AVP 96 999\r\n";
+    callee
+        .callee_request_with(&mut incoming, "INVITE", Some(&broken), "")
+        .await;
+    let refused = callee.expect_response("INVITE", 200).await;
+    assert_eq!(refused.status(), Some(488));
+    callee.callee_ack(&incoming).await;
+    // (A late retransmission of the set-up's 200 may still come; no request does.)
+    while let Some(message) = caller.next(Duration::from_millis(200)).await {
+        assert!(message.method().is_none(), "no request reached the caller");
+    }
+    check_video_flows(&caller_video, video_to_callee, &callee_video, 3).await;
+    check_rtp_flows(&caller, call.remote_rtp.unwrap(), &callee, 4).await;
+
+    caller.in_dialog(&mut call, "BYE", None).await;
+    caller.expect_response("BYE", 200).await;
+    let bye = callee.expect_request("BYE").await;
+    callee.ok(&bye).await;
+    assert_all_freed(&cluster).await;
+    cluster.shutdown().await;
+}

@@ -15,8 +15,8 @@
 //! - towards the terminal the INVITE says `answermode=direct` whatever the target's provisioned
 //!   answer mode, and carries the call type: the terminal answers at once, without alerting;
 //! - media is the DC's offer (`a=recvonly`) relayed to the terminal, which answers
-//!   `a=sendonly`; the relay carries the audio stream; a video m-line (ambient viewing) is
-//!   passed on with port 0, i.e. declined, since the relay bridges carry one stream per call;
+//!   `a=sendonly`; the relay carries the audio stream and, for ambient viewing, the video stream
+//!   on a second bridge (F-VID-01, module [`super::video`]);
 //! - every BYE the node sends for it carries `Ptt-Extension: pttrelease;cause=<n>`: the cause
 //!   of the BYE that ended it, else 64 (ordinary release). A BYE's `pttrelease` is passed on
 //!   the same way for every single call (`call.rs`).
@@ -33,7 +33,7 @@ use super::*;
 pub(super) enum Ambient {
     /// Ambient listening: audio from the terminal to the DC.
     Listening,
-    /// Ambient viewing: audio and video offered (the relay carries the audio).
+    /// Ambient viewing: audio and video offered (the relay carries both, F-VID-01).
     Viewing,
 }
 
