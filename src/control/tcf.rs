@@ -2098,11 +2098,27 @@ fn response_destination_of(request: &Message, from: SocketAddr) -> SocketAddr {
     request.top_via().map_or(from, |via| response_destination(&via, from))
 }
 
+/// The user number of a name-addr header value (From, To, P-Asserted-Identity).
+fn user_of(address: Result<crate::sip::NameAddr<'_>, crate::sip::HeaderError>) -> Option<Number> {
+    let address = address.ok()?;
+    Number::parse(address.uri().as_sip()?.user()?).ok()
+}
+
+/// The user a peer TCF names in P-Asserted-Identity.
+fn asserted_user(message: &Message) -> Option<Number> {
+    let header = message.headers_named("P-Asserted-Identity").next()?;
+    let value = header.value_str()?;
+    user_of(crate::sip::NameAddr::parse(value.as_bytes()))
+}
+
+/// The user number in the From URI.
+fn from_user(request: &Message) -> Option<Number> {
+    user_of(request.from())
+}
+
 /// The user number in the To URI.
 fn to_user(request: &Message) -> Option<Number> {
-    let to = request.to().ok()?;
-    let user = to.uri().as_sip()?.user()?;
-    Number::parse(user).ok()
+    user_of(request.to())
 }
 
 /// The user number in the Request-URI.

@@ -515,7 +515,7 @@ impl Tcf {
         action: Action,
         source: SocketAddr,
     ) {
-        let dc = user_of_from(&request);
+        let dc = from_user(&request);
         let registered = dc
             .as_ref()
             .and_then(|dc| self.bindings.get(dc))
@@ -943,7 +943,7 @@ impl Tcf {
         };
         let Some(peer) = peer else {
             // From the terminal itself, registered here.
-            let registered = user_of_from(&request).as_ref() == Some(&user)
+            let registered = from_user(&request).as_ref() == Some(&user)
                 && self
                     .bindings
                     .get(&user)
@@ -1151,12 +1151,6 @@ impl Tcf {
             }
         }
     }
-}
-
-/// The user number in the From URI.
-fn user_of_from(request: &Message) -> Option<Number> {
-    let from = request.from().ok()?;
-    Number::parse(from.uri().as_sip()?.user()?).ok()
 }
 
 #[cfg(test)]

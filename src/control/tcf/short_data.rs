@@ -663,20 +663,6 @@ fn payload_of(request: &Message) -> Result<Payload, (u16, &'static str)> {
     })
 }
 
-/// The user named in `address` (From), when it is a number.
-fn user_of(address: Result<crate::sip::NameAddr<'_>, crate::sip::HeaderError>) -> Option<Number> {
-    let address = address.ok()?;
-    Number::parse(address.uri().as_sip()?.user()?).ok()
-}
-
-/// The user a peer names in P-Asserted-Identity.
-fn asserted_user(message: &Message) -> Option<Number> {
-    let header = message.headers_named("P-Asserted-Identity").next()?;
-    let value = header.value_str()?;
-    let address = crate::sip::NameAddr::parse(value.as_bytes()).ok()?;
-    Number::parse(address.uri().as_sip()?.user()?).ok()
-}
-
 #[cfg(test)]
 mod tests {
     //! Short data between three cores in simulated time: terminals are plain addresses whose

@@ -268,12 +268,6 @@ impl Skr {
     }
 }
 
-/// The user number in the From URI.
-fn from_user(request: &Message) -> Option<Number> {
-    let from = request.from().ok()?;
-    Number::parse(from.uri().as_sip()?.user()?).ok()
-}
-
 impl Tcf {
     /// A user's stun/kill state at this node (as its home, or as a copy where it is served).
     pub fn skr_state(&self, user: &Number) -> SkrState {
