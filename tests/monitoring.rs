@@ -319,3 +319,204 @@ async fn f_mon_01_dc_monitors_a_group_and_hears_its_calls() {
     end_call(&cluster, &mut caller, &mut call, &mut [&mut member, &mut dc]).await;
     cluster.shutdown().await;
 }
+
+/// F-MON-02: DC 9100 (home and serving tcf-a) monitors user 1300 (home tcf-c) registered at
+/// tcf-b: the order goes tcf-a → tcf-c (user's home) → tcf-b (serving), each hop answering 200
+/// once the next did; tcf-c and tcf-b record it (tcf-a only relays), the terminal is told
+/// nothing. The records survive a restart of tcf-c and tcf-b. When 1300 moves to tcf-a, its
+/// home tells tcf-a, and tcf-b's copy goes with the binding. Stop removes every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_mon_02_dc_monitors_a_user_through_its_home_and_serving_tcf() {
+    let mut cluster = Cluster::start(13700).await;
+    cluster.wait_all_up().await;
+    let mut events: Vec<_> = (0..3).map(|index| cluster.node(index).sip.subscribe()).collect();
+    let mut dc = Phone::register("9100", "dispatch-a", cluster.address(A)).await;
+    let mut user = Phone::register("1300", "charlie", cluster.address(B)).await;
+
+    assert_eq!(order(&mut dc, "1300", "pttmonitor;UDN=1300;action=start").await, 200);
+    expect_changed(&mut events[C], "1300", "9100", true).await;
+    expect_changed(&mut events[B], "1300", "9100", true).await;
+    let at_home = vec![record(MonitorKind::User, "1300", "9100", "tcf-a")];
+    let at_serving = vec![record(MonitorKind::User, "1300", "9100", "tcf-c")];
+    assert_eq!(monitors(&cluster, C).await, at_home);
+    assert_eq!(monitors(&cluster, B).await, at_serving);
+    assert!(monitors(&cluster, A).await.is_empty(), "the DC's TCF only relays");
+    assert!(
+        user.next(Duration::from_millis(300)).await.is_none(),
+        "the monitored terminal is told nothing"
+    );
+    // The same order again: 200, nothing changes.
+    assert_eq!(order(&mut dc, "1300", "pttmonitor;UDN=1300;action=start").await, 200);
+    assert_eq!(monitors(&cluster, C).await, at_home);
+
+    // Both records survive a restart of the user's home and serving TCF.
+    cluster.stop(B).await;
+    cluster.stop(C).await;
+    cluster.restart(B).await;
+    cluster.restart(C).await;
+    cluster.wait_all_up().await;
+    assert_eq!(monitors(&cluster, C).await, at_home);
+    assert_eq!(monitors(&cluster, B).await, at_serving);
+
+    // 1300 moves to tcf-a: its home tells tcf-a; tcf-b's copy goes with the binding.
+    let mut events_a = cluster.node(A).sip.subscribe();
+    let moved = Phone::register("1300", "charlie", cluster.address(A)).await;
+    expect_changed(&mut events_a, "1300", "9100", true).await;
+    assert_eq!(
+        monitors(&cluster, A).await,
+        vec![record(MonitorKind::User, "1300", "9100", "tcf-c")]
+    );
+    let handle = &cluster.node(B).sip;
+    let gone = wait_for(WAIT, || async { handle.monitors().await.is_some_and(|m| m.is_empty()) }).await;
+    assert!(gone, "tcf-b no longer serves 1300");
+
+    // Stop: tcf-a → tcf-c → tcf-a (now serving); every record gone.
+    let mut events_c = cluster.node(C).sip.subscribe();
+    assert_eq!(order(&mut dc, "1300", "pttmonitor;UDN=1300;action=stop").await, 200);
+    expect_changed(&mut events_c, "1300", "9100", false).await;
+    for index in [A, B, C] {
+        assert!(monitors(&cluster, index).await.is_empty(), "{}", NAMES[index]);
+    }
+    drop(moved);
+    cluster.shutdown().await;
+}
+
+/// F-MON-01 decision: group monitoring survives a restart of the group home. DC 9200 (tcf-b)
+/// monitors 2300 (home tcf-c); tcf-c restarts; a call of 2300 still reaches 9200. Stopped, and
+/// tcf-c restarted again, the next call leaves it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_mon_01_group_monitoring_survives_a_restart_of_the_group_home() {
+    let mut cluster = Cluster::start(13800).await;
+    cluster.wait_all_up().await;
+    let mut dc = Phone::register("9200", "dispatch-b", cluster.address(B)).await;
+    let mut caller = Phone::register("1310", "charlie", cluster.address(C)).await;
+    let mut member = Phone::register("1311", "charlie", cluster.address(C)).await;
+
+    assert_eq!(order(&mut dc, "2300", "pttmonitor;GDN=2300;action=start").await, 200);
+    cluster.stop(C).await;
+    cluster.restart(C).await;
+    cluster.wait_all_up().await;
+    assert_eq!(
+        monitors(&cluster, C).await,
+        vec![record(MonitorKind::Group, "2300", "9200", "tcf-b")]
+    );
+
+    let (mut call, pt) = set_up(&mut caller, "2300").await;
+    join(&mut member, "2300").await;
+    join(&mut dc, "2300").await;
+    hears(&caller, &call, pt, &dc, 8).await;
+    end_call(&cluster, &mut caller, &mut call, &mut [&mut member, &mut dc]).await;
+
+    assert_eq!(order(&mut dc, "2300", "pttmonitor;GDN=2300;action=stop").await, 200);
+    cluster.stop(C).await;
+    cluster.restart(C).await;
+    cluster.wait_all_up().await;
+    assert!(monitors(&cluster, C).await.is_empty());
+    let (mut call, _) = set_up(&mut caller, "2300").await;
+    join(&mut member, "2300").await;
+    assert!(
+        !invited_within(&mut dc, Duration::from_millis(800)).await,
+        "9200 stopped monitoring"
+    );
+    end_call(&cluster, &mut caller, &mut call, &mut [&mut member]).await;
+    cluster.shutdown().await;
+}
+
+/// F-MON-01/02 refusals: a terminal that is no dispatcher (403), an address that registered
+/// nothing (403), unknown targets (404), malformed orders (400), a target home that is down
+/// (503), a serving TCF that is down (503, nothing recorded); the nodes go on working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_mon_hostile_orders_are_refused() {
+    let mut cluster = Cluster::start(13900).await;
+    cluster.wait_all_up().await;
+    let mut dc = Phone::register("9200", "dispatch-b", cluster.address(B)).await;
+    let mut other_dc = Phone::register("9100", "dispatch-a", cluster.address(A)).await;
+    let mut terminal = Phone::register("1200", "bravo", cluster.address(B)).await;
+    let _monitored = Phone::register("1301", "charlie", cluster.address(C)).await;
+
+    let (refused, _) = exchange(&mut terminal, "2300", "pttmonitor;GDN=2300;action=start").await;
+    assert_eq!(
+        (refused.status(), reason(&refused)),
+        (Some(403), "Forbidden (not a dispatcher)".to_owned())
+    );
+    let cases: &[(&str, &str, u16)] = &[
+        ("2999", "pttmonitor;GDN=2999;action=start", 404),
+        ("1999", "pttmonitor;UDN=1999;action=start", 404),
+        ("2300", "pttmonitor;GDN=2300;action=listen", 400),
+        ("2300", "pttmonitor;GDN=2300", 400),
+        ("2300", "pttmonitor;GDN=2300;UDN=1300;action=start", 400),
+        ("2300", "pttmonitor;GDN=23x0;action=start", 400),
+        ("2300", "pttmonitor;action=start", 400),
+        ("2300", "pttmonitor;GDN=;action=stop", 400),
+        ("2200", "pttmonitor;GDN=2300;action=start", 400),
+        ("2300", "pttmonitor;GDN=2300;action=start;DC=", 400),
+    ];
+    for (uri_user, extension, status) in cases {
+        assert_eq!(order(&mut dc, uri_user, extension).await, *status, "{extension}");
+    }
+    assert!(monitors(&cluster, C).await.is_empty(), "no refused order was recorded");
+    // A `DC` from the DC itself is ignored: the order is the sender's.
+    let extension = "pttmonitor;GDN=2300;action=start;DC=9101";
+    assert_eq!(order(&mut dc, "2300", extension).await, 200);
+    assert_eq!(
+        monitors(&cluster, C).await,
+        vec![record(MonitorKind::Group, "2300", "9200", "tcf-b")]
+    );
+
+    // The DC's identity from an address that registered nothing.
+    let stranger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let text = message_text(&dc, "2300", "pttmonitor;GDN=2300;action=stop").replace(
+        &dc.sip_address().to_string(),
+        &stranger.local_addr().unwrap().to_string(),
+    );
+    stranger.send_to(text.as_bytes(), cluster.address(B)).await.unwrap();
+    let mut buffer = vec![0u8; 65_536];
+    let (length, _) = tokio::time::timeout(WAIT, stranger.recv_from(&mut buffer))
+        .await
+        .unwrap()
+        .unwrap();
+    let response = Message::parse_datagram(bytes::Bytes::copy_from_slice(&buffer[..length])).unwrap();
+    assert_eq!(response.status(), Some(403), "unregistered source");
+    assert_eq!(monitors(&cluster, C).await.len(), 1, "still monitoring");
+
+    // The monitored user's serving TCF is down (1301 is at tcf-c, home tcf-c: one hop; 1200
+    // is at tcf-b, home tcf-b: one hop); a user of tcf-c served at tcf-b: tcf-b down → 503.
+    let _visitor = Phone::register("1302", "charlie", cluster.address(B)).await;
+    assert_eq!(
+        order(&mut other_dc, "1301", "pttmonitor;UDN=1301;action=start").await,
+        200
+    );
+    cluster.stop(B).await;
+    let handle = &cluster.node(C).sip;
+    let down = wait_for(WAIT, || async { handle.peer_up("tcf-b").await == Some(false) }).await;
+    assert!(down, "tcf-c sees tcf-b down");
+    let (refused, _) = exchange(&mut other_dc, "1302", "pttmonitor;UDN=1302;action=start").await;
+    assert_eq!(refused.status(), Some(503), "{}", reason(&refused));
+    assert_eq!(
+        monitors(&cluster, C).await,
+        vec![
+            record(MonitorKind::Group, "2300", "9200", "tcf-b"),
+            record(MonitorKind::User, "1301", "9100", "tcf-a"),
+        ],
+        "nothing recorded for 1302"
+    );
+    // The target's home is down: the DC's TCF answers 503 at once.
+    cluster.stop(C).await;
+    let handle = &cluster.node(A).sip;
+    let down = wait_for(WAIT, || async { handle.peer_up("tcf-c").await == Some(false) }).await;
+    assert!(down, "tcf-a sees tcf-c down");
+    assert_eq!(
+        order(&mut other_dc, "2300", "pttmonitor;GDN=2300;action=start").await,
+        503
+    );
+    // Still working: an order for a group homed on tcf-a itself.
+    assert_eq!(
+        order(&mut other_dc, "2100", "pttmonitor;GDN=2100;action=start").await,
+        200
+    );
+    assert_eq!(
+        monitors(&cluster, A).await,
+        vec![record(MonitorKind::Group, "2100", "9100", "tcf-a")]
+    );
+    cluster.shutdown().await;
+}
