@@ -702,3 +702,331 @@ impl Tcf {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The monitoring records, the order's parser, and the relay between two cores in
+    //! simulated time.
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::sip::headers::PttExtension;
+
+    fn n(text: &str) -> Number {
+        Number::parse(text).unwrap()
+    }
+
+    fn key(kind: MonitorKind, target: &str, dc: &str) -> MonitorKey {
+        MonitorKey {
+            kind,
+            target: n(target),
+            dc: n(dc),
+        }
+    }
+
+    #[test]
+    fn records_start_and_stop_with_one_write_per_change() {
+        let mut monitors = Monitors::default();
+        let group = key(MonitorKind::Group, "2000", "9100");
+        let write = monitors.apply(&group, Action::Start, "b").unwrap();
+        assert_eq!(
+            write,
+            Some(StoreWrite::PutMonitor(MonitorRecord {
+                key: group.clone(),
+                from_tcf: "b".to_owned()
+            }))
+        );
+        assert_eq!(monitors.apply(&group, Action::Start, "b").unwrap(), None, "no change");
+        assert!(
+            monitors.apply(&group, Action::Start, "c").unwrap().is_some(),
+            "moved DC"
+        );
+        // A user of the same number is another relation.
+        let user = key(MonitorKind::User, "2000", "9100");
+        assert!(!monitors.contains(MonitorKind::User, &n("2000"), &n("9100")));
+        assert_eq!(monitors.apply(&user, Action::Stop, "b").unwrap(), None);
+        let gdn = n("2000");
+        let of: Vec<(&Number, &str)> = monitors.of(MonitorKind::Group, &gdn).collect();
+        assert_eq!(of, vec![(&n("9100"), "c")]);
+        assert_eq!(
+            monitors.apply(&group, Action::Stop, "b").unwrap(),
+            Some(StoreWrite::RemoveMonitor(group.clone()))
+        );
+        assert!(monitors.records().is_empty());
+        assert_eq!(group.store_key(), "group/2000/9100");
+        assert_eq!(user.store_key(), "user/2000/9100");
+    }
+
+    #[test]
+    fn records_are_bounded() {
+        let mut monitors = Monitors::default();
+        for index in 0..MAX_MONITORS {
+            let dc = format!("{}", 100_000 + index);
+            monitors
+                .apply(&key(MonitorKind::Group, "2000", &dc), Action::Start, "a")
+                .unwrap();
+        }
+        let one_more = key(MonitorKind::Group, "2001", "9100");
+        assert_eq!(monitors.apply(&one_more, Action::Start, "a"), Err(Full::Full));
+        // Stopping and refreshing still work when full.
+        let first = key(MonitorKind::Group, "2000", "100000");
+        assert_eq!(
+            monitors.apply(&first, Action::Start, "b").map(|w| w.is_some()),
+            Ok(true)
+        );
+        assert!(monitors.apply(&first, Action::Stop, "b").unwrap().is_some());
+    }
+
+    fn parse(value: &str) -> Result<Order, &'static str> {
+        let extension = PttExtension::parse(value.as_bytes()).map_err(|_| "unparsable")?;
+        Order::parse(&extension)
+    }
+
+    #[test]
+    fn orders_parse_defensively_and_render_back() {
+        let order = parse("pttmonitor;GDN=2300;action=START;DC=9100").unwrap();
+        assert_eq!(
+            order,
+            Order {
+                kind: MonitorKind::Group,
+                target: n("2300"),
+                action: Action::Start,
+                dc: Some(n("9100")),
+            }
+        );
+        assert_eq!(order.render(), "pttmonitor;GDN=2300;action=start;DC=9100");
+        let order = parse("pttmonitor;UDN=1300;action=stop").unwrap();
+        assert_eq!(order.render(), "pttmonitor;UDN=1300;action=stop");
+        for bad in [
+            "pttmonitor",
+            "pttmonitor;action=start",
+            "pttmonitor;GDN=2300",
+            "pttmonitor;GDN=2300;action=listen",
+            "pttmonitor;GDN=2300;action=",
+            "pttmonitor;GDN=;action=start",
+            "pttmonitor;GDN=23a;action=start",
+            "pttmonitor;UDN=1300;GDN=2300;action=start",
+            "pttmonitor;UDN=1300;action=start;DC=x",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} is refused");
+        }
+    }
+
+    // ---- two cores: a DC's order relayed b → a, in simulated time ----------------------------
+
+    const NETWORK: &str = "[[tcf]]\nname = \"a\"\nsip = \"127.0.0.1:5801\"\nusers = [\"1000-1099\"]\ngroups = [\"2000\"]\nsecret = \"sa\"\n\
+                           [[tcf]]\nname = \"b\"\nsip = \"127.0.0.1:5802\"\nusers = [\"1100-1199\", \"9100\"]\nsecret = \"sb\"\n";
+    const SUBSCRIBERS: &str =
+        "[[user]]\nnumber = \"1000-1001\"\npassword = \"pw\"\n[[user]]\nnumber = \"1100-1101\"\npassword = \"pw\"\n\
+                               [[user]]\nnumber = \"9100\"\npassword = \"pw\"\nkind = \"dispatcher\"\n\
+                               [[group]]\nnumber = \"2000\"\nmembers = [\"1000-1001\"]\n";
+    const DC: &str = "127.0.0.1:7200";
+    const USER: &str = "127.0.0.1:7201";
+
+    struct Pair {
+        a: Tcf,
+        b: Tcf,
+        start: Instant,
+        wall: SystemTime,
+        a_silent: bool,
+    }
+
+    impl Pair {
+        /// Group 2000 and users 10xx homed on a; DC 9100 and user 1100 homed on and served by b.
+        fn new() -> Pair {
+            let (start, wall) = (Instant::now(), SystemTime::now());
+            let network = Arc::new(Network::from_toml("n", NETWORK).unwrap());
+            let subscribers = Arc::new(Subscribers::from_toml("s", SUBSCRIBERS).unwrap());
+            let core = |name: &str| {
+                let sip = crate::config::Config::from_toml("[sip]\nrealm = \"test\"\nt1_ms = 100\n")
+                    .unwrap()
+                    .sip;
+                let config = TcfConfig::new(name, sip, [7; 32]).unwrap();
+                Tcf::new(
+                    config,
+                    Arc::clone(&network),
+                    Arc::clone(&subscribers),
+                    Now { instant: start, wall },
+                    1,
+                )
+                .unwrap()
+            };
+            let (a, mut b) = (core("a"), core("b"));
+            let unix = wall.duration_since(UNIX_EPOCH).unwrap().as_secs();
+            let binding = |user: &str, address: &str| Binding {
+                user: n(user),
+                contact: format!("<sip:{user}@{address}>"),
+                address: address.parse().unwrap(),
+                expires_at: unix + 3600,
+            };
+            b.restore(
+                vec![binding("9100", DC), binding("1100", USER)],
+                vec![],
+                vec![],
+                Now { instant: start, wall },
+            );
+            Pair {
+                a,
+                b,
+                start,
+                wall,
+                a_silent: false,
+            }
+        }
+
+        fn at(&self, millis: u64) -> Now {
+            Now {
+                instant: self.start + Duration::from_millis(millis),
+                wall: self.wall + Duration::from_millis(millis),
+            }
+        }
+
+        /// Moves datagrams between the cores until they are quiet; returns the final statuses
+        /// sent to terminals, the store writes and the events.
+        fn run(&mut self, millis: u64) -> (Vec<(SocketAddr, u16)>, Vec<StoreWrite>, Vec<TcfEvent>) {
+            let now = self.at(millis);
+            let (mut statuses, mut writes, mut events) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..100 {
+                let mut moved = false;
+                for from_a in [true, false] {
+                    let (from, to) = if from_a {
+                        (&mut self.a, &mut self.b)
+                    } else {
+                        (&mut self.b, &mut self.a)
+                    };
+                    let from_address = from.address();
+                    let mut datagrams = Vec::new();
+                    while let Some(output) = from.poll_output() {
+                        match output {
+                            Output::Transmit { destination, bytes } => datagrams.push((destination, bytes)),
+                            Output::Store(write) => writes.push(write),
+                            Output::Event(event) => events.push(event),
+                        }
+                    }
+                    for (destination, bytes) in datagrams {
+                        if destination == to.address() {
+                            if !(self.a_silent && !from_a) {
+                                moved = true;
+                                to.handle_datagram(now, from_address, bytes);
+                            }
+                        } else if let Some(status) = Message::parse_datagram(bytes).unwrap().status() {
+                            if status >= 200 {
+                                statuses.push((destination, status));
+                            }
+                        }
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+            (statuses, writes, events)
+        }
+
+        fn terminal_sends(&mut self, millis: u64, from: &str, address: &str, uri_user: &str, extension: &str) {
+            let text = format!(
+                "MESSAGE sip:{uri_user}@127.0.0.1:5802 SIP/2.0\r\nVia: SIP/2.0/UDP {address};branch=z9hG4bK{millis}{from};rport\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:{from}@127.0.0.1:5802>;tag=t\r\nTo: <sip:{uri_user}@127.0.0.1:5802>\r\n\
+                 Call-ID: m{millis}{from}@t\r\nCSeq: 1 MESSAGE\r\nPtt-Extension: {extension}\r\nContent-Length: 0\r\n\r\n"
+            );
+            let now = self.at(millis);
+            self.b
+                .handle_datagram(now, address.parse().unwrap(), Bytes::copy_from_slice(text.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn a_group_order_is_relayed_to_the_group_home_which_records_it() {
+        let mut pair = Pair::new();
+        pair.terminal_sends(0, "9100", DC, "2000", "pttmonitor;GDN=2000;action=start");
+        let (statuses, writes, events) = pair.run(0);
+        let address: SocketAddr = DC.parse().unwrap();
+        assert_eq!(statuses, vec![(address, 200)]);
+        let record = MonitorRecord {
+            key: key(MonitorKind::Group, "2000", "9100"),
+            from_tcf: "b".to_owned(),
+        };
+        assert_eq!(
+            writes,
+            vec![StoreWrite::PutMonitor(record.clone())],
+            "only the home records"
+        );
+        assert_eq!(pair.a.monitors(), vec![record.clone()]);
+        assert!(pair.b.monitors().is_empty());
+        assert!(pair.a.monitors_group(&n("2000"), &n("9100")));
+        assert!(events
+            .iter()
+            .any(|event| matches!(event, TcfEvent::MonitorChanged { monitoring: true, .. })));
+        // Without a running call, the group home's listeners are known for the next one.
+        assert_eq!(pair.a.group_monitors(&n("2000")), vec![(n("9100"), "b".to_owned())]);
+
+        // A restored home knows it again; a record whose DC is no dispatcher any more goes.
+        let mut restored = Pair::new();
+        let stray = MonitorRecord {
+            key: key(MonitorKind::Group, "2000", "1100"),
+            from_tcf: "b".to_owned(),
+        };
+        restored.a.restore_monitors(vec![record.clone(), stray.clone()]);
+        assert_eq!(restored.a.monitors(), vec![record]);
+        let (_, writes, _) = restored.run(0);
+        assert!(writes.contains(&StoreWrite::RemoveMonitor(stray.key)));
+
+        // Stop: removed.
+        pair.terminal_sends(10, "9100", DC, "2000", "pttmonitor;GDN=2000;action=stop");
+        let (statuses, writes, _) = pair.run(10);
+        assert_eq!(statuses, vec![(address, 200)]);
+        assert_eq!(
+            writes,
+            vec![StoreWrite::RemoveMonitor(key(MonitorKind::Group, "2000", "9100"))]
+        );
+        assert!(pair.a.monitors().is_empty());
+    }
+
+    #[test]
+    fn refusals_record_nothing() {
+        let mut pair = Pair::new();
+        let cases = [
+            ("1100", USER, "2000", "pttmonitor;GDN=2000;action=start", 403),
+            (
+                "9100",
+                "127.0.0.1:7299",
+                "2000",
+                "pttmonitor;GDN=2000;action=start",
+                403,
+            ),
+            ("9100", DC, "2999", "pttmonitor;GDN=2999;action=start", 404),
+            ("9100", DC, "1999", "pttmonitor;UDN=1999;action=start", 404),
+            ("9100", DC, "2000", "pttmonitor;GDN=2000;action=go", 400),
+            ("9100", DC, "2000", "pttmonitor;GDN=2000;UDN=1000;action=go", 400),
+        ];
+        for (index, (from, address, uri_user, extension, status)) in cases.into_iter().enumerate() {
+            let millis = index as u64;
+            pair.terminal_sends(millis, from, address, uri_user, extension);
+            let (statuses, writes, _) = pair.run(millis);
+            let address: SocketAddr = address.parse().unwrap();
+            assert_eq!(statuses, vec![(address, status)], "{extension}");
+            assert!(writes.is_empty(), "{extension}");
+        }
+    }
+
+    #[test]
+    fn an_order_to_a_silent_home_times_out_with_408() {
+        let mut pair = Pair::new();
+        pair.a_silent = true;
+        pair.terminal_sends(0, "9100", DC, "1000", "pttmonitor;UDN=1000;action=start");
+        let (statuses, _, _) = pair.run(0);
+        assert!(statuses.is_empty(), "no answer yet");
+        let mut status = None;
+        for step in 1..=80 {
+            let millis = step * 100;
+            let now = pair.at(millis);
+            pair.b.handle_timeout(now);
+            let (statuses, _, _) = pair.run(millis);
+            status = status.or(statuses.first().map(|(_, status)| *status));
+        }
+        assert_eq!(status, Some(408), "64·T1 without an answer");
+        assert!(pair.b.monitors().is_empty() && pair.a.monitors().is_empty());
+    }
+}
