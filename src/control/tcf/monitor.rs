@@ -907,7 +907,7 @@ mod tests {
                     }
                     for (destination, bytes) in datagrams {
                         if destination == to.address() {
-                            if !(self.a_silent && !from_a) {
+                            if !self.a_silent || from_a {
                                 moved = true;
                                 to.handle_datagram(now, from_address, bytes);
                             }
