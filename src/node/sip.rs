@@ -531,7 +531,7 @@ async fn carry_out(
                 datagrams.push(destination, bytes);
             }
             Output::Store(write) => {
-                // A dispatcher's order (regrouping F-RGP-02, stun/kill/revive F-SKR-02) is
+                // A dispatcher's order (regrouping F-RGP-02, stun/kill/revive F-SKR-02, monitoring F-MON) is
                 // answered only once it is on disk: the answer follows this write in the outputs.
                 let durable = matches!(
                     write,
