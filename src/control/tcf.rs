@@ -138,6 +138,10 @@ pub enum StoreWrite {
     PutSkrState(SkrRecord),
     /// Delete a user's stun/kill state (revived: active).
     RemoveSkrState(Number),
+    /// Save a monitoring relation (F-MON-01, F-MON-02).
+    PutMonitor(MonitorRecord),
+    /// Delete a monitoring relation.
+    RemoveMonitor(MonitorKey),
 }
 
 /// Something that happened, for logs, metrics and tests.
@@ -283,6 +287,14 @@ pub enum TcfEvent {
         /// Its result (0: done).
         result: u16,
     },
+    /// A DC started or stopped monitoring a group or user, as recorded at this node (F-MON-01,
+    /// F-MON-02).
+    MonitorChanged {
+        /// Who monitors what.
+        key: MonitorKey,
+        /// Whether it monitors now.
+        monitoring: bool,
+    },
     /// This node answered a short-data MESSAGE (F-SDS-01): `status` went back to whoever sent
     /// it here (the group home answers a multicast message once it has accepted it).
     ShortData {
@@ -406,6 +418,8 @@ enum Pending {
     ShortData(Box<short_data::Forward>),
     /// A SUBSCRIBE or NOTIFY of a DC subscription (F-SUB-01/02).
     Subscription(Box<subscription::Sent>),
+    /// A monitoring order relayed downstream (F-MON-01, F-MON-02).
+    Monitor(Box<monitor::Relay>),
 }
 
 /// The SIP application core of one TCF node.
@@ -443,6 +457,7 @@ pub struct Tcf {
     groups: group::Groups,
     regroups: regroup::Regroups,
     skr: skr::Skr,
+    monitors: monitor::Monitors,
     short_data: ShortDataCounters,
     subscriptions: subscription::Subscriptions,
     malformed_log: LogLimiter,
@@ -498,6 +513,7 @@ impl LogLimiter {
 mod ambient;
 mod call;
 mod group;
+mod monitor;
 mod regroup;
 mod resend;
 mod skr;
@@ -510,6 +526,7 @@ mod subscription;
 
 pub use subscription::{Package, MAX_SUBSCRIPTIONS, MAX_SUBSCRIPTIONS_PER_DISPATCHER};
 
+pub use monitor::{MonitorKey, MonitorKind, MonitorRecord};
 pub use regroup::Regroup;
 
 impl Tcf {
@@ -581,6 +598,7 @@ impl Tcf {
             groups: group::Groups::default(),
             regroups: regroup::Regroups::default(),
             skr: skr::Skr::default(),
+            monitors: monitor::Monitors::default(),
             short_data: ShortDataCounters::default(),
             subscriptions: subscription::Subscriptions::default(),
             malformed_log: LogLimiter::default(),
@@ -1484,6 +1502,7 @@ impl Tcf {
         self.registered(now, &key, &request, &contact, expires);
         // After the 200, so the new serving TCF has bound the terminal when the order arrives.
         self.skr_registered(now, &user, &peer);
+        self.monitor_registered(now, &user, &peer);
     }
 
     /// Answers a successful REGISTER: `200 OK` with the binding's Contact and the period granted.
@@ -1511,6 +1530,7 @@ impl Tcf {
     fn unbind(&mut self, user: &Number, reason: &'static str) -> Option<Binding> {
         let binding = self.bindings.remove(user)?;
         self.skr_unbound(user);
+        self.monitor_unbound(user);
         self.groups.changed.push(user.clone());
         self.write(StoreWrite::RemoveBinding(user.clone()));
         self.event(TcfEvent::Unbound {
@@ -1696,6 +1716,7 @@ impl Tcf {
             Pending::Skr(relay) => self.skr_answered(now, relay, status, response),
             Pending::ShortData(forward) => self.short_data_answered(now, *forward, status, response),
             Pending::Subscription(sent) => self.subscription_answered(now, *sent, status, response),
+            Pending::Monitor(relay) => self.monitor_answered(now, *relay, status, response),
         }
     }
 
@@ -1879,6 +1900,10 @@ impl Tcf {
 
     fn message(&mut self, now: Now, key: TransactionKey, request: Message) {
         let Some(request) = self.skr_message(now, &key, request) else {
+            return;
+        };
+        // Monitoring orders (F-MON-01/02): `tcf/monitor.rs`.
+        let Some(request) = self.monitor_message(now, &key, request) else {
             return;
         };
         // Short data (F-SDS-01/02) and a Ptt-Extension that does not parse: `tcf/short_data.rs`.
