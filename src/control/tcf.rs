@@ -1172,6 +1172,73 @@ impl Tcf {
         destination: SocketAddr,
         pending: Pending,
     ) -> Option<TransactionKey> {
+        self.send_with_body(
+            now,
+            method,
+            uri,
+            to,
+            from,
+            call_id,
+            from_tag,
+            cseq,
+            headers,
+            None,
+            destination,
+            pending,
+        )
+    }
+
+    /// A `MESSAGE` to `uri` at `destination` on behalf of `user` (From and
+    /// P-Asserted-Identity `<sip:user@this node>`), carrying `Ptt-Extension: extension` and
+    /// `body` (content type, bytes): the dispatcher orders, their reports and short data.
+    #[allow(clippy::too_many_arguments)]
+    fn send_message_as(
+        &mut self,
+        now: Now,
+        user: &str,
+        uri: &str,
+        extension: String,
+        body: Option<(&str, Bytes)>,
+        destination: SocketAddr,
+        pending: Pending,
+    ) -> Option<TransactionKey> {
+        let from = concat(&["<sip:", user, "@", &self.address_text, ">"]);
+        let to = concat(&["<", uri, ">"]);
+        let call_id = concat(&[&self.token(), "@", &self.config.name]);
+        let tag = self.token();
+        let headers = [("Ptt-Extension", extension), ("P-Asserted-Identity", from.clone())];
+        self.send_with_body(
+            now,
+            Method::Message,
+            uri,
+            &to,
+            &from,
+            &call_id,
+            &tag,
+            1,
+            &headers,
+            body,
+            destination,
+            pending,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_with_body(
+        &mut self,
+        now: Now,
+        method: Method<'_>,
+        uri: &str,
+        to: &str,
+        from: &str,
+        call_id: &str,
+        from_tag: &str,
+        cseq: u32,
+        headers: &[(&str, String)],
+        body: Option<(&str, Bytes)>,
+        destination: SocketAddr,
+        pending: Pending,
+    ) -> Option<TransactionKey> {
         let branch = self.branch();
         let sent_by = self.sent_by();
         let via = concat(&["SIP/2.0/UDP ", &sent_by, ";branch=", &branch, ";rport"]);
@@ -1188,6 +1255,9 @@ impl Tcf {
             .header(HeaderName::CSeq, cseq_text);
         for (name, value) in headers {
             builder = builder.raw_header(name, value);
+        }
+        if let Some((content_type, body)) = body {
+            builder = builder.body(content_type, body);
         }
         let request = builder.build_bytes().ok()?;
         let tx_method = TxMethod::from_token(method.as_str());
