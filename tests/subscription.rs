@@ -378,3 +378,53 @@ async fn f_sub_01_f_sub_02_refusals_and_flood() {
     drop(other);
     cluster.shutdown().await;
 }
+
+/// F-SUB-01 with dynamic regrouping (F-RGP): the group's state lists the effective members, so
+/// DC 9100 (tcf-a, a dispatcher of 2100) adding 1110 to group 2100 sends the subscribed DC 9200
+/// (tcf-b) a NOTIFY that lists it, and removing it another that does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_sub_01_a_regrouping_is_notified_to_the_group_subscriber() {
+    let cluster = Cluster::start(13500).await;
+    cluster.wait_all_up().await;
+    let subscriber = Phone::register("9200", "dispatch-b", cluster.address(B)).await;
+    let mut ordering = Phone::register("9100", "dispatch-a", cluster.address(A)).await;
+    let mut dc = Subscriber::new(subscriber, "2100", "ptt-group");
+    assert_eq!(dc.subscribe(120).await.status(), Some(200));
+    let first = dc.notify().await;
+    assert!(!body(&first).contains("number=\"1110\""), "{}", body(&first));
+
+    let (me, server) = (ordering.sip_address(), ordering.server);
+    let order = |action: &str| {
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<dgna>\n  <member>1110</member>\n</dgna>\n";
+        format!(
+            "MESSAGE sip:2100@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{branch:x};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:9100@{server}>;tag=r{tag:x}\r\nTo: <sip:2100@{server}>\r\n\
+             Call-ID: {call_id:x}@phone\r\nCSeq: 1 MESSAGE\r\nPtt-Extension: pptDGNA;GDN=2100;action={action}\r\n\
+             Content-Type: application/pttdgnagrpmbrlist+xml\r\nContent-Length: {length}\r\n\r\n{body}",
+            branch = rand::random::<u64>(),
+            tag = rand::random::<u32>(),
+            call_id = rand::random::<u64>(),
+            length = body.len(),
+        )
+    };
+    let add = order("add");
+    ordering.send(&add).await;
+    assert_eq!(ordering.expect_response("MESSAGE", 200).await.status(), Some(200));
+    let seen = dc
+        .notify_until(&["<member number=\"1110\" registered=\"false\"/>"])
+        .await;
+    assert!(!seen.is_empty());
+
+    let remove = order("remove");
+    ordering.send(&remove).await;
+    assert_eq!(ordering.expect_response("MESSAGE", 200).await.status(), Some(200));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let notify = dc.notify().await;
+        if !body(&notify).contains("number=\"1110\"") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no NOTIFY without 1110");
+    }
+    cluster.shutdown().await;
+}

@@ -138,6 +138,10 @@ pub enum StoreWrite {
     PutSkrState(SkrRecord),
     /// Delete a user's stun/kill state (revived: active).
     RemoveSkrState(Number),
+    /// Save a monitoring relation (F-MON-01, F-MON-02).
+    PutMonitor(MonitorRecord),
+    /// Delete a monitoring relation.
+    RemoveMonitor(MonitorKey),
 }
 
 /// Something that happened, for logs, metrics and tests.
@@ -295,6 +299,14 @@ pub enum TcfEvent {
         /// Its result (0: done).
         result: u16,
     },
+    /// A DC started or stopped monitoring a group or user, as recorded at this node (F-MON-01,
+    /// F-MON-02).
+    MonitorChanged {
+        /// Who monitors what.
+        key: MonitorKey,
+        /// Whether it monitors now.
+        monitoring: bool,
+    },
     /// This node answered a short-data MESSAGE (F-SDS-01): `status` went back to whoever sent
     /// it here (the group home answers a multicast message once it has accepted it).
     ShortData {
@@ -420,6 +432,8 @@ enum Pending {
     Subscription(Box<subscription::Sent>),
     /// A DC's video forwarding order relayed to the destination's home (F-VID-02).
     VideoForward(Box<video::ForwardRelay>),
+    /// A monitoring order relayed downstream (F-MON-01, F-MON-02).
+    Monitor(Box<monitor::Relay>),
 }
 
 /// The SIP application core of one TCF node.
@@ -459,6 +473,7 @@ pub struct Tcf {
     skr: skr::Skr,
     /// Running video forwardings (F-VID-02).
     video_forwards: video::Forwards,
+    monitors: monitor::Monitors,
     short_data: ShortDataCounters,
     subscriptions: subscription::Subscriptions,
     malformed_log: LogLimiter,
@@ -514,6 +529,7 @@ impl LogLimiter {
 mod ambient;
 mod call;
 mod group;
+mod monitor;
 mod regroup;
 mod resend;
 mod skr;
@@ -527,6 +543,7 @@ mod subscription;
 
 pub use subscription::{Package, MAX_SUBSCRIPTIONS, MAX_SUBSCRIPTIONS_PER_DISPATCHER};
 
+pub use monitor::{MonitorKey, MonitorKind, MonitorRecord};
 pub use regroup::Regroup;
 
 impl Tcf {
@@ -599,6 +616,7 @@ impl Tcf {
             regroups: regroup::Regroups::default(),
             skr: skr::Skr::default(),
             video_forwards: video::Forwards::default(),
+            monitors: monitor::Monitors::default(),
             short_data: ShortDataCounters::default(),
             subscriptions: subscription::Subscriptions::default(),
             malformed_log: LogLimiter::default(),
@@ -1172,6 +1190,73 @@ impl Tcf {
         destination: SocketAddr,
         pending: Pending,
     ) -> Option<TransactionKey> {
+        self.send_with_body(
+            now,
+            method,
+            uri,
+            to,
+            from,
+            call_id,
+            from_tag,
+            cseq,
+            headers,
+            None,
+            destination,
+            pending,
+        )
+    }
+
+    /// A `MESSAGE` to `uri` at `destination` on behalf of `user` (From and
+    /// P-Asserted-Identity `<sip:user@this node>`), carrying `Ptt-Extension: extension` and
+    /// `body` (content type, bytes): the dispatcher orders, their reports and short data.
+    #[allow(clippy::too_many_arguments)]
+    fn send_message_as(
+        &mut self,
+        now: Now,
+        user: &str,
+        uri: &str,
+        extension: String,
+        body: Option<(&str, Bytes)>,
+        destination: SocketAddr,
+        pending: Pending,
+    ) -> Option<TransactionKey> {
+        let from = concat(&["<sip:", user, "@", &self.address_text, ">"]);
+        let to = concat(&["<", uri, ">"]);
+        let call_id = concat(&[&self.token(), "@", &self.config.name]);
+        let tag = self.token();
+        let headers = [("Ptt-Extension", extension), ("P-Asserted-Identity", from.clone())];
+        self.send_with_body(
+            now,
+            Method::Message,
+            uri,
+            &to,
+            &from,
+            &call_id,
+            &tag,
+            1,
+            &headers,
+            body,
+            destination,
+            pending,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_with_body(
+        &mut self,
+        now: Now,
+        method: Method<'_>,
+        uri: &str,
+        to: &str,
+        from: &str,
+        call_id: &str,
+        from_tag: &str,
+        cseq: u32,
+        headers: &[(&str, String)],
+        body: Option<(&str, Bytes)>,
+        destination: SocketAddr,
+        pending: Pending,
+    ) -> Option<TransactionKey> {
         let branch = self.branch();
         let sent_by = self.sent_by();
         let via = concat(&["SIP/2.0/UDP ", &sent_by, ";branch=", &branch, ";rport"]);
@@ -1188,6 +1273,9 @@ impl Tcf {
             .header(HeaderName::CSeq, cseq_text);
         for (name, value) in headers {
             builder = builder.raw_header(name, value);
+        }
+        if let Some((content_type, body)) = body {
+            builder = builder.body(content_type, body);
         }
         let request = builder.build_bytes().ok()?;
         let tx_method = TxMethod::from_token(method.as_str());
@@ -1502,6 +1590,7 @@ impl Tcf {
         self.registered(now, &key, &request, &contact, expires);
         // After the 200, so the new serving TCF has bound the terminal when the order arrives.
         self.skr_registered(now, &user, &peer);
+        self.monitor_registered(now, &user, &peer);
     }
 
     /// Answers a successful REGISTER: `200 OK` with the binding's Contact and the period granted.
@@ -1529,6 +1618,7 @@ impl Tcf {
     fn unbind(&mut self, user: &Number, reason: &'static str) -> Option<Binding> {
         let binding = self.bindings.remove(user)?;
         self.skr_unbound(user);
+        self.monitor_unbound(user);
         self.groups.changed.push(user.clone());
         self.write(StoreWrite::RemoveBinding(user.clone()));
         self.event(TcfEvent::Unbound {
@@ -1715,6 +1805,7 @@ impl Tcf {
             Pending::ShortData(forward) => self.short_data_answered(now, *forward, status, response),
             Pending::Subscription(sent) => self.subscription_answered(now, *sent, status, response),
             Pending::VideoForward(relay) => self.video_forward_answered(now, *relay, status, response),
+            Pending::Monitor(relay) => self.monitor_answered(now, *relay, status, response),
         }
     }
 
@@ -1902,6 +1993,10 @@ impl Tcf {
         };
         // Video forwarding orders (F-VID-02): `tcf/video.rs`.
         let Some(request) = self.video_forward_message(now, &key, request) else {
+            return;
+        };
+        // Monitoring orders (F-MON-01/02): `tcf/monitor.rs`.
+        let Some(request) = self.monitor_message(now, &key, request) else {
             return;
         };
         // Short data (F-SDS-01/02) and a Ptt-Extension that does not parse: `tcf/short_data.rs`.
@@ -2121,11 +2216,27 @@ fn response_destination_of(request: &Message, from: SocketAddr) -> SocketAddr {
     request.top_via().map_or(from, |via| response_destination(&via, from))
 }
 
+/// The user number of a name-addr header value (From, To, P-Asserted-Identity).
+fn user_of(address: Result<crate::sip::NameAddr<'_>, crate::sip::HeaderError>) -> Option<Number> {
+    let address = address.ok()?;
+    Number::parse(address.uri().as_sip()?.user()?).ok()
+}
+
+/// The user a peer TCF names in P-Asserted-Identity.
+fn asserted_user(message: &Message) -> Option<Number> {
+    let header = message.headers_named("P-Asserted-Identity").next()?;
+    let value = header.value_str()?;
+    user_of(crate::sip::NameAddr::parse(value.as_bytes()))
+}
+
+/// The user number in the From URI.
+fn from_user(request: &Message) -> Option<Number> {
+    user_of(request.from())
+}
+
 /// The user number in the To URI.
 fn to_user(request: &Message) -> Option<Number> {
-    let to = request.to().ok()?;
-    let user = to.uri().as_sip()?.user()?;
-    Number::parse(user).ok()
+    user_of(request.to())
 }
 
 /// The user number in the Request-URI.

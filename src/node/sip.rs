@@ -14,7 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::control::tcf::{
-    Binding, Location, Now, Output, Registration, Regroup, SipStats, SkrRecord, StoreWrite, Tcf, TcfEvent,
+    Binding, Location, MonitorRecord, Now, Output, Registration, Regroup, SipStats, SkrRecord, StoreWrite, Tcf,
+    TcfEvent,
 };
 use crate::io::worker::thread_cpu_time;
 use crate::node::datagrams::{watch, RecvDatagrams, SendDatagrams};
@@ -33,6 +34,8 @@ pub const LOCATIONS: Table<Location> = Table::new("locations");
 pub const REGROUPS: Table<Regroup> = Table::new("regroups");
 /// Users' stun/kill states (F-SKR: at the user's home, and a copy where it is served).
 pub const SKR_STATES: Table<SkrRecord> = Table::new("skr_states");
+/// Dispatcher monitorings (F-MON-01, F-MON-02), keyed `group/<gdn>/<dc>` or `user/<udn>/<dc>`.
+pub const MONITORS: Table<MonitorRecord> = Table::new("monitors");
 
 /// A question to the running core (control path; for operators and tests).
 #[derive(Debug)]
@@ -43,6 +46,7 @@ enum Query {
     PeerUp(String, oneshot::Sender<Option<bool>>),
     Stats(oneshot::Sender<SipStats>),
     Scheduling(oneshot::Sender<SipScheduling>),
+    Monitors(oneshot::Sender<Vec<MonitorRecord>>),
 }
 
 /// How the SIP thread is scheduled now (`sip.realtime_priority`, for metrics).
@@ -102,6 +106,11 @@ impl SipHandle {
         self.ask(Query::Scheduling).await
     }
 
+    /// The monitoring relations recorded at this node (F-MON-01, F-MON-02).
+    pub async fn monitors(&self) -> Option<Vec<MonitorRecord>> {
+        self.ask(Query::Monitors).await
+    }
+
     /// A peer's heartbeat state.
     pub async fn peer_up(&self, peer: &str) -> Option<bool> {
         self.ask(|reply| Query::PeerUp(peer.to_owned(), reply)).await.flatten()
@@ -128,6 +137,7 @@ pub fn restore(tcf: &mut Tcf, store: &Store) -> anyhow::Result<()> {
     let regroups = store.scan(&REGROUPS)?.into_iter().map(|(_, value)| value).collect();
     tcf.restore_regroups(regroups);
     tcf.restore_skr(store.scan(&SKR_STATES)?.into_iter().map(|(_, value)| value).collect());
+    tcf.restore_monitors(store.scan(&MONITORS)?.into_iter().map(|(_, value)| value).collect());
     Ok(())
 }
 
@@ -471,6 +481,7 @@ fn answer(tcf: &Tcf, query: Query) {
         Query::Location(user, reply) => drop(reply.send(tcf.location(&user).cloned())),
         Query::PeerUp(peer, reply) => drop(reply.send(tcf.peer_up(&peer))),
         Query::Stats(reply) => drop(reply.send(tcf.stats())),
+        Query::Monitors(reply) => drop(reply.send(tcf.monitors())),
         // Answered by the loop, which holds the scheduling state.
         Query::Scheduling(_) => {}
     }
@@ -520,7 +531,7 @@ async fn carry_out(
                 datagrams.push(destination, bytes);
             }
             Output::Store(write) => {
-                // A dispatcher's order (regrouping F-RGP-02, stun/kill/revive F-SKR-02) is
+                // A dispatcher's order (regrouping F-RGP-02, stun/kill/revive F-SKR-02, monitoring F-MON) is
                 // answered only once it is on disk: the answer follows this write in the outputs.
                 let durable = matches!(
                     write,
@@ -528,6 +539,8 @@ async fn carry_out(
                         | StoreWrite::RemoveRegroup(_)
                         | StoreWrite::PutSkrState(_)
                         | StoreWrite::RemoveSkrState(_)
+                        | StoreWrite::PutMonitor(_)
+                        | StoreWrite::RemoveMonitor(_)
                 );
                 let result = match write {
                     StoreWrite::PutBinding(binding) => store.put(&BINDINGS, binding.user.as_str(), &binding),
@@ -542,6 +555,8 @@ async fn carry_out(
                     StoreWrite::RemoveRegroup(group) => store.remove(&REGROUPS, group.as_str()),
                     StoreWrite::PutSkrState(record) => store.put(&SKR_STATES, record.user.as_str(), &record),
                     StoreWrite::RemoveSkrState(user) => store.remove(&SKR_STATES, user.as_str()),
+                    StoreWrite::PutMonitor(record) => store.put(&MONITORS, &record.key.store_key(), &record),
+                    StoreWrite::RemoveMonitor(key) => store.remove(&MONITORS, &key.store_key()),
                 };
                 let result = match result {
                     Ok(()) if durable => {

@@ -342,18 +342,6 @@ fn ptt_value(extension: Option<&crate::sip::headers::PttExtension<'_>>, name: &s
     Some(String::from_utf8_lossy(&value).into_owned())
 }
 
-fn user_of(address: Result<crate::sip::NameAddr<'_>, crate::sip::HeaderError>) -> Option<Number> {
-    let address = address.ok()?;
-    Number::parse(address.uri().as_sip()?.user()?).ok()
-}
-
-fn asserted_user(message: &Message) -> Option<Number> {
-    let header = message.headers_named("P-Asserted-Identity").next()?;
-    let value = header.value_str()?;
-    let address = crate::sip::NameAddr::parse(value.as_bytes()).ok()?;
-    Number::parse(address.uri().as_sip()?.user()?).ok()
-}
-
 /// A CSeq value, `<number> <method>`, without the formatting machinery.
 fn cseq_text(number: u32, method: &str) -> String {
     let mut text = String::with_capacity(11 + method.len());

@@ -882,6 +882,16 @@ impl Tcf {
                 tcfs.push(serving);
             }
         }
+        // DCs monitoring the group (F-MON-01): listeners, reached like its dispatchers.
+        for (dc, serving) in self.group_monitors(gdn) {
+            if serving == me {
+                if !here.contains(&dc) {
+                    here.push(dc);
+                }
+            } else if !dcs.iter().any(|(known, _)| *known == dc) {
+                dcs.push((dc, serving));
+            }
+        }
         for tcf in tcfs {
             if self
                 .groups
@@ -1738,6 +1748,15 @@ impl Tcf {
                 return None;
             }
         }
+        // A DC that only monitors the group listens (F-MON-01 decision, at the home).
+        if let ("INVITE", "pttrequest" | "pttinsert") = (method.as_str(), token.as_str()) {
+            if let Some((gdn, user)) = home_participant(&slot) {
+                if self.listener_only(&gdn, &user) {
+                    self.respond(now, &key, &request, 403, "Forbidden (monitoring only)", &[]);
+                    return None;
+                }
+            }
+        }
         match (slot, method.as_str()) {
             (slot, "BYE") => {
                 self.respond(now, &key, &request, 200, "OK", &[]);
@@ -2025,7 +2044,10 @@ impl Tcf {
                     }
                     self.media.remove_leg(member.leg.id);
                 }
-                self.hang_up_report(now, &gdn, &user);
+                // A monitoring DC's hang-up only takes it out of the call (F-MON-01).
+                if !self.listener_only(&gdn, &user) {
+                    self.hang_up_report(now, &gdn, &user);
+                }
             }
             Slot::HomeDownlink { gdn, target } => {
                 if let Some(downlink) = self
@@ -2038,7 +2060,7 @@ impl Tcf {
                         self.groups.by_dialog.remove(dialog.id());
                     }
                     self.media.remove_leg(downlink.leg.id);
-                    if let Some(dc) = downlink.dc {
+                    if let Some(dc) = downlink.dc.filter(|dc| !self.listener_only(&gdn, dc)) {
                         self.hang_up_report(now, &gdn, &dc);
                     }
                 }
@@ -2791,6 +2813,82 @@ impl Tcf {
 
     /// Late entry (F-GRP-07) and moves (F-REG-09): users bound, unbound or located since the
     /// last look.
+    /// Whether `user` is in `gdn`'s call only because it monitors the group (neither an
+    /// effective member nor a dispatcher of it).
+    fn listener_only(&self, gdn: &Number, user: &Number) -> bool {
+        self.monitors_group(gdn, user)
+            && !self
+                .subscribers
+                .group(gdn)
+                .is_some_and(|group| self.in_group(group, user))
+    }
+
+    /// At the group home: a DC started monitoring `gdn`; a running call reaches it at once.
+    pub(super) fn monitoring_started(&mut self, now: Now, gdn: &Number) {
+        if self.groups.homes.contains_key(gdn) {
+            self.invite_members(now, gdn);
+        }
+    }
+
+    /// At the group home: `dc` stopped monitoring `gdn`; unless it belongs to the group, its
+    /// session of a running call ends (BYE, or CANCEL while unanswered).
+    pub(super) fn monitoring_stopped(&mut self, now: Now, gdn: &Number, dc: &Number) {
+        let belongs = self
+            .subscribers
+            .group(gdn)
+            .is_some_and(|group| self.in_group(group, dc));
+        if belongs || !self.groups.homes.contains_key(gdn) {
+            return;
+        }
+        let target = format!("dc:{dc}");
+        let downlink = Slot::HomeDownlink {
+            gdn: gdn.clone(),
+            target: target.clone(),
+        };
+        let member = Slot::HomeMember {
+            gdn: gdn.clone(),
+            user: dc.clone(),
+        };
+        for slot in [downlink, member] {
+            if self.group_dialog(&slot).is_some() {
+                self.group_request(now, &slot, Method::Bye, Some("pttrelease;cause=16".to_owned()), None);
+            }
+            let Some(home) = self.groups.homes.get_mut(gdn) else {
+                return;
+            };
+            let removed = match &slot {
+                Slot::HomeDownlink { .. } => home.downlinks.remove(&target).map(|downlink| {
+                    let pending = downlink
+                        .dialog
+                        .is_none()
+                        .then(|| (downlink.client.clone(), downlink.invite.clone()));
+                    (
+                        downlink.dialog.map(|dialog| dialog.id().clone()),
+                        downlink.leg.id,
+                        pending,
+                    )
+                }),
+                _ => home.members.remove(dc).map(|member| {
+                    (
+                        member.dialog.map(|dialog| dialog.id().clone()),
+                        member.leg.id,
+                        member.invite.map(|(key, invite, _)| (key, invite)),
+                    )
+                }),
+            };
+            let Some((dialog, leg, pending)) = removed else {
+                continue;
+            };
+            if let Some(dialog) = dialog {
+                self.groups.by_dialog.remove(&dialog);
+            }
+            self.media.remove_leg(leg);
+            if let Some((key, invite)) = pending {
+                self.group_cancel(now, &key, &invite);
+            }
+        }
+    }
+
     pub(super) fn group_changes(&mut self, now: Now) {
         if self.groups.changed.is_empty() {
             return;
@@ -2827,6 +2925,19 @@ impl Tcf {
                 }
             }
         }
+    }
+}
+
+/// The group and user of a home session a user may ask the floor in (its D session at the
+/// home, or a DC's downlink).
+fn home_participant(slot: &Slot) -> Option<(Number, Number)> {
+    match slot {
+        Slot::HomeMember { gdn, user } => Some((gdn.clone(), user.clone())),
+        Slot::HomeDownlink { gdn, target } => {
+            let dc = Number::parse(target.strip_prefix("dc:")?).ok()?;
+            Some((gdn.clone(), dc))
+        }
+        _ => None,
     }
 }
 

@@ -515,7 +515,7 @@ impl Tcf {
         action: Action,
         source: SocketAddr,
     ) {
-        let dc = user_of_from(&request);
+        let dc = from_user(&request);
         let registered = dc
             .as_ref()
             .and_then(|dc| self.bindings.get(dc))
@@ -943,7 +943,7 @@ impl Tcf {
         };
         let Some(peer) = peer else {
             // From the terminal itself, registered here.
-            let registered = user_of_from(&request).as_ref() == Some(&user)
+            let registered = from_user(&request).as_ref() == Some(&user)
                 && self
                     .bindings
                     .get(&user)
@@ -1078,32 +1078,15 @@ impl Tcf {
         destination: SocketAddr,
         sent: Sent,
     ) -> Option<TransactionKey> {
-        let branch = self.branch();
-        let call_id = format!("{}@{}", self.token(), self.config.name);
-        let tag = self.token();
-        let me = self.address_text.clone();
-        let via = concat(&["SIP/2.0/UDP ", &me, ";branch=", &branch, ";rport"]);
-        let identity = concat(&["<sip:", from_user.as_str(), "@", &me, ">"]);
-        let mut builder = MessageBuilder::request(Method::Message, uri)
-            .header(HeaderName::Via, via)
-            .header(HeaderName::MaxForwards, "70")
-            .header(HeaderName::From, concat(&[&identity, ";tag=", &tag]))
-            .header(HeaderName::To, concat(&["<", uri, ">"]))
-            .header(HeaderName::CallId, call_id)
-            .header(HeaderName::CSeq, "1 MESSAGE")
-            .raw_header("Ptt-Extension", extension)
-            .raw_header("P-Asserted-Identity", &identity);
-        if let Some(body) = body {
-            builder = builder.body(MEMBER_LIST, body);
-        }
-        let request = builder.build_bytes().ok()?;
-        let method = TxMethod::from_token("MESSAGE");
-        let key = TransactionKey::new(&branch, &me, method.clone()).ok()?;
-        self.layer
-            .send_request(now.instant, key.clone(), method, request, destination, false)
-            .ok()?;
-        self.pending.insert(key.clone(), Pending::Regroup(Box::new(sent)));
-        Some(key)
+        self.send_message_as(
+            now,
+            from_user.as_str(),
+            uri,
+            extension.to_owned(),
+            body.map(|body| (MEMBER_LIST, body)),
+            destination,
+            Pending::Regroup(Box::new(sent)),
+        )
     }
 
     /// A regrouping request this node sent was answered (or timed out: 408).
@@ -1151,12 +1134,6 @@ impl Tcf {
             }
         }
     }
-}
-
-/// The user number in the From URI.
-fn user_of_from(request: &Message) -> Option<Number> {
-    let from = request.from().ok()?;
-    Number::parse(from.uri().as_sip()?.user()?).ok()
 }
 
 #[cfg(test)]

@@ -509,38 +509,16 @@ impl Tcf {
             extension.push_str(";stage=");
             extension.push_str(stage.param());
         }
-        let branch = self.branch();
-        let tag = self.token();
-        let call_id = self.token();
-        let me = self.address_text.as_bytes();
-        let user = sender.as_str().as_bytes();
-        let identity = [b"<sip:".as_slice(), user, b"@", me, b">"].concat();
-        let request = MessageBuilder::request(Method::Message, &uri)
-            .header_parts(
-                HeaderName::Via,
-                &[b"SIP/2.0/UDP ", me, b";branch=", branch.as_bytes(), b";rport"],
-            )
-            .header(HeaderName::MaxForwards, "70")
-            .header_parts(HeaderName::From, &[&identity, b";tag=", tag.as_bytes()])
-            .header(HeaderName::To, concat(&["<", &uri, ">"]))
-            .header_parts(
-                HeaderName::CallId,
-                &[call_id.as_bytes(), b"@", self.config.name.as_bytes()],
-            )
-            .header(HeaderName::CSeq, "1 MESSAGE")
-            .raw_header("P-Asserted-Identity", &identity)
-            .raw_header("Ptt-Extension", extension)
-            .body(&payload.content_type, payload.body.clone())
-            .build_bytes()
-            .map_err(|_| (500, "Server Internal Error (building MESSAGE)"))?;
-        let method = TxMethod::from_token(Method::Message.as_str());
-        let key = TransactionKey::new(&branch, &self.address_text, method.clone())
-            .map_err(|_| (500, "Server Internal Error (transaction key)"))?;
-        self.layer
-            .send_request(now.instant, key.clone(), method, request, address, false)
-            .map_err(|_| (503, "Service Unavailable (overloaded)"))?;
-        self.pending.insert(key.clone(), Pending::ShortData(Box::new(forward)));
-        Ok(key)
+        self.send_message_as(
+            now,
+            sender.as_str(),
+            &uri,
+            extension,
+            Some((&payload.content_type, payload.body.clone())),
+            address,
+            Pending::ShortData(Box::new(forward)),
+        )
+        .ok_or((503, "Service Unavailable (overloaded)"))
     }
 
     /// The client transaction of a short-data MESSAGE ended with `status` (`408` and no
@@ -661,20 +639,6 @@ fn payload_of(request: &Message) -> Result<Payload, (u16, &'static str)> {
         content_type,
         body: Bytes::copy_from_slice(body),
     })
-}
-
-/// The user named in `address` (From), when it is a number.
-fn user_of(address: Result<crate::sip::NameAddr<'_>, crate::sip::HeaderError>) -> Option<Number> {
-    let address = address.ok()?;
-    Number::parse(address.uri().as_sip()?.user()?).ok()
-}
-
-/// The user a peer names in P-Asserted-Identity.
-fn asserted_user(message: &Message) -> Option<Number> {
-    let header = message.headers_named("P-Asserted-Identity").next()?;
-    let value = header.value_str()?;
-    let address = crate::sip::NameAddr::parse(value.as_bytes()).ok()?;
-    Number::parse(address.uri().as_sip()?.user()?).ok()
 }
 
 #[cfg(test)]

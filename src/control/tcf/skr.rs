@@ -268,12 +268,6 @@ impl Skr {
     }
 }
 
-/// The user number in the From URI.
-fn from_user(request: &Message) -> Option<Number> {
-    let from = request.from().ok()?;
-    Number::parse(from.uri().as_sip()?.user()?).ok()
-}
-
 impl Tcf {
     /// A user's stun/kill state at this node (as its home, or as a copy where it is served).
     pub fn skr_state(&self, user: &Number) -> SkrState {
@@ -737,24 +731,7 @@ impl Tcf {
         destination: SocketAddr,
         pending: Pending,
     ) -> Option<TransactionKey> {
-        let from = concat(&["<sip:", from_user, "@", &self.address_text, ">"]);
-        let to = concat(&["<", uri, ">"]);
-        let call_id = concat(&[&self.token(), "@", &self.config.name]);
-        let tag = self.token();
-        let headers = [("Ptt-Extension", extension), ("P-Asserted-Identity", from.clone())];
-        self.send(
-            now,
-            Method::Message,
-            uri,
-            &to,
-            &from,
-            &call_id,
-            &tag,
-            1,
-            &headers,
-            destination,
-            pending,
-        )
+        self.send_message_as(now, from_user, uri, extension, None, destination, pending)
     }
 }
 

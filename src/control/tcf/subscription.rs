@@ -223,12 +223,6 @@ impl Subscriptions {
     }
 }
 
-/// The user number in the From URI.
-fn from_number(request: &Message) -> Option<Number> {
-    let from = request.from().ok()?;
-    Number::parse(from.uri().as_sip()?.user()?).ok()
-}
-
 /// Escapes text for an XML attribute value.
 fn xml_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -351,7 +345,7 @@ impl Tcf {
     pub(super) fn subscribe(&mut self, now: Now, key: TransactionKey, request: Message) {
         let Some(source) = self.current_source else { return };
         let peer = self.network.tcf_at(source).map(|tcf| tcf.name.clone());
-        let subscriber = from_number(&request);
+        let subscriber = from_user(&request);
         if peer.is_none() {
             // D interface: the DC must be registered here, from where the request came.
             let registered = subscriber

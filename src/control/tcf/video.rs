@@ -430,11 +430,12 @@ impl Tcf {
             "@",
             &home_address.to_string(),
         ]);
-        let sent = self.video_send(
+        let sent = self.send_message_as(
             now,
-            &uri,
             dc.as_str(),
+            &uri,
             extension,
+            None,
             home_address,
             Pending::VideoForward(Box::new(relay)),
         );
@@ -567,7 +568,15 @@ impl Tcf {
         .render();
         let uri = binding.contact.trim_matches(|c| c == '<' || c == '>').to_owned();
         let from = self.config.name.clone();
-        self.video_send(now, &uri, &from, extension, binding.address, Pending::FireAndForget);
+        self.send_message_as(
+            now,
+            &from,
+            &uri,
+            extension,
+            None,
+            binding.address,
+            Pending::FireAndForget,
+        );
     }
 
     /// A call ended: the forwardings of its video end too, each DC gets a report.
@@ -592,41 +601,6 @@ impl Tcf {
     pub fn video_forwardings(&self) -> usize {
         self.video_forwards.running.len()
     }
-
-    fn video_send(
-        &mut self,
-        now: Now,
-        uri: &str,
-        from_user: &str,
-        extension: String,
-        destination: SocketAddr,
-        pending: Pending,
-    ) -> Option<TransactionKey> {
-        let from = concat(&["<sip:", from_user, "@", &self.address_text, ">"]);
-        let to = concat(&["<", uri, ">"]);
-        let call_id = concat(&[&self.token(), "@", &self.config.name]);
-        let tag = self.token();
-        let headers = [("Ptt-Extension", extension), ("P-Asserted-Identity", from.clone())];
-        self.send(
-            now,
-            Method::Message,
-            uri,
-            &to,
-            &from,
-            &call_id,
-            &tag,
-            1,
-            &headers,
-            destination,
-            pending,
-        )
-    }
-}
-
-/// The user number in the From URI.
-fn from_user(request: &Message) -> Option<Number> {
-    let from = request.from().ok()?;
-    Number::parse(from.uri().as_sip()?.user()?).ok()
 }
 
 #[cfg(test)]
