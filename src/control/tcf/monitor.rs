@@ -1194,6 +1194,34 @@ mod tests {
     }
 
     #[test]
+    fn a_tap_offer_is_the_calls_formats_at_the_tap_leg_sendonly() {
+        let call_offer = sdp::parse(
+            b"v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+              m=audio 4000 RTP/AVP 96 0 101\r\na=rtpmap:96 AMR-WB/16000\r\na=rtpmap:0 PCMU/8000\r\n\
+              a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n\
+              m=video 5000 RTP/AVP 97\r\na=rtpmap:97 H264/90000\r\n",
+        )
+        .unwrap();
+        let leg = LegInfo {
+            id: crate::media::api::LegId(7),
+            local_rtp: "127.0.0.1:30000".parse().unwrap(),
+            local_rtcp: "127.0.0.1:30001".parse().unwrap(),
+            ssrc: 1,
+        };
+        let offer = tap_offer(&call_offer, &leg).unwrap();
+        let text = String::from_utf8(offer.to_bytes()).unwrap();
+        assert!(text.contains("m=audio 30000 RTP/AVP 96 0 101\r\n"), "{text}");
+        assert!(text.contains("c=IN IP4 127.0.0.1\r\n"), "{text}");
+        assert_eq!(text.matches("a=sendonly").count(), 1, "{text}");
+        assert!(!text.contains("a=sendrecv"), "{text}");
+        // The direction belongs to the audio section, before the disabled video one.
+        let audio = text.find("m=audio").unwrap();
+        let video = text.find("m=video 0").unwrap();
+        let direction = text.find("a=sendonly").unwrap();
+        assert!(audio < direction && direction < video, "{text}");
+    }
+
+    #[test]
     fn orders_parse_defensively_and_render_back() {
         let order = parse("pttmonitor;GDN=2300;action=START;DC=9100").unwrap();
         assert_eq!(
@@ -1209,6 +1237,12 @@ mod tests {
         assert_eq!(order.render(), "pttmonitor;GDN=2300;action=start;DC=9100");
         let order = parse("pttmonitor;UDN=1300;action=stop").unwrap();
         assert_eq!(order.render(), "pttmonitor;UDN=1300;action=stop");
+        let order = parse("pttmonitor;UDN=1300;action=start;DC=9100;DCTCF=tcf-a").unwrap();
+        assert_eq!(order.dc_tcf.as_deref(), Some("tcf-a"));
+        assert_eq!(order.render(), "pttmonitor;UDN=1300;action=start;DC=9100;DCTCF=tcf-a");
+        // An oversized DCTCF is no DCTCF (an unknown name is ignored where used).
+        let long = format!("pttmonitor;UDN=1300;action=start;DCTCF={}", "x".repeat(65));
+        assert_eq!(parse(&long).unwrap().dc_tcf, None);
         for bad in [
             "pttmonitor",
             "pttmonitor;action=start",
