@@ -582,6 +582,8 @@ async fn answer_session(dc: &mut Phone, invite: Message, user: &str) -> Incoming
     assert!(extension.starts_with("pttcall;calltype=8;"), "{extension}");
     assert!(extension.contains(&format!("callerUDN={user}")), "{extension}");
     assert!(extension.contains(&format!("calleeUDN={}", dc.user())), "{extension}");
+    assert!(extension.contains("answermode=direct"), "{extension}");
+    assert!(!extension.contains("duplex"), "a listen-only session: {extension}");
     let offer = String::from_utf8_lossy(invite.body()).into_owned();
     assert!(offer.contains("a=sendonly"), "{offer}");
     let session = Incoming {

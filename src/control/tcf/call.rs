@@ -806,7 +806,9 @@ impl Tcf {
         let (uri, to, destination, peer, stage, answer_mode) = match &next {
             Next::Terminal(binding) => {
                 let uri = binding.contact.trim_matches(|c| c == '<' || c == '>').to_owned();
-                let ambient = Ambient::of_calltype(&call.calltype).is_some();
+                // Ambient listening and monitoring sessions (F-MON-02) are answered at once.
+                let ambient =
+                    Ambient::of_calltype(&call.calltype).is_some() || call.calltype == super::monitor::MONITOR_CALLTYPE;
                 let mode = match self.subscribers.user(&target).map(|user| user.answer) {
                     // Ambient listening: answered at once, without alerting the user.
                     _ if ambient => "direct",
@@ -833,7 +835,10 @@ impl Tcf {
         let mut extension = String::with_capacity(160);
         extension.push_str("pttcall;calltype=");
         extension.push_str(&call.calltype);
-        if call.gdn.is_none() && Ambient::of_calltype(&call.calltype).is_none() {
+        if call.gdn.is_none()
+            && Ambient::of_calltype(&call.calltype).is_none()
+            && call.calltype != super::monitor::MONITOR_CALLTYPE
+        {
             extension.push_str(";duplex=1");
         }
         extension.push_str(";priority=");

@@ -26,8 +26,14 @@
 //! downlink through the TCF that relayed its order, like a provisioned dispatcher, including the
 //! call running when monitoring starts; `stop` ends its downlink of a running call. A listener
 //! that is neither a member nor a dispatcher of the group gets `403` for floor requests, and its
-//! hang-up only takes it out of the call. Monitoring a user is recorded and relayed; the user's
-//! call audio is not yet delivered to the DC (`docs/protocol.md`).
+//! hang-up only takes it out of the call.
+//!
+//! The node serving a monitored user (which anchors the user's side of its single calls) gives
+//! each monitoring DC a *monitoring session* of every answered single call of the user: an
+//! INVITE (`pttcall;calltype=8`, `sendonly`, the call's formats) through the TCF serving the DC
+//! (`DCTCF` of the order), and a tap leg on the call's relay bridge that gets a copy of both
+//! sides' RTP. The session ends with the call, on `stop`, or when the DC hangs up; a DC that
+//! refuses changes nothing for the call.
 //!
 //! Wire formats: `docs/protocol.md`, section "Monitoring (F-MON-01, F-MON-02)".
 
