@@ -1,6 +1,7 @@
 //! (a) The per-packet cost of the sans-IO path, without sockets: RTP parsing, the per-listener
 //! rewrite, and a whole fan-out preparation (gate + rewrite + header into the out batch) for
-//! 1, 10, 100 and 1000 listeners. Reported per output packet.
+//! 1, 10, 100 and 1000 listeners. Reported per output packet. And a single call's relay of one
+//! 20-packet batch with 0, 1 and 4 monitoring taps (F-MON-02), reported per input packet.
 //!
 //! Run: `cargo bench --bench rewrite`
 
@@ -131,5 +132,74 @@ fn fanout_preparation(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse, listener_rewrite, fanout_preparation);
+/// A relay bridge (single call) with `taps` monitoring taps: one 20-packet batch from one side.
+fn relay_taps(c: &mut Criterion) {
+    let mut group = c.benchmark_group("relay_taps");
+    for taps in [0usize, 1, 4] {
+        let mut shard = Shard::new(ShardConfig {
+            rtcp_interval: Duration::from_secs(5),
+            default_source_check: SourceCheck::Strict,
+            cname: "bench".into(),
+            seed: 1,
+        });
+        let now = Now { mono_ns: 1, unix_ns: 1 };
+        let bridge = BridgeId(1);
+        shard.add_bridge(bridge, BridgeKind::Relay).unwrap();
+        let origin = StreamOrigin {
+            ssrc: 1,
+            seq: 1,
+            timestamp: 1,
+        };
+        let leg = |port: u16, tap: bool| LegSpec {
+            remote: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+            tap,
+            ..LegSpec::default()
+        };
+        let side = shard
+            .add_leg(LegId(1), bridge, &leg(10_000, false), origin, now)
+            .unwrap();
+        shard
+            .add_leg(LegId(2), bridge, &leg(10_002, false), origin, now)
+            .unwrap();
+        for index in 0..taps {
+            shard
+                .add_leg(
+                    LegId(3 + index as u64),
+                    bridge,
+                    &leg(20_000 + 2 * index as u16, true),
+                    origin,
+                    now,
+                )
+                .unwrap();
+        }
+        let packets: Vec<Vec<u8>> = (0..20).map(packet).collect();
+        let from = SocketAddr::from((Ipv4Addr::LOCALHOST, 10_000));
+        let batch: Vec<RxPacket<'_>> = packets
+            .iter()
+            .enumerate()
+            .map(|(index, data)| RxPacket {
+                data,
+                from,
+                buffer: index as u32,
+                truncated: false,
+            })
+            .collect();
+        let mut out = OutBatch::with_capacity(20 * (1 + taps));
+        shard.on_rtp(side, &batch[..], now, &mut out, &mut |_| {});
+        assert_eq!(out.len(), 20 * (1 + taps));
+        out.clear();
+        group.throughput(Throughput::Elements(20));
+        group.bench_with_input(BenchmarkId::from_parameter(taps), &taps, |b, _| {
+            b.iter(|| {
+                shard.on_rtp(side, &batch[..], now, &mut out, &mut |_| {});
+                let produced = out.len();
+                out.clear();
+                produced
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, parse, listener_rewrite, fanout_preparation, relay_taps);
 criterion_main!(benches);

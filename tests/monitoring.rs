@@ -337,7 +337,8 @@ async fn f_mon_02_dc_monitors_a_user_through_its_home_and_serving_tcf() {
     expect_changed(&mut events[C], "1300", "9100", true).await;
     expect_changed(&mut events[B], "1300", "9100", true).await;
     let at_home = vec![record(MonitorKind::User, "1300", "9100", "tcf-a")];
-    let at_serving = vec![record(MonitorKind::User, "1300", "9100", "tcf-c")];
+    // The serving TCF records the TCF serving the DC (where its monitoring sessions go).
+    let at_serving = vec![record(MonitorKind::User, "1300", "9100", "tcf-a")];
     assert_eq!(monitors(&cluster, C).await, at_home);
     assert_eq!(monitors(&cluster, B).await, at_serving);
     assert!(monitors(&cluster, A).await.is_empty(), "the DC's TCF only relays");
@@ -364,7 +365,7 @@ async fn f_mon_02_dc_monitors_a_user_through_its_home_and_serving_tcf() {
     expect_changed(&mut events_a, "1300", "9100", true).await;
     assert_eq!(
         monitors(&cluster, A).await,
-        vec![record(MonitorKind::User, "1300", "9100", "tcf-c")]
+        vec![record(MonitorKind::User, "1300", "9100", "tcf-a")]
     );
     let handle = &cluster.node(B).sip;
     let gone = wait_for(WAIT, || async { handle.monitors().await.is_some_and(|m| m.is_empty()) }).await;
@@ -518,5 +519,218 @@ async fn f_mon_hostile_orders_are_refused() {
         monitors(&cluster, A).await,
         vec![record(MonitorKind::Group, "2100", "9100", "tcf-a")]
     );
+    cluster.shutdown().await;
+}
+
+/// The DC's order (answered `200`) and the request of `method` it causes, which may overtake
+/// the order's `200`.
+async fn order_then(dc: &mut Phone, target: &str, extension: &str, method: &str) -> Message {
+    let (status, early) = exchange(dc, target, extension).await;
+    assert_eq!(status.status(), Some(200), "{extension}");
+    match early
+        .into_iter()
+        .find(|message| message.method().is_some_and(|name| name.as_str() == method))
+    {
+        Some(request) => request,
+        None => dc.expect_request(method).await,
+    }
+}
+
+/// Waits until no node holds a call, a relay bridge or a media leg any more.
+async fn assert_all_freed(cluster: &Cluster) {
+    for index in 0..3 {
+        let node = cluster.node(index);
+        let handle = &node.sip;
+        let idle = wait_for(Duration::from_secs(5), || async {
+            handle.stats().await.is_some_and(|stats| stats.calls == 0)
+        })
+        .await;
+        assert!(idle, "{} freed every call", NAMES[index]);
+        let engine = &node.engine;
+        let empty = wait_for(Duration::from_secs(5), || async {
+            engine
+                .stats(true)
+                .unwrap()
+                .iter()
+                .all(|worker| worker.bridges.is_empty() && worker.legs.is_empty())
+        })
+        .await;
+        assert!(empty, "{} holds no bridge or leg", NAMES[index]);
+    }
+}
+
+/// 1300 (registered at tcf-b) calls 1301 (at tcf-c); both answer and ACK. Returns the call,
+/// the callee's session.
+async fn single_call(caller: &mut Phone, callee: &mut Phone) -> (Outgoing, Incoming) {
+    let mut call = caller.call(callee.user()).await;
+    let incoming = callee.incoming().await;
+    callee.answer(&incoming).await;
+    assert_eq!(caller.final_for(&mut call).await, 200);
+    callee.expect_request("ACK").await;
+    (call, incoming)
+}
+
+/// The DC's monitoring session: its INVITE (checked), answered `recvonly`, ACKed.
+async fn monitoring_session(dc: &mut Phone, user: &str) -> Incoming {
+    let invite = dc.expect_request("INVITE").await;
+    answer_session(dc, invite, user).await
+}
+
+/// Checks a monitoring session's INVITE of `user`'s call, answers it `recvonly`; waits for the ACK.
+async fn answer_session(dc: &mut Phone, invite: Message, user: &str) -> Incoming {
+    let extension = ptt(&invite);
+    assert!(extension.starts_with("pttcall;calltype=8;"), "{extension}");
+    assert!(extension.contains(&format!("callerUDN={user}")), "{extension}");
+    assert!(extension.contains(&format!("calleeUDN={}", dc.user())), "{extension}");
+    assert!(extension.contains("answermode=direct"), "{extension}");
+    assert!(!extension.contains("duplex"), "a listen-only session: {extension}");
+    let offer = String::from_utf8_lossy(invite.body()).into_owned();
+    assert!(offer.contains("a=sendonly"), "{offer}");
+    let session = Incoming {
+        remote_rtp: media_address(invite.body()),
+        tag: format!("{:x}", rand::random::<u32>()),
+        invite,
+        cseq: 1,
+    };
+    let answer = answer_sdp(session.invite.body(), dc.rtp_port(), "recvonly");
+    dc.respond(&session.invite, &session.tag, 200, "OK", Some(&answer))
+        .await;
+    dc.expect_request("ACK").await;
+    // The DC's TCF ACKs on its own (hop by hop): the copy starts once the 200 it passed on
+    // reached the user's serving TCF, a moment later.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    session
+}
+
+/// `from` talks 20 packets to `to_address`: `to` gets every one byte-exact, and so does the
+/// monitoring DC when given.
+async fn talk(from: &Phone, to_address: std::net::SocketAddr, to: &Phone, dc: Option<&Phone>, seed: u8) {
+    let sent = from.send_rtp(to_address, 20, seed).await;
+    let received = to.receive_rtp(Duration::from_millis(800)).await;
+    assert!(received == sent, "{} hears {} byte-exact", to.user(), from.user());
+    if let Some(dc) = dc {
+        let copied = dc.receive_rtp(Duration::from_millis(400)).await;
+        let seqs: Vec<u16> = copied.iter().map(|p| u16::from_be_bytes([p[2], p[3]])).collect();
+        assert!(
+            copied == sent,
+            "{} gets a copy of {}'s RTP: {seqs:?}",
+            dc.user(),
+            from.user()
+        );
+    }
+}
+
+/// F-MON-02 media: DC 9100 (tcf-a) monitors 1300 (home tcf-c, registered at tcf-b). 1300 calls
+/// 1301 (at tcf-c); once answered, tcf-b (anchoring 1300's side) sends the DC a monitoring
+/// session (`calltype=8`, `sendonly`) through tcf-a; the call's RTP both ways stays byte-exact
+/// and the DC gets a byte-exact copy of both sides. What the DC sends goes nowhere. The call
+/// ends: the DC gets a BYE and no more RTP; nothing is left on any node. A call where 1300 is
+/// the callee reaches the DC too; the DC hanging up ends only its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_mon_02_dc_hears_the_monitored_users_call() {
+    let cluster = Cluster::start(12100).await;
+    cluster.wait_all_up().await;
+    let mut dc = Phone::register("9100", "dispatch-a", cluster.address(A)).await;
+    let mut user = Phone::register("1300", "charlie", cluster.address(B)).await;
+    let mut other = Phone::register("1301", "charlie", cluster.address(C)).await;
+    assert_eq!(order(&mut dc, "1300", "pttmonitor;UDN=1300;action=start").await, 200);
+    assert_eq!(
+        monitors(&cluster, B).await,
+        vec![record(MonitorKind::User, "1300", "9100", "tcf-a")],
+        "the serving TCF records the TCF serving the DC"
+    );
+
+    let (mut call, incoming) = single_call(&mut user, &mut other).await;
+    let session = monitoring_session(&mut dc, "1300").await;
+    let answer_at = call.remote_rtp.expect("an answer");
+    let offer_at = incoming.remote_rtp.expect("an offer");
+    talk(&user, answer_at, &other, Some(&dc), 1).await;
+    talk(&other, offer_at, &user, Some(&dc), 2).await;
+    // The DC only listens: what it sends reaches neither side.
+    let tap_at = session.remote_rtp.expect("the session's offer");
+    dc.send_rtp(tap_at, 5, 9).await;
+    assert!(user.receive_rtp(Duration::from_millis(300)).await.is_empty());
+    assert!(other.receive_rtp(Duration::from_millis(100)).await.is_empty());
+
+    // The call ends: so does the DC's session.
+    user.in_dialog(&mut call, "BYE", None).await;
+    user.expect_response("BYE", 200).await;
+    let bye = other.expect_request("BYE").await;
+    other.ok(&bye).await;
+    let bye = dc.expect_request("BYE").await;
+    assert!(ptt(&bye).starts_with("pttrelease"), "{}", ptt(&bye));
+    dc.ok(&bye).await;
+    user.send_rtp(answer_at, 5, 3).await;
+    assert!(
+        dc.receive_rtp(Duration::from_millis(300)).await.is_empty(),
+        "no more RTP"
+    );
+    assert_all_freed(&cluster).await;
+
+    // 1300 called: the DC hears that call too; its hang-up ends only its session.
+    let mut call = other.call("1300").await;
+    let incoming = user.incoming().await;
+    user.answer(&incoming).await;
+    assert_eq!(other.final_for(&mut call).await, 200);
+    user.expect_request("ACK").await;
+    let mut session = monitoring_session(&mut dc, "1300").await;
+    let answer_at = call.remote_rtp.expect("an answer");
+    talk(&other, answer_at, &user, Some(&dc), 4).await;
+    dc.callee_request(&mut session, "BYE").await;
+    assert_eq!(dc.expect_response("BYE", 200).await.status(), Some(200));
+    talk(&other, answer_at, &user, None, 5).await;
+    assert!(dc.receive_rtp(Duration::from_millis(200)).await.is_empty());
+    other.in_dialog(&mut call, "BYE", None).await;
+    other.expect_response("BYE", 200).await;
+    let bye = user.expect_request("BYE").await;
+    user.ok(&bye).await;
+    assert!(
+        dc.next(Duration::from_millis(300)).await.is_none(),
+        "its session already ended"
+    );
+    assert_all_freed(&cluster).await;
+    cluster.shutdown().await;
+}
+
+/// F-MON-02: monitoring that starts during a call reaches the DC at once; stopped during the
+/// call, the DC's session is ended with BYE and the call goes on. A DC that refuses the
+/// session changes nothing for the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_mon_02_monitoring_started_and_stopped_during_a_call() {
+    let cluster = Cluster::start(12700).await;
+    cluster.wait_all_up().await;
+    let mut dc = Phone::register("9100", "dispatch-a", cluster.address(A)).await;
+    let mut user = Phone::register("1300", "charlie", cluster.address(B)).await;
+    let mut other = Phone::register("1301", "charlie", cluster.address(C)).await;
+    let (mut call, incoming) = single_call(&mut user, &mut other).await;
+    let (answer_at, offer_at) = (call.remote_rtp.unwrap(), incoming.remote_rtp.unwrap());
+
+    // Started during the call: the session comes at once.
+    let invite = order_then(&mut dc, "1300", "pttmonitor;UDN=1300;action=start", "INVITE").await;
+    answer_session(&mut dc, invite, "1300").await;
+    talk(&user, answer_at, &other, Some(&dc), 1).await;
+
+    // Stopped: the DC's session ends, the call goes on.
+    let bye = order_then(&mut dc, "1300", "pttmonitor;UDN=1300;action=stop", "BYE").await;
+    dc.ok(&bye).await;
+    talk(&user, answer_at, &other, None, 2).await;
+    talk(&other, offer_at, &user, None, 3).await;
+    assert!(dc.receive_rtp(Duration::from_millis(200)).await.is_empty());
+
+    // Started again and refused by the DC: the call goes on as it was.
+    let invite = order_then(&mut dc, "1300", "pttmonitor;UDN=1300;action=start", "INVITE").await;
+    dc.respond(&invite, "refuse", 486, "Busy Here", None).await;
+    dc.expect_request("ACK").await;
+    talk(&user, answer_at, &other, None, 4).await;
+    assert!(dc.receive_rtp(Duration::from_millis(200)).await.is_empty());
+    user.in_dialog(&mut call, "BYE", None).await;
+    user.expect_response("BYE", 200).await;
+    let bye = other.expect_request("BYE").await;
+    other.ok(&bye).await;
+    assert!(
+        dc.next(Duration::from_millis(300)).await.is_none(),
+        "nothing more for the DC"
+    );
+    assert_all_freed(&cluster).await;
     cluster.shutdown().await;
 }

@@ -994,9 +994,19 @@ impl Tcf {
             {
                 self.group_response(now, key, 408, None);
             }
+            TransactionUserEvent::Response { key, status, bytes } if self.monitors.owns(&key) => {
+                let response = self.received(bytes);
+                self.tap_response(now, key, status, response);
+            }
+            TransactionUserEvent::Timeout { key, .. } | TransactionUserEvent::TransportError { key, .. }
+                if self.monitors.owns(&key) =>
+            {
+                self.tap_response(now, key, 408, None);
+            }
             TransactionUserEvent::Terminated { key, .. } => {
                 self.call_transaction_ended(&key);
                 self.group_transaction_ended(&key);
+                self.monitors.transaction_ended(&key);
             }
             TransactionUserEvent::Ack { bytes, .. } => {
                 if let Some(ack) = self.received(bytes) {
@@ -1075,7 +1085,8 @@ impl Tcf {
             let unmatched = self
                 .in_dialog(now, key.clone(), request)
                 .and_then(|request| self.group_in_dialog(now, key.clone(), request))
-                .and_then(|request| self.subscription_in_dialog(now, key.clone(), request));
+                .and_then(|request| self.subscription_in_dialog(now, key.clone(), request))
+                .and_then(|request| self.tap_in_dialog(now, key.clone(), request));
             if let Some(unmatched) = unmatched {
                 self.respond(now, &key, &unmatched, 481, "Call/Transaction Does Not Exist", &[]);
             }

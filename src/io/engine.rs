@@ -27,7 +27,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use crate::config::MediaConfig;
 use crate::io::udp;
 use crate::io::worker::{Command, LegPort, LegSockets, Waker, Worker, WorkerConfig};
-use crate::media::api::{BridgeId, BridgeKind, Event, LegId, LegInfo, LegSpec, LegStats, WorkerStats};
+use crate::media::api::{BridgeId, BridgeKind, Event, LegId, LegInfo, LegSpec, LegStats, WorkerStats, MAX_TAPS};
 use crate::media::ports::{PortError, PortPool};
 use crate::media::shard::{ShardConfig, StreamOrigin};
 
@@ -44,8 +44,8 @@ pub enum EngineError {
     /// No such leg.
     #[error("unknown leg {0}")]
     UnknownLeg(LegId),
-    /// A relay bridge already has two legs.
-    #[error("bridge {0} is a relay and already has two legs")]
+    /// A relay bridge already has two legs (or, for a tap, its `MAX_TAPS` taps).
+    #[error("bridge {0} is a relay and already has two legs (or four taps)")]
     RelayFull(BridgeId),
     /// The leg is not in that bridge.
     #[error("{leg} is not in {bridge}")]
@@ -67,6 +67,8 @@ struct BridgeEntry {
     worker: usize,
     kind: BridgeKind,
     legs: Vec<LegId>,
+    /// The monitoring taps among `legs` (relay bridges).
+    taps: Vec<LegId>,
 }
 
 struct LegEntry {
@@ -289,6 +291,7 @@ impl Engine {
                 worker,
                 kind,
                 legs: Vec::new(),
+                taps: Vec::new(),
             },
         );
         // Reserve the worker's share now so bridges created in a burst spread out.
@@ -323,7 +326,13 @@ impl Engine {
             .bridges
             .get(&bridge)
             .ok_or(EngineError::UnknownBridge(bridge))?;
-        if entry.kind == BridgeKind::Relay && entry.legs.len() >= 2 {
+        let tap = spec.tap && entry.kind == BridgeKind::Relay;
+        let full = if tap {
+            entry.taps.len() >= MAX_TAPS
+        } else {
+            entry.legs.len() - entry.taps.len() >= 2
+        };
+        if entry.kind == BridgeKind::Relay && full {
             return Err(EngineError::RelayFull(bridge));
         }
         let worker = entry.worker;
@@ -352,6 +361,9 @@ impl Engine {
         );
         if let Some(entry) = registry.bridges.get_mut(&bridge) {
             entry.legs.push(id);
+            if tap {
+                entry.taps.push(id);
+            }
         }
         registry.legs_per_worker[worker] += 1;
         // A pooled port's sockets are already watched by the worker: the first packet to the
@@ -561,6 +573,7 @@ impl Engine {
         self.release(&mut registry, entry, Instant::now());
         if let Some(bridge) = registry.bridges.get_mut(&bridge) {
             bridge.legs.retain(|&other| other != leg);
+            bridge.taps.retain(|&other| other != leg);
         }
         registry.legs_per_worker[worker] = registry.legs_per_worker[worker].saturating_sub(1);
         // Under the lock, like `remove_bridge`.

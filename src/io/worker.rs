@@ -464,7 +464,11 @@ impl Worker {
             if new == 0
                 || matches!(
                     cause,
-                    DropCause::NotHolder | DropCause::Late | DropCause::Duplicate | DropCause::IdlePort
+                    DropCause::NotHolder
+                        | DropCause::Late
+                        | DropCause::Duplicate
+                        | DropCause::IdlePort
+                        | DropCause::TapInput
                 )
             {
                 continue; // normal floor-control and network behaviour, not worth a log line

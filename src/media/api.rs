@@ -90,7 +90,14 @@ pub struct LegSpec {
     /// What one leg of a peer sends never goes out of another leg of the same peer (a talker's
     /// voice is not sent back down its own TCF's downlink).
     pub peer: u32,
+    /// In a relay bridge: a monitoring tap (F-MON-02). It receives a copy of every RTP
+    /// packet of both sides (not RTCP), and nothing it sends goes into the call (dropped,
+    /// counted as `tap_input`). At most [`MAX_TAPS`] per bridge; ignored in group bridges.
+    pub tap: bool,
 }
+
+/// Most tap legs one relay bridge takes.
+pub const MAX_TAPS: usize = 4;
 
 impl Default for LegSpec {
     fn default() -> Self {
@@ -102,6 +109,7 @@ impl Default for LegSpec {
             payload_types: Vec::new(),
             fanout: true,
             peer: 0,
+            tap: false,
         }
     }
 }

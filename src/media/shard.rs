@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::config::SourceCheck;
 use crate::media::api::{
-    BridgeId, BridgeKind, BridgeStats, Event, GroupOptions, LegId, LegSpec, LegStats, WorkerStats,
+    BridgeId, BridgeKind, BridgeStats, Event, GroupOptions, LegId, LegSpec, LegStats, WorkerStats, MAX_TAPS,
 };
 use crate::media::codec::PayloadMap;
 use crate::media::out::{Channel, OutBatch, RxSlice};
@@ -109,6 +109,8 @@ struct Leg {
     payload: PayloadMap,
     fanout: bool,
     peer: u32,
+    /// A monitoring tap of a relay bridge (fixed at creation).
+    tap: bool,
     out: ListenerStream,
     incoming: ReceiverStats,
     incoming_ssrc: Option<u32>,
@@ -208,8 +210,8 @@ pub enum ShardError {
     /// The identifier is already in use.
     #[error("identifier already in use")]
     Duplicate,
-    /// A relay bridge already has its two legs.
-    #[error("a relay bridge takes exactly two legs")]
+    /// A relay bridge already has its two legs (or its [`MAX_TAPS`] taps).
+    #[error("a relay bridge takes exactly two legs and at most four taps")]
     RelayFull,
     /// The leg is not in that bridge.
     #[error("leg is not in that bridge")]
@@ -324,14 +326,27 @@ impl Shard {
             return Err(ShardError::Duplicate);
         }
         let bridge_slot = *self.bridge_slots.get(&bridge).ok_or(ShardError::UnknownBridge)?;
-        let (frame_ts, relay_full) = {
+        let (frame_ts, relay, relay_full) = {
             let bridge = self.bridges[bridge_slot as usize]
                 .as_ref()
                 .ok_or(ShardError::UnknownBridge)?;
-            (
-                bridge.frame_ts,
-                bridge.kind == BridgeKind::Relay && bridge.legs.len() >= 2,
-            )
+            let relay = bridge.kind == BridgeKind::Relay;
+            let taps = bridge
+                .legs
+                .iter()
+                .filter(|&&other| {
+                    self.legs
+                        .get(other as usize)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|leg| leg.tap)
+                })
+                .count();
+            let full = if spec.tap {
+                taps >= MAX_TAPS
+            } else {
+                bridge.legs.len() - taps >= 2
+            };
+            (bridge.frame_ts, relay, relay && full)
         };
         if relay_full {
             return Err(ShardError::RelayFull);
@@ -350,6 +365,7 @@ impl Shard {
             payload: PayloadMap::transparent(),
             fanout: true,
             peer: 0,
+            tap: false,
             out: ListenerStream::new(origin.ssrc, origin.seq, origin.timestamp, frame_ts),
             incoming: ReceiverStats::default(),
             incoming_ssrc: None,
@@ -360,6 +376,7 @@ impl Shard {
             counters: Counters::default(),
         };
         leg.apply_spec(spec, self.config.default_source_check);
+        leg.tap = spec.tap && relay;
         let slot = occupy(&mut self.legs, &mut self.free_legs, leg);
         self.leg_slots.insert(id, slot);
         if let Some(bridge) = self.bridges[bridge_slot as usize].as_mut() {
@@ -511,11 +528,28 @@ impl Shard {
         out: &mut OutBatch,
         events: &mut impl FnMut(Event),
     ) {
-        let other_slot = self
-            .bridges
-            .get(bridge_slot as usize)
-            .and_then(Option::as_ref)
-            .and_then(|bridge| bridge.legs.iter().copied().find(|&other| other != slot));
+        // The other side, and the taps with their destinations (fixed-size: no allocation).
+        let mut other_slot = None;
+        let mut taps = [(0u32, None::<SocketAddr>); MAX_TAPS];
+        let mut tap_count = 0;
+        if let Some(bridge) = self.bridges.get(bridge_slot as usize).and_then(Option::as_ref) {
+            for &other in &bridge.legs {
+                let Some(other_leg) = self.legs.get(other as usize).and_then(Option::as_ref) else {
+                    continue;
+                };
+                if other == slot {
+                    continue;
+                }
+                if other_leg.tap {
+                    if let Some(entry) = taps.get_mut(tap_count) {
+                        *entry = (other, other_leg.remote);
+                        tap_count += 1;
+                    }
+                } else if other_slot.is_none() {
+                    other_slot = Some(other);
+                }
+            }
+        }
         let mut destinations = [None, None];
         if let Some(other) = other_slot
             .and_then(|other| self.legs.get(other as usize))
@@ -526,6 +560,25 @@ impl Shard {
         let Some(leg) = self.legs[slot as usize].as_mut() else {
             return;
         };
+        if leg.tap {
+            // A tap only listens: whatever its DC sends is counted and dropped.
+            for index in 0..packets.len() {
+                let Some(packet) = packets.packet(index) else { continue };
+                if !check_source(leg, channel, packet.from, events) {
+                    continue;
+                }
+                if channel == Channel::Rtcp || rtp::is_rtcp(packet.data) {
+                    leg.counters.rtcp_in_packets += 1;
+                } else {
+                    leg.counters.rtp_in_packets += 1;
+                    leg.counters.rtp_in_bytes += packet.data.len() as u64;
+                }
+                leg.counters.drop(DropCause::TapInput);
+            }
+            return;
+        }
+        let copy = taps.iter().take(tap_count).any(|(_, remote)| remote.is_some());
+        self.accepted.clear();
         for index in 0..packets.len() {
             let Some(packet) = packets.packet(index) else { continue };
             if !check_source(leg, channel, packet.from, events) {
@@ -554,6 +607,13 @@ impl Shard {
                     .codec(view.payload_type())
                     .map_or(8000, |codec| codec.clock_rate());
                 note_incoming(leg, &view, now, clock_rate);
+                // Copied to the taps after this pass (one run per tap socket).
+                if copy && self.accepted.len() < MAX_BATCH {
+                    self.accepted.push(Accepted {
+                        index: index as u16,
+                        ..Accepted::default()
+                    });
+                }
             }
             let (Some(other), Some(destination)) = (other_slot, destinations[usize::from(rtcp)]) else {
                 leg.counters.drop(DropCause::NoDestination);
@@ -566,6 +626,20 @@ impl Shard {
             };
             let out_channel = if rtcp { Channel::Rtcp } else { Channel::Rtp };
             out.push_body(other, out_channel, destination, body);
+        }
+        for &(tap, remote) in taps.iter().take(tap_count) {
+            let Some(destination) = remote else { continue };
+            for accepted in &self.accepted {
+                let Some(packet) = packets.packet(usize::from(accepted.index)) else {
+                    continue;
+                };
+                let body = RxSlice {
+                    buffer: packet.buffer,
+                    start: 0,
+                    end: packet.data.len() as u32,
+                };
+                out.push_body(tap, Channel::Rtp, destination, body);
+            }
         }
     }
 
@@ -1249,6 +1323,98 @@ mod tests {
                 .drops(DropCause::NoDestination),
             1
         );
+    }
+
+    #[test]
+    fn relay_taps_get_a_copy_of_both_sides_rtp_and_send_nothing_in() {
+        let mut shard = shard();
+        let bridge = BridgeId(1);
+        shard.add_bridge(bridge, BridgeKind::Relay).unwrap();
+        let origin = StreamOrigin {
+            ssrc: 1,
+            seq: 1,
+            timestamp: 1,
+        };
+        let side = |port| LegSpec {
+            remote: Some(address(port)),
+            ..LegSpec::default()
+        };
+        let tap = |port| LegSpec {
+            remote: Some(address(port)),
+            tap: true,
+            ..LegSpec::default()
+        };
+        let a = shard.add_leg(LegId(1), bridge, &side(1000), origin, at(0)).unwrap();
+        // A tap may come before the second side; it never takes a side's place.
+        let t1 = shard.add_leg(LegId(3), bridge, &tap(3000), origin, at(0)).unwrap();
+        let b = shard.add_leg(LegId(2), bridge, &side(2000), origin, at(0)).unwrap();
+        let t2 = shard.add_leg(LegId(4), bridge, &tap(4000), origin, at(0)).unwrap();
+        for n in 5..=6 {
+            shard.add_leg(LegId(n), bridge, &tap(5000), origin, at(0)).unwrap();
+        }
+        assert_eq!(
+            shard.add_leg(LegId(7), bridge, &tap(5000), origin, at(0)),
+            Err(ShardError::RelayFull),
+            "at most MAX_TAPS taps"
+        );
+        assert_eq!(
+            shard.add_leg(LegId(8), bridge, &side(5000), origin, at(0)),
+            Err(ShardError::RelayFull)
+        );
+        shard.remove_leg(LegId(5)).unwrap();
+        shard.remove_leg(LegId(6)).unwrap();
+        let first = rtp(5, 1, 1, 0);
+        let second = rtp(5, 2, 161, 0);
+        let report = [0x80u8, 201, 0, 1, 0, 0, 0, 5];
+        let batch = |from: u16| {
+            [&first[..], &second[..], &report[..]].map(|data| RxPacket {
+                data,
+                from: address(from),
+                buffer: 0,
+                truncated: false,
+            })
+        };
+        let mut out = OutBatch::default();
+        shard.on_rtp(a, &batch(1000)[..], at(1), &mut out, &mut |_| {});
+        let sent: Vec<(u32, Channel, u16, u32)> = out
+            .messages
+            .iter()
+            .map(|m| (m.leg, m.channel, m.destination.port(), m.body.unwrap().end))
+            .collect();
+        let (rtp_len, rtcp_len) = (first.len() as u32, report.len() as u32);
+        // The other side gets everything unchanged; each tap, from its own socket, the RTP
+        // only, after the side's run (one sendmmsg per socket).
+        assert_eq!(
+            sent,
+            vec![
+                (b, Channel::Rtp, 2000, rtp_len),
+                (b, Channel::Rtp, 2000, rtp_len),
+                (b, Channel::Rtcp, 2001, rtcp_len),
+                (t1, Channel::Rtp, 3000, rtp_len),
+                (t1, Channel::Rtp, 3000, rtp_len),
+                (t2, Channel::Rtp, 4000, rtp_len),
+                (t2, Channel::Rtp, 4000, rtp_len),
+            ]
+        );
+        out.clear();
+        shard.on_rtp(b, &batch(2000)[..2], at(2), &mut out, &mut |_| {});
+        let legs: Vec<(u32, u16)> = out.messages.iter().map(|m| (m.leg, m.destination.port())).collect();
+        assert_eq!(
+            legs,
+            vec![(a, 1000), (a, 1000), (t1, 3000), (t1, 3000), (t2, 4000), (t2, 4000)]
+        );
+        out.clear();
+        // What a tap's DC sends goes nowhere, counted.
+        shard.on_rtp(t1, &batch(3000)[..], at(3), &mut out, &mut |_| {});
+        assert!(out.is_empty());
+        let tap_stats = shard.leg_snapshot(LegId(3)).unwrap().counters;
+        assert_eq!(tap_stats.drops(DropCause::TapInput), 3);
+        assert_eq!(shard.fanout_width(a), 4);
+        // Without taps the relay is as before.
+        shard.remove_leg(LegId(3)).unwrap();
+        shard.remove_leg(LegId(4)).unwrap();
+        shard.on_rtp(a, &batch(1000)[..1], at(4), &mut out, &mut |_| {});
+        assert_eq!(out.len(), 1);
     }
 
     #[test]

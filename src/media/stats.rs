@@ -33,10 +33,12 @@ pub enum DropCause {
     /// Arrived at a pooled port that no leg uses (a released port in quarantine or idle):
     /// late media of an ended call, or a stray sender. Never forwarded.
     IdlePort = 12,
+    /// Sent by a monitoring tap leg of a relay bridge: a tap only listens.
+    TapInput = 13,
 }
 
 /// Number of [`DropCause`] variants.
-pub const DROP_CAUSES: usize = 13;
+pub const DROP_CAUSES: usize = 14;
 
 impl DropCause {
     /// Every cause, in order.
@@ -54,6 +56,7 @@ impl DropCause {
         DropCause::Truncated,
         DropCause::KernelOverflow,
         DropCause::IdlePort,
+        DropCause::TapInput,
     ];
 
     /// Label used in metrics.
@@ -72,6 +75,7 @@ impl DropCause {
             DropCause::Truncated => "truncated",
             DropCause::KernelOverflow => "kernel_overflow",
             DropCause::IdlePort => "idle_port",
+            DropCause::TapInput => "tap_input",
         }
     }
 }

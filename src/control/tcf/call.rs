@@ -789,6 +789,42 @@ impl Tcf {
         Ok((Anchor { bridge, a, b }, video, body, sent))
     }
 
+    /// F-MON-02: an answered single call anchored here, as monitoring sees it: its relay
+    /// bridge, the offer this node sent on (the call's formats, numbered as the call uses them)
+    /// and the users on its terminal sides (whom this node serves in it).
+    pub(super) fn monitored_call(&self, id: u64) -> Option<(BridgeId, Sdp, Vec<Number>)> {
+        let call = self.calls.calls.get(&id)?;
+        let b = call.b.as_ref()?;
+        if !call.answered || call.calltype != "1" {
+            return None;
+        }
+        let bridge = call.anchor.as_ref()?.bridge;
+        let mut users = Vec::new();
+        if call.a.peer.is_none() {
+            users.push(call.caller.clone());
+        }
+        if b.peer.is_none() {
+            users.push(b.target.clone());
+        }
+        Some((bridge, b.offer.clone()?, users))
+    }
+
+    /// F-MON-02: the calls [`Tcf::monitored_call`] finds with `user` on a terminal side.
+    pub(super) fn monitored_calls_of(&self, user: &Number) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .calls
+            .calls
+            .keys()
+            .copied()
+            .filter(|&id| {
+                self.monitored_call(id)
+                    .is_some_and(|(_, _, users)| users.contains(user))
+            })
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Sends the call's outbound INVITE to `next`.
     fn start_outbound(
         &mut self,
@@ -800,7 +836,9 @@ impl Tcf {
         let (uri, to, destination, peer, stage, answer_mode) = match &next {
             Next::Terminal(binding) => {
                 let uri = binding.contact.trim_matches(|c| c == '<' || c == '>').to_owned();
-                let ambient = Ambient::of_calltype(&call.calltype).is_some();
+                // Ambient listening and monitoring sessions (F-MON-02) are answered at once.
+                let ambient =
+                    Ambient::of_calltype(&call.calltype).is_some() || call.calltype == super::monitor::MONITOR_CALLTYPE;
                 let mode = match self.subscribers.user(&target).map(|user| user.answer) {
                     // Ambient listening: answered at once, without alerting the user.
                     _ if ambient => "direct",
@@ -827,7 +865,10 @@ impl Tcf {
         let mut extension = String::with_capacity(160);
         extension.push_str("pttcall;calltype=");
         extension.push_str(&call.calltype);
-        if call.gdn.is_none() && Ambient::of_calltype(&call.calltype).is_none() {
+        if call.gdn.is_none()
+            && Ambient::of_calltype(&call.calltype).is_none()
+            && call.calltype != super::monitor::MONITOR_CALLTYPE
+        {
             extension.push_str(";duplex=1");
         }
         extension.push_str(";priority=");
@@ -1049,6 +1090,7 @@ impl Tcf {
                 });
                 call.b = Some(b);
                 self.calls.calls.insert(id, call);
+                self.monitor_call_answered(now, id);
             }
             (_, response) => {
                 b.finished = true;
@@ -1302,6 +1344,7 @@ impl Tcf {
                 self.abandon(now, b);
             }
         }
+        self.monitor_call_ended(now, id);
         self.release(&mut call);
         self.video_call_ended(now, id);
         self.calls.ended_total += 1;

@@ -26,8 +26,14 @@
 //! downlink through the TCF that relayed its order, like a provisioned dispatcher, including the
 //! call running when monitoring starts; `stop` ends its downlink of a running call. A listener
 //! that is neither a member nor a dispatcher of the group gets `403` for floor requests, and its
-//! hang-up only takes it out of the call. Monitoring a user is recorded and relayed; the user's
-//! call audio is not yet delivered to the DC (`docs/protocol.md`).
+//! hang-up only takes it out of the call.
+//!
+//! The node serving a monitored user (which anchors the user's side of its single calls) gives
+//! each monitoring DC a *monitoring session* of every answered single call of the user: an
+//! INVITE (`pttcall;calltype=8`, `sendonly`, the call's formats) through the TCF serving the DC
+//! (`DCTCF` of the order), and a tap leg on the call's relay bridge that gets a copy of both
+//! sides' RTP. The session ends with the call, on `stop`, or when the DC hangs up; a DC that
+//! refuses changes nothing for the call.
 //!
 //! Wire formats: `docs/protocol.md`, section "Monitoring (F-MON-01, F-MON-02)".
 
@@ -36,6 +42,9 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::control::provisioning::UserKind;
+use crate::media::api::{LegInfo, LegSpec};
+use crate::sdp::{self, Sdp};
+use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::headers::PttExtension;
 
 use super::*;
@@ -121,6 +130,9 @@ pub(super) struct Order {
     action: Action,
     /// The ordering DC (between TCFs).
     dc: Option<Number>,
+    /// The TCF serving the DC (`DCTCF`, user's home → user's serving TCF): where the DC's
+    /// monitoring sessions go (F-MON-02).
+    dc_tcf: Option<String>,
 }
 
 impl Order {
@@ -150,11 +162,17 @@ impl Order {
             Some(Some(dc)) => Some(dc),
             Some(None) => return Err("Bad Request (DC)"),
         };
+        // A TCF name: checked against the network where it is used.
+        let dc_tcf = extension
+            .param("DCTCF")
+            .and_then(|value| std::str::from_utf8(&value).ok().map(str::to_owned))
+            .filter(|name| !name.is_empty() && name.len() <= 64);
         Ok(Order {
             kind,
             target,
             action,
             dc,
+            dc_tcf,
         })
     }
 
@@ -168,6 +186,10 @@ impl Order {
         if let Some(dc) = &self.dc {
             value.push_str(";DC=");
             value.push_str(dc.as_str());
+        }
+        if let Some(dc_tcf) = &self.dc_tcf {
+            value.push_str(";DCTCF=");
+            value.push_str(dc_tcf);
         }
         value
     }
@@ -197,6 +219,48 @@ pub(super) struct Relay {
 #[derive(Debug, Default)]
 pub(super) struct Monitors {
     records: NetMap<MonitorKey, String>,
+    /// The DCs' monitoring sessions of single calls anchored here (F-MON-02).
+    taps: Vec<Tap>,
+    /// Our client transactions of those sessions.
+    sent: NetMap<TransactionKey, TapSent>,
+}
+
+/// Most monitoring sessions one node runs at once (further ones are not set up).
+const MAX_TAPS_NODE: usize = 4096;
+
+/// A DC's monitoring session of one single call (F-MON-02): a tap leg on the call's relay
+/// bridge and our INVITE dialog towards the DC.
+#[derive(Debug)]
+struct Tap {
+    call: u64,
+    user: Number,
+    dc: Number,
+    leg: LegInfo,
+    client: TransactionKey,
+    /// The offer sent (the answer is checked against it).
+    offer: Sdp,
+    destination: SocketAddr,
+    dialog: Option<Dialog>,
+}
+
+/// What one of our monitoring-session transactions is.
+#[derive(Debug, Clone)]
+enum TapSent {
+    /// The session's INVITE (kept, so a 2xx after the session ended is ACKed and ended).
+    Invite(Box<Message>, SocketAddr),
+    /// BYE or CANCEL.
+    Other,
+}
+
+impl Monitors {
+    /// Whether a client transaction is one of the monitoring sessions'.
+    pub(super) fn owns(&self, key: &TransactionKey) -> bool {
+        self.sent.contains_key(key)
+    }
+
+    pub(super) fn transaction_ended(&mut self, key: &TransactionKey) {
+        self.sent.remove(key);
+    }
 }
 
 /// Why a change was not made.
@@ -442,8 +506,14 @@ impl Tcf {
         if home == self.config.name {
             self.monitor_at_target(now, key, request, source, &order, &dc, &peer);
         } else if order.kind == MonitorKind::User && home == peer {
-            // At the user's serving TCF, from its home.
-            self.monitor_record(now, key, request, &order.key(&dc), order.action, &peer);
+            // At the user's serving TCF, from its home: it records the TCF serving the DC
+            // (where the DC's monitoring sessions go), else the home.
+            let dc_tcf = order
+                .dc_tcf
+                .clone()
+                .filter(|name| self.network.tcf(name).is_some())
+                .unwrap_or(peer);
+            self.monitor_record(now, key, request, &order.key(&dc), order.action, &dc_tcf);
         } else {
             self.respond(now, key, request, 404, "Not Found (not the target's home)", &[]);
         }
@@ -476,7 +546,11 @@ impl Tcf {
             None => self.monitor_record(now, key, request, &monitor, order.action, from_tcf),
             Some(serving) => {
                 let record = Some((monitor, order.action, from_tcf.to_owned()));
-                self.monitor_relay(now, key, request, source, order, &serving, record);
+                let order = Order {
+                    dc_tcf: Some(from_tcf.to_owned()),
+                    ..order.clone()
+                };
+                self.monitor_relay(now, key, request, source, &order, &serving, record);
             }
         }
     }
@@ -529,6 +603,17 @@ impl Tcf {
             match action {
                 Action::Start => self.monitoring_started(now, &monitor.target),
                 Action::Stop => self.monitoring_stopped(now, &monitor.target, &monitor.dc),
+            }
+        }
+        if monitor.kind == MonitorKind::User {
+            match action {
+                // The user's calls running here reach the DC at once.
+                Action::Start => {
+                    for call in self.monitored_calls_of(&monitor.target) {
+                        self.tap_call(now, call, Some(&monitor.dc));
+                    }
+                }
+                Action::Stop => self.untap(now, |tap| tap.user == monitor.target && tap.dc == monitor.dc),
             }
         }
     }
@@ -625,10 +710,10 @@ impl Tcf {
     /// told of every DC monitoring the user (fire and forget), whether the user moved there or
     /// its copy there had lapsed.
     pub(super) fn monitor_registered(&mut self, now: Now, user: &Number, serving: &str) {
-        let dcs: Vec<Number> = self
+        let dcs: Vec<(Number, String)> = self
             .monitors
             .of(MonitorKind::User, user)
-            .map(|(dc, _)| dc.clone())
+            .map(|(dc, from)| (dc.clone(), from.to_owned()))
             .collect();
         if dcs.is_empty() || self.peer_is_down(serving) {
             return;
@@ -637,12 +722,13 @@ impl Tcf {
             return;
         };
         let uri = concat(&["sip:", user.as_str(), "@", &address.to_string()]);
-        for dc in dcs {
+        for (dc, dc_tcf) in dcs {
             let order = Order {
                 kind: MonitorKind::User,
                 target: user.clone(),
                 action: Action::Start,
                 dc: Some(dc.clone()),
+                dc_tcf: Some(dc_tcf),
             };
             self.monitor_send(now, &uri, &dc, order.render(), address, Pending::FireAndForget);
         }
@@ -683,6 +769,335 @@ impl Tcf {
         pending: Pending,
     ) -> Option<TransactionKey> {
         self.send_message_as(now, dc.as_str(), uri, extension, None, destination, pending)
+    }
+}
+
+/// `calltype` of a monitoring session (F-MON-02): a DC's listen-only copy of a user's call.
+pub(super) const MONITOR_CALLTYPE: &str = "8";
+
+/// The offer to a DC: the call's formats (as numbered in the call), at the tap leg, `sendonly`.
+fn tap_offer(call_offer: &Sdp, leg: &LegInfo) -> Option<Sdp> {
+    let anchored = sdp::rewrite_connection(
+        call_offer,
+        leg.local_rtp.ip(),
+        leg.local_rtp.port(),
+        Some(leg.local_rtcp.port()),
+    );
+    let text = String::from_utf8(anchored.to_bytes()).ok()?;
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut placed = false;
+    let mut in_audio = false;
+    for line in text.split("\r\n").filter(|line| !line.is_empty()) {
+        if matches!(line, "a=sendrecv" | "a=sendonly" | "a=recvonly" | "a=inactive") {
+            continue;
+        }
+        if line.starts_with("m=") {
+            if in_audio && !placed {
+                out.push_str("a=sendonly\r\n");
+                placed = true;
+            }
+            in_audio = line.starts_with("m=audio ") && !line.starts_with("m=audio 0 ");
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    if in_audio && !placed {
+        out.push_str("a=sendonly\r\n");
+    }
+    sdp::parse(out.as_bytes()).ok()
+}
+
+impl Tcf {
+    /// A single call anchored here was answered: every DC monitoring a user it serves here
+    /// gets a monitoring session of it.
+    pub(super) fn monitor_call_answered(&mut self, now: Now, call: u64) {
+        if !self.monitors.records.keys().any(|key| key.kind == MonitorKind::User) {
+            return;
+        }
+        self.tap_call(now, call, None);
+    }
+
+    /// A call is ending: its monitoring sessions end too (before its bridge goes).
+    pub(super) fn monitor_call_ended(&mut self, now: Now, call: u64) {
+        if self.monitors.taps.iter().any(|tap| tap.call == call) {
+            self.untap(now, |tap| tap.call == call);
+        }
+    }
+
+    /// Sets up the monitoring sessions of `call` (of every monitoring DC, or only of `only`).
+    pub(super) fn tap_call(&mut self, now: Now, call: u64, only: Option<&Number>) {
+        let Some((bridge, offer, users)) = self.monitored_call(call) else {
+            return;
+        };
+        for user in users {
+            let dcs: Vec<(Number, String)> = self
+                .monitors
+                .of(MonitorKind::User, &user)
+                .filter(|(dc, _)| only.map_or(true, |only| only == *dc))
+                .map(|(dc, dc_tcf)| (dc.clone(), dc_tcf.to_owned()))
+                .collect();
+            for (dc, dc_tcf) in dcs {
+                let exists = self.monitors.taps.iter().any(|tap| tap.call == call && tap.dc == dc);
+                if !exists && self.monitors.taps.len() < MAX_TAPS_NODE {
+                    self.tap_start(now, call, bridge, &offer, &user, &dc, &dc_tcf);
+                }
+            }
+        }
+    }
+
+    /// INVITEs `dc` (through `dc_tcf`, its serving TCF) to listen to `call` through a new tap leg.
+    #[allow(clippy::too_many_arguments)]
+    fn tap_start(
+        &mut self,
+        now: Now,
+        call: u64,
+        bridge: crate::media::api::BridgeId,
+        call_offer: &Sdp,
+        user: &Number,
+        dc: &Number,
+        dc_tcf: &str,
+    ) {
+        let (uri, destination, stage) = if dc_tcf == self.config.name {
+            let Some(binding) = self.bindings.get(dc) else { return };
+            let uri = binding.contact.trim_matches(|c| c == '<' || c == '>').to_owned();
+            (uri, binding.address, None)
+        } else {
+            let Some(address) = self.network.tcf(dc_tcf).map(|tcf| tcf.sip) else {
+                return;
+            };
+            if self.peer_is_down(dc_tcf) {
+                return;
+            }
+            let host = crate::sip::builder::socket_addr_text(address);
+            (
+                concat(&["sip:", dc.as_str(), "@", &host]),
+                address,
+                Some("callee-serving"),
+            )
+        };
+        let spec = LegSpec {
+            tap: true,
+            ..LegSpec::default()
+        };
+        // A full bridge (four taps) or no ports: this DC does not hear this call.
+        let Ok(leg) = self.media.add_leg(bridge, spec) else {
+            tracing::debug!(call, %dc, "no tap leg for a monitoring session");
+            return;
+        };
+        let Some(offer) = tap_offer(call_offer, &leg) else {
+            self.media.remove_leg(leg.id);
+            return;
+        };
+        let priority = self.subscribers.user(user).map_or(1, |user| user.priority);
+        let mut extension = String::with_capacity(120);
+        extension.push_str("pttcall;calltype=");
+        extension.push_str(MONITOR_CALLTYPE);
+        extension.push_str(";priority=");
+        extension.push_str(itoa::Buffer::new().format(priority));
+        extension.push_str(";callerUDN=");
+        extension.push_str(user.as_str());
+        extension.push_str(";calleeUDN=");
+        extension.push_str(dc.as_str());
+        match stage {
+            Some(stage) => {
+                extension.push_str(";stage=");
+                extension.push_str(stage);
+            }
+            None => extension.push_str(";answermode=direct"),
+        }
+        let to = concat(&["<", &uri, ">"]);
+        let sent = self
+            .new_invite(&uri, &to, user, &extension, Bytes::from(offer.to_bytes()))
+            .and_then(|(key, request)| {
+                self.layer
+                    .send_request(
+                        now.instant,
+                        key.clone(),
+                        TxMethod::Invite,
+                        request.to_bytes(),
+                        destination,
+                        false,
+                    )
+                    .ok()
+                    .map(|_| (key, request))
+            });
+        let Some((client, request)) = sent else {
+            self.media.remove_leg(leg.id);
+            return;
+        };
+        self.monitors
+            .sent
+            .insert(client.clone(), TapSent::Invite(Box::new(request), destination));
+        self.monitors.taps.push(Tap {
+            call,
+            user: user.clone(),
+            dc: dc.clone(),
+            leg,
+            client,
+            offer,
+            destination,
+            dialog: None,
+        });
+    }
+
+    /// Ends the monitoring sessions `which` selects: BYE (answered) or CANCEL (not yet), and
+    /// their tap legs go. The calls are not touched.
+    fn untap(&mut self, now: Now, which: impl Fn(&Tap) -> bool) {
+        let (gone, kept): (Vec<Tap>, Vec<Tap>) = std::mem::take(&mut self.monitors.taps).into_iter().partition(&which);
+        self.monitors.taps = kept;
+        for mut tap in gone {
+            self.media.remove_leg(tap.leg.id);
+            match tap.dialog.as_mut() {
+                Some(dialog) => self.tap_bye(now, dialog, tap.destination),
+                None => {
+                    let invite = match self.monitors.sent.get(&tap.client) {
+                        Some(TapSent::Invite(invite, _)) => Some(invite.clone()),
+                        _ => None,
+                    };
+                    if let Some(cancel) = invite.and_then(|invite| super::call::cancel_for(&invite)) {
+                        if let Ok(key) = self.layer.send_cancel(now.instant, &tap.client, cancel) {
+                            self.monitors.sent.insert(key, TapSent::Other);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends BYE in a monitoring session's dialog.
+    fn tap_bye(&mut self, now: Now, dialog: &mut Dialog, destination: SocketAddr) {
+        let branch = concat(&["z9hG4bK", &self.token()]);
+        let sent_by = self.address_text.clone();
+        let Ok(builder) = dialog.request(Method::Bye, &branch, &sent_by, "UDP") else {
+            return;
+        };
+        let Ok(bye) = builder.raw_header("Ptt-Extension", "pttrelease;cause=16").build_bytes() else {
+            return;
+        };
+        dialog.terminate();
+        let Ok(key) = TransactionKey::new(&branch, &sent_by, TxMethod::from_token("BYE")) else {
+            return;
+        };
+        let sent = self.layer.send_request(
+            now.instant,
+            key.clone(),
+            TxMethod::from_token("BYE"),
+            bye,
+            destination,
+            false,
+        );
+        if sent.is_ok() {
+            self.monitors.sent.insert(key, TapSent::Other);
+        }
+    }
+
+    /// ACKs a 2xx of a monitoring session's INVITE.
+    fn tap_ack(&mut self, dialog: &Dialog, response: &Message, destination: SocketAddr) {
+        let cseq = response.cseq().map_or(1, |cseq| cseq.number);
+        let branch = concat(&["z9hG4bK", &self.token()]);
+        if let Ok(ack) = dialog.ack_for(cseq, &branch, &self.address_text, "UDP").build_bytes() {
+            self.outputs.push_back(Output::Transmit {
+                destination,
+                bytes: ack,
+            });
+        }
+    }
+
+    /// A response (or a timeout: `408`, no message) to a monitoring session's request.
+    pub(super) fn tap_response(&mut self, now: Now, key: TransactionKey, status: u16, response: Option<Message>) {
+        let Some(TapSent::Invite(invite, destination)) = self.monitors.sent.get(&key).cloned() else {
+            return;
+        };
+        if status < 200 {
+            return;
+        }
+        let index = self.monitors.taps.iter().position(|tap| tap.client == key);
+        match (status, response, index) {
+            (200..=299, Some(response), Some(index)) => {
+                if let Some(dialog) = self.monitors.taps.get(index).and_then(|tap| tap.dialog.clone()) {
+                    // A retransmitted 2xx: ACKed again.
+                    self.tap_ack(&dialog, &response, destination);
+                    return;
+                }
+                let Ok(dialog) = Dialog::uac(&invite, &response) else {
+                    return;
+                };
+                self.tap_ack(&dialog, &response, destination);
+                let negotiated = self.monitors.taps.get(index).and_then(|tap| {
+                    sdp::parse(response.body())
+                        .ok()
+                        .and_then(|answer| sdp::parse_answer(&tap.offer, &answer).ok())
+                });
+                let Some(tap) = self.monitors.taps.get_mut(index) else {
+                    return;
+                };
+                tap.dialog = Some(dialog);
+                let leg = tap.leg.id;
+                let (user, dc) = (tap.user.clone(), tap.dc.clone());
+                let updated = negotiated.and_then(|negotiated| {
+                    let spec = LegSpec {
+                        remote: negotiated.remote_rtp,
+                        remote_rtcp: negotiated.remote_rtcp,
+                        rtcp_mux: negotiated.rtcp_mux,
+                        tap: true,
+                        ..LegSpec::default()
+                    };
+                    self.media.update_leg(leg, spec).ok()
+                });
+                if updated.is_none() {
+                    // No usable answer: the session ends; the call goes on.
+                    self.untap(now, |tap| tap.client == key);
+                    return;
+                }
+                tracing::debug!(%user, %dc, "monitoring session answered");
+            }
+            (200..=299, Some(response), None) => {
+                // The session ended before its answer: ACK and BYE.
+                if let Ok(mut dialog) = Dialog::uac(&invite, &response) {
+                    self.tap_ack(&dialog, &response, destination);
+                    self.tap_bye(now, &mut dialog, destination);
+                }
+            }
+            (_, _, Some(index)) => {
+                // Refused or unanswered: no session; the call goes on.
+                let tap = self.monitors.taps.remove(index);
+                self.media.remove_leg(tap.leg.id);
+                tracing::debug!(user = %tap.user, dc = %tap.dc, status, "monitoring session refused");
+            }
+            _ => {}
+        }
+    }
+
+    /// An in-dialog request of a monitoring session (from the DC's side): BYE ends it (the call
+    /// goes on); anything else is refused, the DC only listens. Not ours: handed back.
+    pub(super) fn tap_in_dialog(&mut self, now: Now, key: TransactionKey, request: Message) -> Option<Message> {
+        if self.monitors.taps.is_empty() {
+            return Some(request);
+        }
+        let id = DialogId::of_received(&request)?;
+        let Some(index) = self
+            .monitors
+            .taps
+            .iter()
+            .position(|tap| tap.dialog.as_ref().is_some_and(|dialog| *dialog.id() == id))
+        else {
+            return Some(request);
+        };
+        if let Some(dialog) = self.monitors.taps.get_mut(index).and_then(|tap| tap.dialog.as_mut()) {
+            if let Err(error) = dialog.check_request(&request) {
+                let (status, reason) = error.status().unwrap_or((481, "Call/Transaction Does Not Exist"));
+                self.respond(now, &key, &request, status, reason, &[]);
+                return None;
+            }
+        }
+        if request.method() == Some(Method::Bye) {
+            let tap = self.monitors.taps.remove(index);
+            self.media.remove_leg(tap.leg.id);
+            self.respond(now, &key, &request, 200, "OK", &[]);
+        } else {
+            self.respond(now, &key, &request, 403, "Forbidden (monitoring only)", &[]);
+        }
+        None
     }
 }
 
@@ -768,6 +1183,34 @@ mod tests {
     }
 
     #[test]
+    fn a_tap_offer_is_the_calls_formats_at_the_tap_leg_sendonly() {
+        let call_offer = sdp::parse(
+            b"v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+              m=audio 4000 RTP/AVP 96 0 101\r\na=rtpmap:96 AMR-WB/16000\r\na=rtpmap:0 PCMU/8000\r\n\
+              a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n\
+              m=video 5000 RTP/AVP 97\r\na=rtpmap:97 H264/90000\r\n",
+        )
+        .unwrap();
+        let leg = LegInfo {
+            id: crate::media::api::LegId(7),
+            local_rtp: "127.0.0.1:30000".parse().unwrap(),
+            local_rtcp: "127.0.0.1:30001".parse().unwrap(),
+            ssrc: 1,
+        };
+        let offer = tap_offer(&call_offer, &leg).unwrap();
+        let text = String::from_utf8(offer.to_bytes()).unwrap();
+        assert!(text.contains("m=audio 30000 RTP/AVP 96 0 101\r\n"), "{text}");
+        assert!(text.contains("c=IN IP4 127.0.0.1\r\n"), "{text}");
+        assert_eq!(text.matches("a=sendonly").count(), 1, "{text}");
+        assert!(!text.contains("a=sendrecv"), "{text}");
+        // The direction belongs to the audio section, before the disabled video one.
+        let audio = text.find("m=audio").unwrap();
+        let video = text.find("m=video 0").unwrap();
+        let direction = text.find("a=sendonly").unwrap();
+        assert!(audio < direction && direction < video, "{text}");
+    }
+
+    #[test]
     fn orders_parse_defensively_and_render_back() {
         let order = parse("pttmonitor;GDN=2300;action=START;DC=9100").unwrap();
         assert_eq!(
@@ -777,11 +1220,18 @@ mod tests {
                 target: n("2300"),
                 action: Action::Start,
                 dc: Some(n("9100")),
+                dc_tcf: None,
             }
         );
         assert_eq!(order.render(), "pttmonitor;GDN=2300;action=start;DC=9100");
         let order = parse("pttmonitor;UDN=1300;action=stop").unwrap();
         assert_eq!(order.render(), "pttmonitor;UDN=1300;action=stop");
+        let order = parse("pttmonitor;UDN=1300;action=start;DC=9100;DCTCF=tcf-a").unwrap();
+        assert_eq!(order.dc_tcf.as_deref(), Some("tcf-a"));
+        assert_eq!(order.render(), "pttmonitor;UDN=1300;action=start;DC=9100;DCTCF=tcf-a");
+        // An oversized DCTCF is no DCTCF (an unknown name is ignored where used).
+        let long = format!("pttmonitor;UDN=1300;action=start;DCTCF={}", "x".repeat(65));
+        assert_eq!(parse(&long).unwrap().dc_tcf, None);
         for bad in [
             "pttmonitor",
             "pttmonitor;action=start",
