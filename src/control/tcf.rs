@@ -2245,6 +2245,18 @@ fn from_user(request: &Message) -> Option<Number> {
     user_of(request.from())
 }
 
+impl Tcf {
+    /// The From user of `request` when it is registered here and the request came from its
+    /// binding's address `source`: how a terminal's or a DC's own request is authenticated.
+    fn registered_sender(&self, request: &Message, source: SocketAddr) -> Option<Number> {
+        let sender = from_user(request)?;
+        self.bindings
+            .get(&sender)
+            .is_some_and(|binding| binding.address == source)
+            .then_some(sender)
+    }
+}
+
 /// The user number in the To URI.
 fn to_user(request: &Message) -> Option<Number> {
     user_of(request.to())

@@ -432,12 +432,7 @@ impl Tcf {
                 (caller, stage)
             }
             None => {
-                let caller = user_of(request.from());
-                let registered = caller
-                    .as_ref()
-                    .and_then(|caller| self.bindings.get(caller))
-                    .is_some_and(|binding| binding.address == source);
-                let (Some(caller), true) = (caller, registered) else {
+                let Some(caller) = self.registered_sender(&request, source) else {
                     self.respond(now, &key, &request, 403, "Forbidden (not registered here)", &[]);
                     return;
                 };

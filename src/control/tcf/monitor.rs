@@ -332,12 +332,6 @@ impl Monitors {
     }
 }
 
-/// The user number in the From URI.
-fn from_user(request: &Message) -> Option<Number> {
-    let from = request.from().ok()?;
-    Number::parse(from.uri().as_sip()?.user()?).ok()
-}
-
 impl Tcf {
     /// The monitoring records this node holds.
     pub fn monitors(&self) -> Vec<MonitorRecord> {
@@ -413,12 +407,7 @@ impl Tcf {
         parsed: Result<Order, &'static str>,
     ) {
         // Who sends is checked first: a stranger learns nothing about our users.
-        let sender = from_user(request);
-        let registered = sender
-            .as_ref()
-            .and_then(|sender| self.bindings.get(sender))
-            .is_some_and(|binding| binding.address == source);
-        let Some(dc) = sender.filter(|_| registered) else {
+        let Some(dc) = self.registered_sender(request, source) else {
             self.respond(now, key, request, 403, "Forbidden (not registered here)", &[]);
             return;
         };

@@ -515,12 +515,7 @@ impl Tcf {
         action: Action,
         source: SocketAddr,
     ) {
-        let dc = from_user(&request);
-        let registered = dc
-            .as_ref()
-            .and_then(|dc| self.bindings.get(dc))
-            .is_some_and(|binding| binding.address == source);
-        let (Some(dc), true) = (dc, registered) else {
+        let Some(dc) = self.registered_sender(&request, source) else {
             self.respond(now, &key, &request, 403, "Forbidden (not registered here)", &[]);
             return;
         };

@@ -224,17 +224,10 @@ impl Tcf {
                     .ok_or_else(|| Refusal::new(400, "Bad Request (pttmsg stage)").about(&sender, None))?;
                 (sender, stage)
             }
-            None => {
-                let sender = user_of(request.from());
-                let registered = sender
-                    .as_ref()
-                    .and_then(|sender| self.bindings.get(sender))
-                    .is_some_and(|binding| binding.address == source);
-                match (sender, registered) {
-                    (Some(sender), true) => (sender, Stage::SenderServing),
-                    _ => return Err(Refusal::new(403, "Forbidden (not registered here)")),
-                }
-            }
+            None => match self.registered_sender(request, source) {
+                Some(sender) => (sender, Stage::SenderServing),
+                None => return Err(Refusal::new(403, "Forbidden (not registered here)")),
+            },
         };
         let Some(destination) = request_user(request) else {
             return Err(Refusal::new(404, "Not Found").about(&sender, None));

@@ -314,12 +314,7 @@ impl Tcf {
         source: SocketAddr,
         parsed: Result<ForwardOrder, &'static str>,
     ) {
-        let sender = from_user(request);
-        let registered = sender
-            .as_ref()
-            .and_then(|sender| self.bindings.get(sender))
-            .is_some_and(|binding| binding.address == source);
-        let Some(dc) = sender.filter(|_| registered) else {
+        let Some(dc) = self.registered_sender(request, source) else {
             self.respond(now, key, request, 403, "Forbidden (not registered here)", &[]);
             return;
         };
