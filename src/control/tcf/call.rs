@@ -1267,7 +1267,10 @@ impl Tcf {
         }
         let _ = self.layer.respond(now.instant, &call.a.server, status, bytes.clone());
         if (200..300).contains(&status) && !call.a.reliable {
-            self.retransmit_2xx(call, Side::A, call.a.server.clone(), bytes, 1, now);
+            // The ACK that stops it carries the caller's INVITE CSeq (RFC 3261 §13.2.2.4),
+            // whatever number the caller started from.
+            let cseq = call.a.invite.cseq().map_or(1, |cseq| cseq.number);
+            self.retransmit_2xx(call, Side::A, call.a.server.clone(), bytes, cseq, now);
         }
     }
 
@@ -2269,6 +2272,40 @@ mod tests {
             statuses(&rig.sent(), CALLER).is_empty(),
             "nothing retransmitted after the ACK"
         );
+        assert_eq!(rig.tcf.stats().calls, 1);
+    }
+
+    /// The caller's CSeq need not start at 1 (many phones start elsewhere): its ACK, which
+    /// carries the INVITE's number, stops the 2xx retransmissions all the same, and the call
+    /// is not ended for want of an ACK.
+    #[test]
+    fn the_ack_stops_retransmission_whatever_the_callers_cseq() {
+        let mut rig = Rig::new();
+        rig.deliver(0, CALLER, &invite().replace("CSeq: 1 INVITE", "CSeq: 314 INVITE"));
+        let onward = requests(&rig.sent(), CALLEE, "INVITE")[0].clone();
+        rig.deliver(10, CALLEE, &response_to(&onward, 200, "e1", Some(offer(9100))));
+        let ok = rig
+            .sent()
+            .into_iter()
+            .find(|(_, message)| message.status() == Some(200))
+            .map(|(_, message)| message)
+            .unwrap();
+        let to = ok.header(HeaderName::To).unwrap().value_str().unwrap().into_owned();
+        let ack = format!(
+            "ACK sip:1001@127.0.0.1:5601 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKack314;rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1000@127.0.0.1:5601>;tag=c1\r\nTo: {to}\r\n\
+             Call-ID: call1@caller\r\nCSeq: 314 ACK\r\nContent-Length: 0\r\n\r\n"
+        );
+        rig.deliver(20, CALLER, &ack);
+        for millis in (30..=7_000).step_by(10) {
+            rig.tick(millis);
+        }
+        let sent = rig.sent();
+        assert!(
+            statuses(&sent, CALLER).is_empty(),
+            "nothing retransmitted after the ACK"
+        );
+        assert!(requests(&sent, CALLER, "BYE").is_empty(), "the call is not ended");
         assert_eq!(rig.tcf.stats().calls, 1);
     }
 
