@@ -552,10 +552,22 @@ async fn f_flr_10_dc_forced_teardown_and_f_grp_05_member_leaves() {
         .receive_rtp(Duration::from_millis(200))
         .await
         .is_empty());
+    // Another member joining at tcf-b (late entry) does not bring 1101 back: it stays out.
+    let late = Phone::register("1102", "alpha", scene.cluster.address(B)).await;
+    let mut l1102 = Listener::join(late).await;
+    l1102.expect_talker("1300").await;
+    let mut seen = Vec::new();
+    while let Some(message) = scene.l1101.phone.next(Duration::from_millis(700)).await {
+        seen.extend(message.method().map(|method| method.as_str().to_owned()));
+    }
+    assert!(
+        !seen.iter().any(|method| method == "INVITE"),
+        "1101 left and stays out: {seen:?}"
+    );
     // The DC hangs up: the call ends everywhere.
     scene.dc.phone.callee_request(&mut scene.dc.session, "BYE").await;
     scene.dc.phone.expect_response("BYE", 200).await;
-    for listener in [&mut scene.l1100, &mut scene.l1301] {
+    for listener in [&mut scene.l1100, &mut scene.l1301, &mut l1102] {
         let bye = listener.phone.expect_request("BYE").await;
         listener.phone.ok(&bye).await;
     }

@@ -1620,7 +1620,12 @@ impl Tcf {
 
     fn bind(&mut self, binding: Binding, expires: u32) {
         let user = binding.user.clone();
-        self.bindings.insert(user.clone(), binding.clone());
+        let previous = self.bindings.insert(user.clone(), binding.clone());
+        if previous.map_or(true, |previous| {
+            previous.address != binding.address || previous.contact != binding.contact
+        }) {
+            self.groups.rejoined.push(user.clone());
+        }
         self.groups.changed.push(user.clone());
         self.write(StoreWrite::PutBinding(binding));
         self.event(TcfEvent::Bound { user, expires });
@@ -1788,7 +1793,14 @@ impl Tcf {
                     serving,
                     expires_at: now.unix() + u64::from(expires),
                 };
-                self.locations.insert(user.clone(), location.clone());
+                // Located anew or elsewhere (not a refresh): it may join calls it had left.
+                if self
+                    .locations
+                    .insert(user.clone(), location.clone())
+                    .map_or(true, |previous| previous.serving != location.serving)
+                {
+                    self.groups.rejoined.push(user.clone());
+                }
                 self.write(StoreWrite::PutLocation(location));
             }
             None => {

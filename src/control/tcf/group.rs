@@ -140,6 +140,9 @@ struct Home {
     talkers: NetMap<Number, HomeTalker>,
     downlinks: NetMap<String, Downlink>,
     members: NetMap<Number, Member>,
+    /// Members served here and DCs that hung up (F-GRP-05: only they leave): not invited
+    /// again while the call lasts, unless they register anew or move ([`Groups::rejoined`]).
+    left: Vec<Number>,
     pids: NetMap<Number, ParticipantId>,
     users: NetMap<ParticipantId, Number>,
     next_pid: u64,
@@ -159,6 +162,9 @@ struct Local {
     /// the call start with a packet the home could not send yet.
     downlink_confirmed: bool,
     members: NetMap<Number, Member>,
+    /// Local members that hung up: not invited again while the call lasts, unless they
+    /// register anew or move ([`Groups::rejoined`]).
+    left: Vec<Number>,
     talkers: NetMap<Number, LocalTalker>,
     initiator: Option<Number>,
     priority: u8,
@@ -210,6 +216,9 @@ pub(super) struct Groups {
     sent: NetMap<TransactionKey, GSent>,
     /// Users bound, unbound or located since the last look (late entry, F-REG-09).
     pub(super) changed: Vec<Number>,
+    /// Users newly registered or moved since the last look (not a mere refresh): they may
+    /// join calls they had left.
+    pub(super) rejoined: Vec<Number>,
     /// Peers that went down since the last look: their sessions end.
     pub(super) peers_down: Vec<String>,
     /// Our 2xx responses to INVITEs, sent again until their ACK (RFC 3261 §13.3.1.4).
@@ -696,6 +705,7 @@ impl Tcf {
                     talkers: NetMap::default(),
                     downlinks: NetMap::default(),
                     members: NetMap::default(),
+                    left: Vec::new(),
                     pids: NetMap::default(),
                     users: NetMap::default(),
                     next_pid: 1,
@@ -909,7 +919,7 @@ impl Tcf {
                 .groups
                 .homes
                 .get(gdn)
-                .is_some_and(|home| home.downlinks.contains_key(&target))
+                .is_some_and(|home| home.downlinks.contains_key(&target) || home.left.contains(&dc))
             {
                 continue;
             }
@@ -989,6 +999,18 @@ impl Tcf {
         // A stunned (or killed) member receives no group call (F-SKR decision); revived, it
         // joins the calls still running ([`Tcf::invite_to_running_group_calls`]).
         if self.skr_barred(user).is_some() {
+            return;
+        }
+        // One who hung up stays out (F-GRP-05).
+        let left = if at_home {
+            self.groups.homes.get(gdn).is_some_and(|home| home.left.contains(user))
+        } else {
+            self.groups
+                .locals
+                .get(gdn)
+                .is_some_and(|local| local.left.contains(user))
+        };
+        if left {
             return;
         }
         let Some(binding) = self.bindings.get(user).cloned() else {
@@ -1379,6 +1401,7 @@ impl Tcf {
                 downlink: None,
                 downlink_confirmed: false,
                 members: NetMap::default(),
+                left: Vec::new(),
                 talkers: NetMap::default(),
                 initiator: None,
                 priority,
@@ -2033,6 +2056,9 @@ impl Tcf {
                 self.home_release(now, &gdn, &user);
             }
             Slot::HomeMember { gdn, user } => {
+                if let Some(home) = self.groups.homes.get_mut(&gdn) {
+                    home.left.push(user.clone());
+                }
                 if let Some(member) = self
                     .groups
                     .homes
@@ -2060,6 +2086,9 @@ impl Tcf {
                         self.groups.by_dialog.remove(dialog.id());
                     }
                     self.media.remove_leg(downlink.leg.id);
+                    if let (Some(dc), Some(home)) = (downlink.dc.as_ref(), self.groups.homes.get_mut(&gdn)) {
+                        home.left.push(dc.clone());
+                    }
                     if let Some(dc) = downlink.dc.filter(|dc| !self.listener_only(&gdn, dc)) {
                         self.hang_up_report(now, &gdn, &dc);
                     }
@@ -2069,6 +2098,7 @@ impl Tcf {
             Slot::LocalMember { gdn, user } => {
                 // F-GRP-05: report the hang-up to the home in the downlink session.
                 if let Some(local) = self.groups.locals.get_mut(&gdn) {
+                    local.left.push(user.clone());
                     if let Some(member) = local.members.remove(&user) {
                         if let Some(dialog) = &member.dialog {
                             self.groups.by_dialog.remove(dialog.id());
@@ -2894,6 +2924,15 @@ impl Tcf {
             return;
         }
         let changed = std::mem::take(&mut self.groups.changed);
+        // A user registered anew or moved may join again the calls it had left.
+        for user in std::mem::take(&mut self.groups.rejoined) {
+            for home in self.groups.homes.values_mut() {
+                home.left.retain(|left| *left != user);
+            }
+            for local in self.groups.locals.values_mut() {
+                local.left.retain(|left| *left != user);
+            }
+        }
         for user in changed {
             let groups: Vec<Number> = self.regroups.groups_of(&self.subscribers, &user).cloned().collect();
             for gdn in groups {
