@@ -48,29 +48,6 @@ async fn expect_everywhere(events: &mut [broadcast::Receiver<TcfEvent>], matchin
     }
 }
 
-/// Waits until no node holds a call, a relay bridge or a media leg any more.
-async fn assert_all_freed(cluster: &Cluster) {
-    for index in 0..3 {
-        let node = cluster.node(index);
-        let handle = &node.sip;
-        let idle = wait_for(Duration::from_secs(5), || async {
-            handle.stats().await.is_some_and(|stats| stats.calls == 0)
-        })
-        .await;
-        assert!(idle, "{} freed every call", NAMES[index]);
-        let engine = &node.engine;
-        let empty = wait_for(Duration::from_secs(5), || async {
-            engine
-                .stats(true)
-                .unwrap()
-                .iter()
-                .all(|worker| worker.bridges.is_empty() && worker.legs.is_empty())
-        })
-        .await;
-        assert!(empty, "{} holds no bridge or leg", NAMES[index]);
-    }
-}
-
 /// The set-up of F-AMB-01 (with `body` as the DC's offer): the terminal gets the INVITE and
 /// answers 200 at once, sendonly (`answer` as its SDP); the DC gets 200 and ACKs.
 async fn listening(dc: &mut Phone, terminal: &mut Phone, extension: &str, body: &str) -> (Outgoing, Incoming) {
@@ -184,7 +161,7 @@ async fn f_amb_01_dc_starts_ambient_listening_on_a_visiting_user() {
     dc.expect_response("BYE", 200).await;
     let bye = terminal.expect_request("BYE").await;
     terminal.ok(&bye).await;
-    assert_all_freed(&cluster).await;
+    cluster.assert_all_freed().await;
     cluster.shutdown().await;
 }
 
@@ -217,7 +194,7 @@ async fn f_amb_02_dc_stops_ambient_listening_hop_by_hop() {
     .await;
     assert_eq!(dc.statuses("BYE"), vec![200]);
     assert_eq!(terminal.requests(), vec!["INVITE", "ACK", "BYE"]);
-    assert_all_freed(&cluster).await;
+    cluster.assert_all_freed().await;
 
     // Media stopped.
     terminal.send_rtp(send_to, 5, 4).await;
@@ -249,7 +226,7 @@ async fn f_amb_02_terminal_side_bye_ends_it_normally() {
     let bye = dc.expect_request("BYE").await;
     assert_eq!(ptt(&bye), "pttrelease;cause=64");
     dc.ok(&bye).await;
-    assert_all_freed(&cluster).await;
+    cluster.assert_all_freed().await;
     terminal.send_rtp(send_to, 5, 6).await;
     assert!(dc.receive_rtp(Duration::from_millis(300)).await.is_empty());
     cluster.shutdown().await;
@@ -331,7 +308,7 @@ async fn f_amb_01_ambient_viewing_relays_audio_and_video() {
     let bye = terminal.expect_request("BYE").await;
     assert_eq!(ptt(&bye), "pttrelease;cause=64");
     terminal.ok(&bye).await;
-    assert_all_freed(&cluster).await;
+    cluster.assert_all_freed().await;
     cluster.shutdown().await;
 }
 
@@ -373,6 +350,6 @@ async fn f_amb_01_refused_unless_a_dispatcher_asks_and_bad_call_types_are_single
     terminal.expect_request("ACK").await;
     assert_eq!(dc.final_for(&mut call).await, 486);
     assert_eq!(dc.statuses("INVITE"), vec![404, 100, 486]);
-    assert_all_freed(&cluster).await;
+    cluster.assert_all_freed().await;
     cluster.shutdown().await;
 }

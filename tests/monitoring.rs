@@ -105,25 +105,6 @@ async fn expect_changed(
     .await;
 }
 
-/// A group call set up by `caller`: its session and the 200's payload type.
-async fn set_up(caller: &mut Phone, gdn: &str) -> (Outgoing, u8) {
-    let mut call = caller.call(gdn).await;
-    assert_eq!(
-        caller.final_for(&mut call).await,
-        200,
-        "{} sets up {gdn}",
-        caller.user()
-    );
-    let ok = caller
-        .seen
-        .iter()
-        .rev()
-        .find(|message| message.status() == Some(200))
-        .cloned()
-        .unwrap();
-    (call, first_payload_type(ok.body()).expect("an answer"))
-}
-
 /// Answers a group INVITE of `gdn`; returns the session.
 async fn accept(phone: &mut Phone, invite: Message, gdn: &str) -> Incoming {
     let extension = ptt(&invite);
@@ -222,7 +203,7 @@ async fn f_mon_01_dc_monitors_a_group_and_hears_its_calls() {
     let mut member = Phone::register("1311", "charlie", cluster.address(C)).await;
 
     // Not monitoring yet: a call of 2300 does not reach 9200.
-    let (mut call, _) = set_up(&mut caller, "2300").await;
+    let (mut call, _) = caller.set_up_call("2300").await;
     join(&mut member, "2300").await;
     assert!(
         !invited_within(&mut dc, Duration::from_millis(800)).await,
@@ -241,7 +222,7 @@ async fn f_mon_01_dc_monitors_a_group_and_hears_its_calls() {
     assert!(monitors(&cluster, A).await.is_empty());
 
     // A later call reaches 9200 (a DC downlink through tcf-b), and 9200 hears the talker.
-    let (mut call, pt) = set_up(&mut caller, "2300").await;
+    let (mut call, pt) = caller.set_up_call("2300").await;
     join(&mut member, "2300").await;
     let mut session = join(&mut dc, "2300").await;
     let extension = ptt(&session.invite);
@@ -285,7 +266,7 @@ async fn f_mon_01_dc_monitors_a_group_and_hears_its_calls() {
     end_call(&cluster, &mut caller, &mut call, &mut [&mut member]).await;
 
     // The next call leaves 9200 out.
-    let (mut call, _) = set_up(&mut caller, "2300").await;
+    let (mut call, _) = caller.set_up_call("2300").await;
     join(&mut member, "2300").await;
     assert!(
         !invited_within(&mut dc, Duration::from_millis(800)).await,
@@ -402,7 +383,7 @@ async fn f_mon_01_group_monitoring_survives_a_restart_of_the_group_home() {
         vec![record(MonitorKind::Group, "2300", "9200", "tcf-b")]
     );
 
-    let (mut call, pt) = set_up(&mut caller, "2300").await;
+    let (mut call, pt) = caller.set_up_call("2300").await;
     join(&mut member, "2300").await;
     join(&mut dc, "2300").await;
     hears(&caller, &call, pt, &dc, 8).await;
@@ -413,7 +394,7 @@ async fn f_mon_01_group_monitoring_survives_a_restart_of_the_group_home() {
     cluster.restart(C).await;
     cluster.wait_all_up().await;
     assert!(monitors(&cluster, C).await.is_empty());
-    let (mut call, _) = set_up(&mut caller, "2300").await;
+    let (mut call, _) = caller.set_up_call("2300").await;
     join(&mut member, "2300").await;
     assert!(
         !invited_within(&mut dc, Duration::from_millis(800)).await,
@@ -536,29 +517,6 @@ async fn order_then(dc: &mut Phone, target: &str, extension: &str, method: &str)
     }
 }
 
-/// Waits until no node holds a call, a relay bridge or a media leg any more.
-async fn assert_all_freed(cluster: &Cluster) {
-    for index in 0..3 {
-        let node = cluster.node(index);
-        let handle = &node.sip;
-        let idle = wait_for(Duration::from_secs(5), || async {
-            handle.stats().await.is_some_and(|stats| stats.calls == 0)
-        })
-        .await;
-        assert!(idle, "{} freed every call", NAMES[index]);
-        let engine = &node.engine;
-        let empty = wait_for(Duration::from_secs(5), || async {
-            engine
-                .stats(true)
-                .unwrap()
-                .iter()
-                .all(|worker| worker.bridges.is_empty() && worker.legs.is_empty())
-        })
-        .await;
-        assert!(empty, "{} holds no bridge or leg", NAMES[index]);
-    }
-}
-
 /// 1300 (registered at tcf-b) calls 1301 (at tcf-c); both answer and ACK. Returns the call,
 /// the callee's session.
 async fn single_call(caller: &mut Phone, callee: &mut Phone) -> (Outgoing, Incoming) {
@@ -665,7 +623,7 @@ async fn f_mon_02_dc_hears_the_monitored_users_call() {
         dc.receive_rtp(Duration::from_millis(300)).await.is_empty(),
         "no more RTP"
     );
-    assert_all_freed(&cluster).await;
+    cluster.assert_all_freed().await;
 
     // 1300 called: the DC hears that call too; its hang-up ends only its session.
     let mut call = other.call("1300").await;
@@ -688,7 +646,7 @@ async fn f_mon_02_dc_hears_the_monitored_users_call() {
         dc.next(Duration::from_millis(300)).await.is_none(),
         "its session already ended"
     );
-    assert_all_freed(&cluster).await;
+    cluster.assert_all_freed().await;
     cluster.shutdown().await;
 }
 
@@ -731,6 +689,6 @@ async fn f_mon_02_monitoring_started_and_stopped_during_a_call() {
         dc.next(Duration::from_millis(300)).await.is_none(),
         "nothing more for the DC"
     );
-    assert_all_freed(&cluster).await;
+    cluster.assert_all_freed().await;
     cluster.shutdown().await;
 }

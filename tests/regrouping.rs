@@ -138,25 +138,6 @@ async fn expect_regrouped(
     .await;
 }
 
-/// A group call set up by `caller`: its session and the 200's payload type.
-async fn set_up(caller: &mut Phone, gdn: &str) -> (Outgoing, u8) {
-    let mut call = caller.call(gdn).await;
-    assert_eq!(
-        caller.final_for(&mut call).await,
-        200,
-        "{} sets up {gdn}",
-        caller.user()
-    );
-    let ok = caller
-        .seen
-        .iter()
-        .rev()
-        .find(|message| message.status() == Some(200))
-        .cloned()
-        .unwrap();
-    (call, first_payload_type(ok.body()).expect("an answer"))
-}
-
 /// Waits for the group INVITE of `gdn`, answers it; returns the session.
 async fn join(phone: &mut Phone, gdn: &str) -> Incoming {
     let session = phone.incoming().await;
@@ -310,7 +291,7 @@ async fn f_rgp_02_group_update_reaches_user_home_and_serving_tcf_and_group_calls
     wait_located(&cluster, C, "1200", "tcf-a").await;
 
     // A group call of 2300 reaches the added user on tcf-a, and its voice with it.
-    let (mut call, pt) = set_up(&mut caller, "2300").await;
+    let (mut call, pt) = caller.set_up_call("2300").await;
     let session = join(&mut added, "2300").await;
     join(&mut member, "2300").await;
     assert!(session.remote_rtp.is_some());
@@ -321,7 +302,7 @@ async fn f_rgp_02_group_update_reaches_user_home_and_serving_tcf_and_group_calls
     end_call(&cluster, &mut caller, &mut call).await;
 
     // The added user may set up a call of 2300 itself (and holds the floor).
-    let (mut own, _) = set_up(&mut added, "2300").await;
+    let (mut own, _) = added.set_up_call("2300").await;
     join(&mut member, "2300").await;
     end_call(&cluster, &mut added, &mut own).await;
 
@@ -334,7 +315,7 @@ async fn f_rgp_02_group_update_reaches_user_home_and_serving_tcf_and_group_calls
         expect_message(&mut added, &["pptDGNA"]).await,
         "pptDGNA;GDN=2300;UDN=1200;action=remove"
     );
-    let (mut call, _) = set_up(&mut caller, "2300").await;
+    let (mut call, _) = caller.set_up_call("2300").await;
     join(&mut member, "2300").await;
     assert!(
         !invited_within(&mut added, Duration::from_millis(1500)).await,
@@ -423,7 +404,7 @@ async fn f_rgp_02_regrouping_survives_a_restart_of_the_group_home_and_serving_tc
     cluster.restart(C).await;
     cluster.wait_all_up().await;
 
-    let (mut call, _) = set_up(&mut caller, "2200").await;
+    let (mut call, _) = caller.set_up_call("2200").await;
     join(&mut member, "2200").await;
     join(&mut added, "2200").await;
     assert!(
@@ -439,7 +420,7 @@ async fn f_rgp_02_regrouping_survives_a_restart_of_the_group_home_and_serving_tc
     cluster.stop(B).await;
     cluster.restart(B).await;
     cluster.wait_all_up().await;
-    let (mut call, _) = set_up(&mut caller, "2200").await;
+    let (mut call, _) = caller.set_up_call("2200").await;
     join(&mut member, "2200").await;
     join(&mut removed, "2200").await;
     assert!(
@@ -634,7 +615,7 @@ async fn f_rgp_02_a_user_added_while_offline_gets_group_calls_where_it_registers
     // Its report ends at its serving TCF (nobody ordered this update).
     assert_eq!(report(&mut visiting, "2300", "0").await, 200);
     wait_located(&cluster, C, "1201", "tcf-a").await;
-    let (mut call, _) = set_up(&mut caller, "2300").await;
+    let (mut call, _) = caller.set_up_call("2300").await;
     join(&mut member, "2300").await;
     join(&mut visiting, "2300").await;
     end_call(&cluster, &mut caller, &mut call).await;
@@ -642,7 +623,7 @@ async fn f_rgp_02_a_user_added_while_offline_gets_group_calls_where_it_registers
     // It moves home to tcf-b (which recorded the change as its home).
     let mut home = Phone::register("1201", "bravo", cluster.address(B)).await;
     wait_located(&cluster, C, "1201", "tcf-b").await;
-    let (mut call, _) = set_up(&mut caller, "2300").await;
+    let (mut call, _) = caller.set_up_call("2300").await;
     join(&mut member, "2300").await;
     join(&mut home, "2300").await;
     end_call(&cluster, &mut caller, &mut call).await;

@@ -102,29 +102,6 @@ async fn check_video_flows(from: &UdpSocket, to: SocketAddr, receiver: &UdpSocke
     assert_eq!(received, sent, "video arrives byte-exact");
 }
 
-/// Waits until no node holds a call, a relay bridge or a media leg any more.
-async fn assert_all_freed(cluster: &Cluster) {
-    for index in 0..3 {
-        let node = cluster.node(index);
-        let handle = &node.sip;
-        let idle = wait_for(Duration::from_secs(5), || async {
-            handle.stats().await.is_some_and(|stats| stats.calls == 0)
-        })
-        .await;
-        assert!(idle, "{} freed every call", NAMES[index]);
-        let engine = &node.engine;
-        let empty = wait_for(Duration::from_secs(5), || async {
-            engine
-                .stats(true)
-                .unwrap()
-                .iter()
-                .all(|worker| worker.bridges.is_empty() && worker.legs.is_empty())
-        })
-        .await;
-        assert!(empty, "{} holds no bridge or leg", NAMES[index]);
-    }
-}
-
 /// The number of relay bridges a node holds.
 fn bridges(cluster: &Cluster, index: usize) -> usize {
     cluster
@@ -293,7 +270,7 @@ async fn f_vid_01_video_added_and_removed_by_reinvite_across_three_nodes() {
     caller.expect_response("BYE", 200).await;
     let bye = callee.expect_request("BYE").await;
     callee.ok(&bye).await;
-    assert_all_freed(&cluster).await;
+    cluster.assert_all_freed().await;
     cluster.shutdown().await;
 }
 
@@ -437,7 +414,7 @@ async fn f_vid_02_forwarding_order_stop_and_reports_relayed_to_the_destination_h
         &format!("pttvideoforward;action=stop;GDN=2100;OnlineCallID=\"{id}\";result=0;ended=source"),
     )
     .await;
-    assert_all_freed(&cluster).await;
+    cluster.assert_all_freed().await;
     cluster.shutdown().await;
 }
 
@@ -472,7 +449,7 @@ async fn f_vid_01_initial_video_and_bad_video_lines_refused_with_488() {
         callee.next(Duration::from_millis(200)).await.is_none(),
         "the callee saw nothing"
     );
-    assert_all_freed(&cluster).await;
+    cluster.assert_all_freed().await;
 
     // Audio + video from the start.
     let offer = av_sdp(caller.rtp_port(), caller_video_port, "sendrecv");
@@ -518,6 +495,6 @@ async fn f_vid_01_initial_video_and_bad_video_lines_refused_with_488() {
     caller.expect_response("BYE", 200).await;
     let bye = callee.expect_request("BYE").await;
     callee.ok(&bye).await;
-    assert_all_freed(&cluster).await;
+    cluster.assert_all_freed().await;
     cluster.shutdown().await;
 }

@@ -52,6 +52,29 @@ impl Cluster {
         )
     }
 
+    /// Waits until no node holds a call, a relay bridge or a media leg any more, and asserts it.
+    pub async fn assert_all_freed(&self) {
+        for index in 0..self.nodes.len() {
+            let node = self.node(index);
+            let handle = &node.sip;
+            let idle = wait_for(Duration::from_secs(5), || async {
+                handle.stats().await.is_some_and(|stats| stats.calls == 0)
+            })
+            .await;
+            assert!(idle, "{} freed every call", NAMES[index]);
+            let engine = &node.engine;
+            let empty = wait_for(Duration::from_secs(5), || async {
+                engine
+                    .stats(true)
+                    .unwrap()
+                    .iter()
+                    .all(|worker| worker.bridges.is_empty() && worker.legs.is_empty())
+            })
+            .await;
+            assert!(empty, "{} holds no bridge or leg", NAMES[index]);
+        }
+    }
+
     /// Starts the three nodes. `base` must be unique per test (ports base+1..=base+3).
     pub async fn start(base: u16) -> Cluster {
         Cluster::start_with(base, "").await

@@ -250,6 +250,21 @@ impl Phone {
         call
     }
 
+    /// A call to `callee` (a user or a group) that must be answered: its session and the
+    /// payload type of the 200's first format.
+    pub async fn set_up_call(&mut self, callee: &str) -> (Outgoing, u8) {
+        let mut call = self.call(callee).await;
+        assert_eq!(self.final_for(&mut call).await, 200, "{} sets up {callee}", self.user());
+        let ok = self
+            .seen
+            .iter()
+            .rev()
+            .find(|message| message.status() == Some(200))
+            .cloned()
+            .unwrap();
+        (call, first_payload_type(ok.body()).expect("an answer"))
+    }
+
     /// Waits for the final response to the INVITE; on 2xx sends the ACK and learns the far
     /// media address; a failure is ACKed in the INVITE's transaction (RFC 3261 §17.1.1.3), so
     /// that the node stops retransmitting it.

@@ -2248,22 +2248,27 @@ mod tests {
         assert_eq!(rig.bridges(), 1);
     }
 
+    /// The caller's ACK (CSeq `cseq`) of the 200 among what the node has just sent.
+    fn caller_ack(rig: &mut Rig, cseq: u32) -> String {
+        let ok = rig
+            .sent()
+            .into_iter()
+            .find(|(_, message)| message.status() == Some(200))
+            .map(|(_, message)| message)
+            .unwrap();
+        let to = ok.header(HeaderName::To).unwrap().value_str().unwrap().into_owned();
+        format!(
+            "ACK sip:1001@127.0.0.1:5601 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKack{cseq};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1000@127.0.0.1:5601>;tag=c1\r\nTo: {to}\r\n\
+             Call-ID: call1@caller\r\nCSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n"
+        )
+    }
+
     #[test]
     fn the_ack_stops_retransmission() {
         let mut rig = Rig::new();
         answered(&mut rig);
-        let sent = rig.sent();
-        let ok = sent
-            .iter()
-            .find(|(_, message)| message.status() == Some(200))
-            .map(|(_, message)| message.clone())
-            .unwrap();
-        let to = ok.header(HeaderName::To).unwrap().value_str().unwrap().into_owned();
-        let ack = format!(
-            "ACK sip:1001@127.0.0.1:5601 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKack1;rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:1000@127.0.0.1:5601>;tag=c1\r\nTo: {to}\r\n\
-             Call-ID: call1@caller\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
-        );
+        let ack = caller_ack(&mut rig, 1);
         rig.deliver(20, CALLER, &ack);
         for millis in (30..=2_000).step_by(10) {
             rig.tick(millis);
@@ -2284,18 +2289,7 @@ mod tests {
         rig.deliver(0, CALLER, &invite().replace("CSeq: 1 INVITE", "CSeq: 314 INVITE"));
         let onward = requests(&rig.sent(), CALLEE, "INVITE")[0].clone();
         rig.deliver(10, CALLEE, &response_to(&onward, 200, "e1", Some(offer(9100))));
-        let ok = rig
-            .sent()
-            .into_iter()
-            .find(|(_, message)| message.status() == Some(200))
-            .map(|(_, message)| message)
-            .unwrap();
-        let to = ok.header(HeaderName::To).unwrap().value_str().unwrap().into_owned();
-        let ack = format!(
-            "ACK sip:1001@127.0.0.1:5601 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKack314;rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:1000@127.0.0.1:5601>;tag=c1\r\nTo: {to}\r\n\
-             Call-ID: call1@caller\r\nCSeq: 314 ACK\r\nContent-Length: 0\r\n\r\n"
-        );
+        let ack = caller_ack(&mut rig, 314);
         rig.deliver(20, CALLER, &ack);
         for millis in (30..=7_000).step_by(10) {
             rig.tick(millis);
